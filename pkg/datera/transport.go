@@ -1,0 +1,236 @@
+package datera
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// request is one logical API call; do turns it into one or more HTTP attempts.
+type request struct {
+	method string
+	path   string // escaped, relative to /v2.2, e.g. /app_instances/x
+	query  url.Values
+	body   any // JSON-encoded; nil sends no body
+	out    any // decoded from the envelope's data; nil ignores it
+	noAuth bool
+	// resolvePath is GET instead when a POST retried after a connection error meets 409: the
+	// first attempt most likely created the resource (research §1.6, PYSDK post_to_get).
+	resolvePath string
+	// decode replaces envelope decoding (used by /login, whose body has no envelope).
+	decode func(status int, body []byte) error
+}
+
+// apiPath joins escaped path segments: apiPath("initiators", iqn) = "/initiators/iqn...".
+func apiPath(segments ...string) string {
+	var b strings.Builder
+	for _, s := range segments {
+		b.WriteByte('/')
+		b.WriteString(url.PathEscape(s))
+	}
+	return b.String()
+}
+
+// do runs a request with re-login and retries:
+//   - 401 (not on /login itself): log in again (shared with concurrent callers) and replay once;
+//     a second 401 is returned, never looped on.
+//   - 503, a "still initializing" 500, connection errors: capped exponential backoff, at most
+//     Retry.Attempts attempts, and never past ctx.
+//   - anything else: returned as *APIError.
+func (c *Client) do(ctx context.Context, r request) error {
+	var payload []byte
+	if r.body != nil {
+		var err error
+		if payload, err = json.Marshal(r.body); err != nil {
+			return fmt.Errorf("datera %s %s: encoding body: %w", r.method, r.path, err)
+		}
+	}
+	var (
+		reauthed    bool
+		connFailed  bool // an earlier attempt may have reached the server
+		lastErr     error
+		retriesDone int
+	)
+	for {
+		token, gen := "", uint64(0)
+		if !r.noAuth {
+			var err error
+			if token, gen, err = c.session(ctx); err != nil {
+				return err
+			}
+		}
+		status, body, err := c.attempt(ctx, r, payload, token, retriesDone+1)
+		switch {
+		case err != nil:
+			if ctx.Err() != nil {
+				return fmt.Errorf("datera %s %s: %w", r.method, r.path, ctx.Err())
+			}
+			if !retryableTransportError(err) {
+				return fmt.Errorf("datera %s %s: %w", r.method, r.path, err)
+			}
+			connFailed = true
+			lastErr = fmt.Errorf("datera %s %s: %w", r.method, r.path, err)
+
+		case status == http.StatusUnauthorized && !r.noAuth:
+			if reauthed {
+				return decodeAPIError(r.method, r.path, status, body)
+			}
+			reauthed = true
+			c.log.InfoContext(ctx, "datera session rejected, logging in again", "method", r.method, "path", r.path)
+			if _, _, err := c.login(ctx, gen, false); err != nil {
+				return fmt.Errorf("datera %s %s: re-login after 401: %w", r.method, r.path, err)
+			}
+			continue // the replay is not a retry: it does not wait nor count
+
+		default:
+			var derr error
+			if r.decode != nil {
+				derr = r.decode(status, body)
+			} else {
+				derr = decodeResponse(r.method, r.path, status, body, r.out)
+			}
+			var apiErr *APIError
+			if !errors.As(derr, &apiErr) || !apiErr.retryable() {
+				if r.method == http.MethodPost && connFailed && r.resolvePath != "" && errors.Is(derr, ErrConflict) {
+					c.log.InfoContext(ctx, "datera POST retried after a connection error met 409; reading the resource it created",
+						"path", r.path, "resolve", r.resolvePath)
+					return c.do(ctx, request{method: http.MethodGet, path: r.resolvePath, out: r.out})
+				}
+				return derr
+			}
+			lastErr = derr
+		}
+
+		retriesDone++
+		if retriesDone >= c.retry.Attempts {
+			return fmt.Errorf("datera %s %s: giving up after %d attempts: %w", r.method, r.path, retriesDone, lastErr)
+		}
+		wait := c.retry.backoff(retriesDone)
+		c.log.WarnContext(ctx, "datera request failed, retrying", "method", r.method, "path", r.path,
+			"attempt", retriesDone, "backoff", wait, "error", lastErr)
+		if err := sleep(ctx, wait); err != nil {
+			return fmt.Errorf("datera %s %s: %w after %d attempts (last: %w)", r.method, r.path, err, retriesDone, lastErr)
+		}
+	}
+}
+
+// attempt performs one HTTP exchange and returns the status and the (size-limited) body.
+func (c *Client) attempt(ctx context.Context, r request, payload []byte, token string, n int) (int, []byte, error) {
+	u := *c.base
+	rel, err := url.Parse("/" + APIVersion + r.path)
+	if err != nil {
+		return 0, nil, fmt.Errorf("bad path: %w", err)
+	}
+	u.Path, u.RawPath = rel.Path, rel.RawPath
+	if len(r.query) > 0 {
+		u.RawQuery = r.query.Encode()
+	}
+
+	actx, cancel := context.WithTimeout(ctx, c.reqTimeout)
+	defer cancel()
+	var body io.Reader
+	if payload != nil {
+		body = bytes.NewReader(payload)
+	}
+	req, err := http.NewRequestWithContext(actx, r.method, u.String(), body)
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("Accept", "application/json")
+	if payload != nil {
+		req.Header.Set("Content-Type", "application/json; charset=utf-8")
+	}
+	req.Header.Set("Datera-Driver", c.driver)
+	if !r.noAuth {
+		req.Header.Set("Auth-Token", token)
+		req.Header.Set("tenant", c.tenant)
+	}
+
+	start := time.Now()
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		c.log.DebugContext(ctx, "datera request", "method", r.method, "path", r.path, "attempt", n,
+			"duration", time.Since(start), "error", err)
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := readBody(resp.Body, c.maxResponse)
+	c.log.DebugContext(ctx, "datera request", "method", r.method, "path", r.path, "attempt", n,
+		"status", resp.StatusCode, "duration", time.Since(start))
+	if err != nil {
+		if errors.Is(err, ErrBadResponse) {
+			// Oversized: not a transport failure, and not worth retrying.
+			return resp.StatusCode, nil, &permanentError{fmt.Errorf("HTTP %d: %w", resp.StatusCode, err)}
+		}
+		return 0, nil, err
+	}
+	return resp.StatusCode, b, nil
+}
+
+// permanentError is a failure of one attempt that retrying cannot cure.
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
+
+// retryableTransportError reports failures to exchange a request that another attempt may cure:
+// refused, reset or dropped connections and timeouts; not TLS verification failures.
+func retryableTransportError(err error) bool {
+	var perm *permanentError
+	if errors.As(err, &perm) {
+		return false
+	}
+	var (
+		certErr     *tls.CertificateVerificationError
+		unknownAuth x509.UnknownAuthorityError
+		hostErr     x509.HostnameError
+		invalidCert x509.CertificateInvalidError
+		recordErr   tls.RecordHeaderError
+	)
+	if errors.As(err, &certErr) || errors.As(err, &unknownAuth) || errors.As(err, &hostErr) ||
+		errors.As(err, &invalidCert) || errors.As(err, &recordErr) {
+		return false
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var netErr net.Error
+	return errors.As(err, &netErr)
+}
+
+// backoff returns the wait before retry n (1-based): uniform in [d/2, d], d = min(Max, Initial·2ⁿ⁻¹).
+func (r Retry) backoff(n int) time.Duration {
+	d := r.Max
+	if n-1 < 62 {
+		if x := r.Initial << (n - 1); x > 0 && x < r.Max {
+			d = x
+		}
+	}
+	half := d / 2
+	return half + rand.N(d-half+1)
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
