@@ -9,15 +9,12 @@ HACK=$(cd "$(dirname "$0")" && pwd)
 CACHE=${PETFABRIC_CACHE:-$HOME/.cache/petfabric}
 BIN=$CACHE/bin
 
-# Pinned versions. Change a version here and the cache key changes with it.
-K8S_VERSION=v1.36.3
-ETCD_VERSION=v3.6.16
-KWOK_VERSION=v0.8.0
-HELM_VERSION=v3.22.0
-STATICCHECK_VERSION=v0.8.2
+# Pinned versions (one source of truth, also read by test/cluster); part of every cache key.
+# shellcheck source=versions.env
+source "$HACK/versions.env"
 
 GO_VERSION=$(go env GOVERSION)
-export GOFLAGS=-mod=mod   # wrapper modules resolve against their committed go.sum
+export GOFLAGS=-mod=readonly   # wrapper modules build exactly what their committed go.sum pins
 
 log() { printf '[build-tools %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 
