@@ -38,11 +38,8 @@ type Client struct {
 // New validates cfg and returns a Client. It does not contact the server: login is lazy.
 func New(cfg Config) (*Client, error) {
 	base, err := url.Parse(strings.TrimSpace(cfg.Endpoint))
-	if err != nil {
-		return nil, fmt.Errorf("datera: bad endpoint %q: %w", cfg.Endpoint, err)
-	}
-	if base.Scheme != "http" && base.Scheme != "https" {
-		return nil, fmt.Errorf("datera: endpoint %q must be an http:// or https:// URL", cfg.Endpoint)
+	if err != nil || (base.Scheme != "http" && base.Scheme != "https") {
+		return nil, fmt.Errorf("datera: endpoint %q must be an http:// or https:// URL (EndpointForBackstore converts host:port)", cfg.Endpoint)
 	}
 	if base.Host == "" {
 		return nil, fmt.Errorf("datera: endpoint %q has no host", cfg.Endpoint)

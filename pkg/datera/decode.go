@@ -81,7 +81,7 @@ func decodeLogin(status int, body []byte) (string, error) {
 	return lr.Key, nil
 }
 
-// strictUnmarshal decodes exactly one JSON object (trailing garbage is an error).
+// strictUnmarshal decodes exactly one JSON object; json.Unmarshal rejects trailing data.
 func strictUnmarshal(body []byte, v any) error {
 	trimmed := bytes.TrimSpace(body)
 	if len(trimmed) == 0 {
@@ -90,14 +90,7 @@ func strictUnmarshal(body []byte, v any) error {
 	if trimmed[0] != '{' {
 		return errors.New("body is not a JSON object")
 	}
-	dec := json.NewDecoder(bytes.NewReader(trimmed))
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if dec.More() {
-		return errors.New("trailing data after JSON object")
-	}
-	return nil
+	return json.Unmarshal(trimmed, v)
 }
 
 // decodeAPIError builds an *APIError, tolerating bodies that are partial (a 503 may carry only

@@ -10,11 +10,9 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -186,7 +184,8 @@ func (e *permanentError) Error() string { return e.err.Error() }
 func (e *permanentError) Unwrap() error { return e.err }
 
 // retryableTransportError reports failures to exchange a request that another attempt may cure:
-// refused, reset or dropped connections and timeouts; not TLS verification failures.
+// refused, reset or dropped connections and timeouts. TLS verification failures are permanent,
+// and so is a response the client refused to read (permanentError).
 func retryableTransportError(err error) bool {
 	var perm *permanentError
 	if errors.As(err, &perm) {
@@ -199,17 +198,8 @@ func retryableTransportError(err error) bool {
 		invalidCert x509.CertificateInvalidError
 		recordErr   tls.RecordHeaderError
 	)
-	if errors.As(err, &certErr) || errors.As(err, &unknownAuth) || errors.As(err, &hostErr) ||
-		errors.As(err, &invalidCert) || errors.As(err, &recordErr) {
-		return false
-	}
-	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
-		errors.Is(err, syscall.EPIPE) || errors.Is(err, context.DeadlineExceeded) {
-		return true
-	}
-	var netErr net.Error
-	return errors.As(err, &netErr)
+	return !(errors.As(err, &certErr) || errors.As(err, &unknownAuth) || errors.As(err, &hostErr) ||
+		errors.As(err, &invalidCert) || errors.As(err, &recordErr))
 }
 
 // backoff returns the wait before retry n (1-based): uniform in [d/2, d], d = min(Max, Initial·2ⁿ⁻¹).
