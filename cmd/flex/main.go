@@ -18,12 +18,21 @@ type mode struct {
 
 var modes = map[string]mode{}
 
+// unknownMode, when set, may handle a name no mode registered (the FlexVolume driver answers the
+// kubelet verbs it does not implement with "Not supported" JSON); ok=false falls back to usage.
+var unknownMode func(name string, args []string) (code int, ok bool)
+
 func main() {
 	if len(os.Args) < 2 {
 		usage(os.Stderr)
 		os.Exit(2)
 	}
 	m, ok := modes[os.Args[1]]
+	if !ok && unknownMode != nil {
+		if code, handled := unknownMode(os.Args[1], os.Args[2:]); handled {
+			os.Exit(code)
+		}
+	}
 	if !ok {
 		if os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
 			usage(os.Stdout)

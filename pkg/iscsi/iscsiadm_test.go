@@ -50,7 +50,6 @@ func outLoginErr(portal string, code int, text string) string {
 		"iscsiadm: Could not log into all portals\n"
 }
 
-
 // step is one expected command: its argv after the binary, and what it answers.
 type step struct {
 	argv string

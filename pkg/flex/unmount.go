@@ -1,0 +1,223 @@
+package flex
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"slices"
+
+	"github.com/petfabric/petfabric/pkg/datera"
+	"github.com/petfabric/petfabric/pkg/iscsi"
+)
+
+// Unmount removes the bind mount at dir and, when no other mount of the volume remains on the
+// node, detaches it: unmount the global path, log out (devices deleted first), remove this
+// node from the ACL, delete the record. Already-gone pieces are skipped, so it is idempotent and
+// a retry after a crash at any point converges.
+func (d *Driver) Unmount(ctx context.Context, dir string) error {
+	if err := ValidateMountDir(dir); err != nil {
+		return err
+	}
+	log := d.Log.With("dir", dir)
+	rec, err := d.findByDir(dir)
+	if err != nil {
+		return err
+	}
+	if rec == nil {
+		return d.cleanupUnknown(ctx, log, dir)
+	}
+	log = log.With("volumeID", rec.VolumeID)
+	unlock, err := d.lock(ctx, rec.VolumeID)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if rec, err = d.State.Load(rec.VolumeID); err != nil {
+		return err
+	}
+	if rec == nil { // detached meanwhile by another call
+		return d.cleanupUnknown(ctx, log, dir)
+	}
+
+	table, err := readMountTable()
+	if err != nil {
+		return err
+	}
+	if table.find(dir) != nil {
+		if err := d.Mounter.Unmount(dir); err != nil {
+			return fmt.Errorf("unmounting %s: %w", dir, err)
+		}
+		d.crash(StepUnmountBind)
+	}
+	if err := os.Remove(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		log.WarnContext(ctx, "cannot remove the pod volume directory", "error", err)
+	}
+	if rec.removeMount(dir) {
+		if err := d.State.Save(rec); err != nil {
+			return err
+		}
+	}
+	d.crash(StepMetadataUpdate)
+	return d.releaseIfUnused(ctx, log, rec)
+}
+
+// findByDir finds the record of the volume mounted at dir: the one listing dir, else the one
+// whose global mount is the same filesystem as dir.
+func (d *Driver) findByDir(dir string) (*VolumeRecord, error) {
+	recs, err := d.State.List()
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range recs {
+		if slices.Contains(r.Mounts, dir) {
+			return r, nil
+		}
+	}
+	table, err := readMountTable()
+	if err != nil {
+		return nil, err
+	}
+	m := table.find(dir)
+	if m == nil {
+		return nil, nil
+	}
+	for _, r := range recs {
+		if g := table.find(r.GlobalMountPath); g != nil && g.Major == m.Major && g.Minor == m.Minor {
+			return r, nil
+		}
+	}
+	return nil, nil
+}
+
+// cleanupUnknown handles a directory no record knows: unmount it if mounted (kubelet's own
+// default for unmount) and remove it.
+func (d *Driver) cleanupUnknown(ctx context.Context, log *slog.Logger, dir string) error {
+	table, err := readMountTable()
+	if err != nil {
+		return err
+	}
+	if table.find(dir) != nil {
+		log.WarnContext(ctx, "no volume record for this mount; unmounting it only")
+		if err := d.Mounter.Unmount(dir); err != nil {
+			return fmt.Errorf("unmounting %s: %w", dir, err)
+		}
+	} else {
+		log.InfoContext(ctx, "nothing mounted and no volume record: already unmounted")
+	}
+	if err := os.Remove(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		log.WarnContext(ctx, "cannot remove the pod volume directory", "error", err)
+	}
+	return nil
+}
+
+// users lists the mounts on this node that still use the volume, other than its global mount.
+func (d *Driver) users(rec *VolumeRecord) ([]string, error) {
+	table, err := readMountTable()
+	if err != nil {
+		return nil, err
+	}
+	if g := table.find(rec.GlobalMountPath); g != nil {
+		return table.sameFS(g, rec.GlobalMountPath), nil
+	}
+	var out []string
+	for _, m := range rec.Mounts {
+		if table.find(m) != nil {
+			out = append(out, m)
+		}
+	}
+	if rec.Device != "" {
+		for i := range table {
+			if same, err := isDevice(&table[i], rec.Device); err == nil && same && !slices.Contains(out, table[i].MountPoint) {
+				out = append(out, table[i].MountPoint)
+			}
+		}
+	}
+	return out, nil
+}
+
+// releaseIfUnused detaches the volume unless another mount on the node still uses it.
+func (d *Driver) releaseIfUnused(ctx context.Context, log *slog.Logger, rec *VolumeRecord) error {
+	users, err := d.users(rec)
+	if err != nil {
+		return err
+	}
+	if len(users) > 0 {
+		log.InfoContext(ctx, "volume still used on this node; staying attached", "mounts", users)
+		return nil
+	}
+	return d.detach(ctx, log, rec)
+}
+
+// detach undoes everything attach did, in reverse, skipping what is already gone.
+func (d *Driver) detach(ctx context.Context, log *slog.Logger, rec *VolumeRecord) error {
+	if rec.Phase != PhaseDetached {
+		table, err := readMountTable()
+		if err != nil {
+			return err
+		}
+		if rec.GlobalMountPath != "" && table.find(rec.GlobalMountPath) != nil {
+			if err := d.Mounter.Unmount(rec.GlobalMountPath); err != nil {
+				return fmt.Errorf("unmounting the global mount %s: %w", rec.GlobalMountPath, err)
+			}
+			d.crash(StepUnmountGlobal)
+		}
+		if rec.GlobalMountPath != "" {
+			if err := os.Remove(rec.GlobalMountPath); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				log.WarnContext(ctx, "cannot remove the global mount point", "error", err)
+			}
+		}
+		if rec.IQN != "" {
+			if err := d.Initiator.Logout(ctx, iscsi.LogoutRequest{IQN: rec.IQN, Portals: rec.Portals, LUN: rec.LUN}); err != nil {
+				return fmt.Errorf("logging out of %s: %w", rec.IQN, err)
+			}
+			d.crash(StepLogout)
+		}
+		if rec.StorageInstance != "" && rec.InitiatorName != "" {
+			if err := d.aclRemove(ctx, log, rec); err != nil {
+				return err
+			}
+			d.crash(StepACLRemove)
+		}
+		rec.Phase = PhaseDetached
+		if err := d.State.Save(rec); err != nil {
+			return err
+		}
+	}
+	if err := d.forget(log, rec); err != nil {
+		return err
+	}
+	log.InfoContext(ctx, "volume detached from this node", "iqn", rec.IQN)
+	return nil
+}
+
+func (d *Driver) aclRemove(ctx context.Context, log *slog.Logger, rec *VolumeRecord) error {
+	creds, err := d.unmountCredentials(rec.VolumeID)
+	if err != nil {
+		return err
+	}
+	api, err := d.NewDatera(DateraParams{Endpoint: rec.Endpoint, Tenant: rec.Tenant, Username: creds.Username, Password: creds.Password})
+	if err != nil {
+		return err
+	}
+	err = api.RemoveInitiatorFromACL(ctx, rec.VolumeID, rec.StorageInstance, rec.InitiatorName)
+	if errors.Is(err, datera.ErrNotFound) {
+		log.InfoContext(ctx, "the Datera volume no longer exists; nothing to revoke", "error", err)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("removing this node from the volume's ACL: %w", err)
+	}
+	return nil
+}
+
+// forget removes the local state of a detached volume: stored credentials, then the record.
+func (d *Driver) forget(_ *slog.Logger, rec *VolumeRecord) error {
+	if err := d.State.RemoveCredentials(rec.VolumeID); err != nil {
+		return err
+	}
+	d.crash(StepMetadataRemove)
+	return d.State.Remove(rec.VolumeID)
+}
