@@ -80,11 +80,11 @@ func TestValidators(t *testing.T) {
 		{"iqn.1993-08.org.debian:" + strings.Repeat("x", 200), true}, // exactly 223
 		{"iqn.2013-05.com.daterainc:tc:01:sn:0123456789abcdef", true},
 		{"eui.0123456789abcdef", true},
-		{"iqn.1993-08.org", false},                         // under 16 characters
-		{"iqn.1993-13.org.debian:01", false},               // month 13 passes [0-1][0-9]? no: 13 is allowed by the schema
-		{"iqn.93-08.org.debian:01:abc", false},             // 2-digit year
-		{"iqn.1993-08.org/debian:01:abc", false},           // slash
-		{"eui.0123456789abcde", false},                     // 15 hex
+		{"iqn.1993-08.org", false},                                    // under 16 characters
+		{"iqn.1993-13.org.debian:01", false},                          // month 13 passes [0-1][0-9]? no: 13 is allowed by the schema
+		{"iqn.93-08.org.debian:01:abc", false},                        // 2-digit year
+		{"iqn.1993-08.org/debian:01:abc", false},                      // slash
+		{"eui.0123456789abcde", false},                                // 15 hex
 		{"iqn.1993-08.org.debian:" + strings.Repeat("x", 201), false}, // over 223
 	}
 	for _, tt := range iqns {
