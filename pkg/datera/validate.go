@@ -12,8 +12,6 @@ var (
 	iqnRE           = regexp.MustCompile(`^iqn\.[0-9]{4}-[0-1][0-9]\.[^/]*\.[^/]*$`)
 	euiRE           = regexp.MustCompile(`^eui\.[0-9A-Fa-f]{16}$`)
 	initiatorNameRE = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_\-\s.]{2,127}$`)
-	loginNameRE     = regexp.MustCompile(`^[a-zA-Z0-9_]{3,32}$`)
-	passwordRE      = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_\-.]{2,127}$`)
 )
 
 // Ranges of the API schema.
@@ -74,18 +72,6 @@ func ValidateSize(gib int64) error {
 func ValidateReplicaCount(n int) error {
 	if n < MinReplicaCount || n > MaxReplicaCount {
 		return &ValidationError{Field: "replica_count", Value: n, Reason: "must be 1-5"}
-	}
-	return nil
-}
-
-func validateCredentials(user, password string) error {
-	if !loginNameRE.MatchString(user) {
-		return &ValidationError{Field: "username", Value: quote(user), Reason: "must match ^[a-zA-Z0-9_]{3,32}$"}
-	}
-	if !passwordRE.MatchString(password) {
-		// Never echo the password itself.
-		return &ValidationError{Field: "password", Value: "(redacted)",
-			Reason: `must be 3-128 characters of letters, digits, "_", "-", ".", starting with a letter or "_"`}
 	}
 	return nil
 }

@@ -207,8 +207,7 @@ func (s *Server) createAppInstance(c *call) result {
 		exported = append(exported, si)
 		ai.adminState = "online"
 	}
-	c.t.appInstances[ai.id] = ai
-	c.t.order = append(c.t.order, ai.id)
+	c.t.addAI(ai)
 	return ok(ai.path(), s.renderAI(ai))
 }
 
@@ -405,7 +404,7 @@ func (s *Server) updateAppInstance(c *call) result {
 		}
 	}
 	if b.Name != nil {
-		ai.name = *b.Name
+		c.t.renameAI(ai, *b.Name)
 	}
 	if b.Descr != nil {
 		ai.descr = *b.Descr
@@ -480,7 +479,7 @@ func (s *Server) deleteAppInstance(c *call) result {
 		}
 	}
 	rendered := s.renderAI(ai)
-	c.t.removeAI(ai.id)
+	c.t.removeAI(ai)
 	s.destroyBacking(c, ai)
 	return ok(ai.path(), rendered)
 }

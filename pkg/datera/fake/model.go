@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -12,13 +13,14 @@ import (
 type tenant struct {
 	path         string
 	appInstances map[string]*appInstance // by id
+	byName       map[string]string       // app_instance name → id
 	order        []string                // ids in creation order
 	initiators   map[string]*initiator   // by IQN
 	templates    map[string]*appTemplate // by name
 }
 
 func newTenant(path string) *tenant {
-	return &tenant{path: path, appInstances: map[string]*appInstance{},
+	return &tenant{path: path, appInstances: map[string]*appInstance{}, byName: map[string]string{},
 		initiators: map[string]*initiator{}, templates: map[string]*appTemplate{}}
 }
 
@@ -27,21 +29,26 @@ func (t *tenant) lookupAI(idOrName string) *appInstance {
 	if ai, ok := t.appInstances[idOrName]; ok {
 		return ai
 	}
-	for _, ai := range t.appInstances {
-		if ai.name == idOrName {
-			return ai
-		}
-	}
-	return nil
+	return t.appInstances[t.byName[idOrName]]
 }
 
-func (t *tenant) removeAI(id string) {
-	delete(t.appInstances, id)
-	for i, x := range t.order {
-		if x == id {
-			t.order = append(t.order[:i], t.order[i+1:]...)
-			break
-		}
+func (t *tenant) addAI(ai *appInstance) {
+	t.appInstances[ai.id] = ai
+	t.byName[ai.name] = ai.id
+	t.order = append(t.order, ai.id)
+}
+
+func (t *tenant) renameAI(ai *appInstance, name string) {
+	delete(t.byName, ai.name)
+	ai.name = name
+	t.byName[name] = ai.id
+}
+
+func (t *tenant) removeAI(ai *appInstance) {
+	delete(t.appInstances, ai.id)
+	delete(t.byName, ai.name)
+	if i := slices.Index(t.order, ai.id); i >= 0 {
+		t.order = slices.Delete(t.order, i, i+1)
 	}
 }
 

@@ -544,3 +544,45 @@ func (a *api) callNoFail(method, path string, body any) (int, string) {
 	raw, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(raw)
 }
+
+func TestRenameSystemTenantsPools(t *testing.T) {
+	a := newAPI(t, fake.Options{IPPools: []string{"fast-net"}, Portals: []string{"198.51.100.7"}})
+	a.mustOK(http.MethodPost, "/app_instances", createVolume("pvc-old", 2))
+	a.mustOK(http.MethodPost, "/app_instances", createVolume("pvc-other", 1))
+	status, _ := a.call(http.MethodPut, "/app_instances/pvc-old", map[string]any{"name": "pvc-other"})
+	assert.Equal(t, 409, status, "rename onto a taken name")
+	a.mustOK(http.MethodPut, "/app_instances/pvc-old", map[string]any{"name": "pvc-new", "descr": "renamed"})
+	status, _ = a.call(http.MethodGet, "/app_instances/pvc-old", nil)
+	assert.Equal(t, 404, status)
+	assert.Equal(t, "renamed", data(a.mustOK(http.MethodGet, "/app_instances/pvc-new", nil))["descr"])
+	a.mustOK(http.MethodPost, "/app_instances", createVolume("pvc-old", 1)) // the old name is free again
+
+	sys := data(a.mustOK(http.MethodGet, "/system", nil))
+	assert.Equal(t, "3.3.5.0", sys["sw_version"])
+	assert.EqualValues(t, int64(4)<<30, sys["total_provisioned_capacity"], "bytes, summed over volumes")
+
+	pools := a.mustOK(http.MethodGet, "/access_network_ip_pools", nil)["data"].([]any)
+	assert.Len(t, pools, 2)
+	pool := data(a.mustOK(http.MethodGet, "/access_network_ip_pools/fast-net", nil))
+	assert.Equal(t, "198.51.100.7", pool["network_paths"].([]any)[0].(map[string]any)["start_ip"])
+	ai := data(a.mustOK(http.MethodPost, "/app_instances", map[string]any{"name": "pvc-pool", "storage_instances": []any{map[string]any{
+		"name": "storage-1", "ip_pool": map[string]any{"path": "/access_network_ip_pools/fast-net"}}}}))
+	assert.Equal(t, "/access_network_ip_pools/fast-net", si0(ai)["ip_pool"].(map[string]any)["path"])
+
+	a.mustOK(http.MethodPost, "/tenants", map[string]any{"name": "team-x"})
+	status, _ = a.call(http.MethodPost, "/tenants", map[string]any{"name": "team-x"})
+	assert.Equal(t, 409, status)
+	status, _ = a.call(http.MethodPost, "/tenants", map[string]any{"name": "y", "parent_path": "/root/none"})
+	assert.Equal(t, 422, status, "name too short")
+	status, _ = a.call(http.MethodPost, "/tenants", map[string]any{"name": "team-y", "parent_path": "/root/none"})
+	assert.Equal(t, 404, status)
+	assert.Len(t, a.mustOK(http.MethodGet, "/tenants", nil)["data"], 2)
+	a.tenant = "/root/team-x"
+	a.mustOK(http.MethodPost, "/app_instances", createVolume("pvc-old", 1)) // tenant-scoped names
+	assert.Len(t, a.mustOK(http.MethodGet, "/app_instances", nil)["data"], 1)
+
+	_, err := fake.New(fake.Options{Tenants: []string{"/root/a/b"}})
+	assert.ErrorContains(t, err, "parent tenant")
+	_, err = fake.New(fake.Options{Users: map[string]string{"ad": "password"}})
+	assert.ErrorContains(t, err, "login schema")
+}

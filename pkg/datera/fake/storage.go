@@ -244,11 +244,12 @@ func (s *Server) resolveACL(c *call, b *aclBody) ([]string, []string, *apiError)
 			acl = append(acl, *ref.Path)
 		}
 	}
-	for i, ref := range b.InitiatorGroups {
-		if ref.Path == nil {
-			return nil, nil, validationFailed(fmt.Sprintf("acl_policy.initiator_groups[%d].path is required", i))
-		}
+	if len(b.InitiatorGroups) > 0 {
 		// The simulator has no initiator groups, so every reference dangles.
+		ref := b.InitiatorGroups[0]
+		if ref.Path == nil {
+			return nil, nil, validationFailed("acl_policy.initiator_groups[0].path is required")
+		}
 		return nil, nil, notFound("initiator_group %s does not exist", *ref.Path)
 	}
 	return acl, []string{}, nil

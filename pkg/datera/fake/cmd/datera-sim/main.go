@@ -21,6 +21,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/big"
 	"net"
@@ -35,14 +36,18 @@ import (
 )
 
 func main() {
-	if err := run(os.Args[1:]); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "datera-sim:", err)
 		os.Exit(1)
 	}
 }
 
-func run(args []string) error {
+// run serves until ctx ends; it writes the "listening" line to stdout and logs to stderr.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("datera-sim", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	listen := fs.String("listen", "127.0.0.1:7717", "address to serve on; must be a 127.0.0.1 address")
 	useTLS := fs.Bool("tls", false, "serve https with a generated self-signed certificate for 127.0.0.1")
 	caOut := fs.String("ca-out", "", "with -tls: write the certificate (PEM) here for clients to trust")
@@ -71,10 +76,7 @@ func run(args []string) error {
 	if *debug {
 		level = slog.LevelDebug
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
 	opts := fake.Options{
 		Users:       map[string]string{*user: *password},
@@ -126,7 +128,7 @@ func run(args []string) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	fmt.Printf("datera-sim listening on %s://%s\n", scheme, ln.Addr())
+	fmt.Fprintf(stdout, "datera-sim listening on %s://%s\n", scheme, ln.Addr())
 
 	select {
 	case err := <-errc:
