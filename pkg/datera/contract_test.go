@@ -784,7 +784,7 @@ func TestContextCancellationStopsRetries(t *testing.T) {
 		elapsed := time.Since(start)
 		require.ErrorIs(t, err, context.DeadlineExceeded)
 		require.ErrorIs(t, err, datera.ErrUnavailable, "the last error is kept")
-		assert.Less(t, elapsed, 350*time.Millisecond, "stops promptly at the deadline")
+		assert.Less(t, elapsed, 600*time.Millisecond, "stops promptly at the deadline, not after 1000 attempts")
 	})
 	t.Run("cancel", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
@@ -792,7 +792,7 @@ func TestContextCancellationStopsRetries(t *testing.T) {
 		start := time.Now()
 		_, err := c.GetAppInstance(ctx, "pvc-cancel")
 		require.ErrorIs(t, err, context.Canceled)
-		assert.Less(t, time.Since(start), 250*time.Millisecond)
+		assert.Less(t, time.Since(start), 500*time.Millisecond)
 	})
 	t.Run("slow server", func(t *testing.T) {
 		s.SetFault(fake.AllRoutes, fake.Fault{Latency: 5 * time.Second})
@@ -801,7 +801,7 @@ func TestContextCancellationStopsRetries(t *testing.T) {
 		start := time.Now()
 		_, err := c.GetAppInstance(ctx, "pvc-cancel")
 		require.ErrorIs(t, err, context.DeadlineExceeded)
-		assert.Less(t, time.Since(start), 300*time.Millisecond, "an in-flight attempt is abandoned")
+		assert.Less(t, time.Since(start), time.Second, "an in-flight attempt is abandoned (the server would take 5 s)")
 	})
 }
 
