@@ -20,9 +20,8 @@ import (
 type request struct {
 	method string
 	path   string // escaped, relative to /v2.2, e.g. /app_instances/x
-	query  url.Values
-	body   any // JSON-encoded; nil sends no body
-	out    any // decoded from the envelope's data; nil ignores it
+	body   any    // JSON-encoded; nil sends no body
+	out    any    // decoded from the envelope's data; nil ignores it
 	noAuth bool
 	// resolvePath is GET instead when a POST retried after a connection error meets 409: the
 	// first attempt most likely created the resource (research §1.6, PYSDK post_to_get).
@@ -132,9 +131,6 @@ func (c *Client) attempt(ctx context.Context, r request, payload []byte, token s
 		return 0, nil, fmt.Errorf("bad path: %w", err)
 	}
 	u.Path, u.RawPath = rel.Path, rel.RawPath
-	if len(r.query) > 0 {
-		u.RawQuery = r.query.Encode()
-	}
 
 	actx, cancel := context.WithTimeout(ctx, c.reqTimeout)
 	defer cancel()
