@@ -113,7 +113,7 @@ func Start(t testing.TB, opts Options) *Cluster {
 }
 
 // New starts a control plane. The caller must call Stop. On error nothing is left running.
-func New(ctx context.Context, opts Options) (c *Cluster, err error) {
+func New(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	began := time.Now()
 	logf := opts.Logf
 	if logf == nil {
@@ -138,11 +138,12 @@ func New(ctx context.Context, opts Options) (c *Cluster, err error) {
 	}
 	dir := opts.Dir
 	if dir == "" {
+		var err error
 		if dir, err = os.MkdirTemp("", "petfabric-cluster-"); err != nil {
 			return nil, fmt.Errorf("create cluster dir: %w", err)
 		}
 	}
-	c = &Cluster{Dir: dir, Bin: *bins}
+	c := &Cluster{Dir: dir, Bin: *bins}
 	defer func() {
 		if err != nil {
 			c.Stop()
@@ -189,6 +190,13 @@ func New(ctx context.Context, opts Options) (c *Cluster, err error) {
 		"--tls-cert-file=" + files.apiserverCert,
 		"--tls-private-key-file=" + files.apiserverKey,
 		"--client-ca-file=" + files.caCert,
+		// A request-header CA as kubeadm sets it: without one, every delegating component
+		// (scheduler, controller-manager) logs about the missing bundle once a second.
+		"--requestheader-client-ca-file=" + files.caCert,
+		"--requestheader-allowed-names=front-proxy-client",
+		"--requestheader-username-headers=X-Remote-User",
+		"--requestheader-group-headers=X-Remote-Group",
+		"--requestheader-extra-headers-prefix=X-Remote-Extra-",
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file=" + files.saPub,
 		"--service-account-signing-key-file=" + files.saKey,
@@ -230,6 +238,8 @@ func New(ctx context.Context, opts Options) (c *Cluster, err error) {
 		"--leader-elect=false",
 		"--bind-address=127.0.0.1",
 		"--secure-port=" + strconv.Itoa(ports.kcm),
+		"--tls-cert-file=" + files.kcmCert,
+		"--tls-private-key-file=" + files.kcmKey,
 		"--node-monitor-period=1s", // notice kwok nodes turning Ready (and lift their not-ready taint) quickly
 		"--profiling=false",
 	}, opts.ExtraControllerManagerFlags...))
@@ -246,6 +256,8 @@ func New(ctx context.Context, opts Options) (c *Cluster, err error) {
 		"--authorization-kubeconfig=" + files.schedKubeconfig,
 		"--bind-address=127.0.0.1",
 		"--secure-port=" + strconv.Itoa(ports.scheduler),
+		"--tls-cert-file=" + files.schedCert,
+		"--tls-private-key-file=" + files.schedKey,
 		"--profiling=false",
 	}, opts.ExtraSchedulerFlags...))
 	if err != nil {
@@ -505,7 +517,8 @@ func hostURL(scheme string, port int) string {
 }
 
 type pkiFiles struct {
-	caCert, apiserverCert, apiserverKey, saKey, saPub                 string
+	caCert, apiserverCert, apiserverKey, saKey, saPub               string
+	kcmCert, kcmKey, schedCert, schedKey                            string
 	adminKubeconfig, kcmKubeconfig, schedKubeconfig, kwokKubeconfig string
 }
 
@@ -533,6 +546,20 @@ func (c *Cluster) writePKI(dir string, apiserverPort int) (pkiFiles, error) {
 	}
 	if f.apiserverCert, f.apiserverKey, err = serving.WriteFiles(pkiDir, "apiserver"); err != nil {
 		return f, err
+	}
+	// kube-controller-manager and kube-scheduler serve /healthz with certificates of the same CA,
+	// so readiness checks verify TLS instead of skipping verification.
+	for _, comp := range []struct {
+		name      string
+		cert, key *string
+	}{{"kube-controller-manager", &f.kcmCert, &f.kcmKey}, {"kube-scheduler", &f.schedCert, &f.schedKey}} {
+		pair, err := ca.Serving([]net.IP{net.ParseIP("127.0.0.1")}, "localhost")
+		if err != nil {
+			return f, err
+		}
+		if *comp.cert, *comp.key, err = pair.WriteFiles(pkiDir, comp.name); err != nil {
+			return f, err
+		}
 	}
 	saKey, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
