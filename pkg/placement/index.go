@@ -1,0 +1,130 @@
+package placement
+
+import (
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+// Index is an in-memory State kept up to date from Lease and PersistentVolume events. It
+// precomputes what Filter and Prioritize would otherwise recompute per request: which nodes
+// hold each volume, and which volumes belong to each StatefulSet.
+//
+// Index is not safe for concurrent use; the extender guards it with a sync.RWMutex (many
+// concurrent readers, one informer writer).
+type Index struct {
+	reports map[string]*NodeReport
+	// holders maps volumeID → nodes whose report lists it (sorted, no duplicates).
+	holders map[string][]string
+	// petVolumes maps StatefulSet → its pets' volumes; pvPets remembers each PV's entry so
+	// an update or delete can take it out again.
+	petVolumes map[stsKey][]PetVolume
+	pvPets     map[string]pvPet
+}
+
+type stsKey struct{ namespace, name string }
+
+type pvPet struct {
+	sts stsKey
+	vol PetVolume
+}
+
+// NewIndex returns an empty Index.
+func NewIndex() *Index {
+	return &Index{
+		reports:    map[string]*NodeReport{},
+		holders:    map[string][]string{},
+		petVolumes: map[stsKey][]PetVolume{},
+		pvPets:     map[string]pvPet{},
+	}
+}
+
+// SetReport adds or replaces a node's report.
+func (x *Index) SetReport(nr *NodeReport) {
+	x.DeleteReport(nr.Node)
+	x.reports[nr.Node] = nr
+	if nr.Report == nil {
+		return
+	}
+	for _, v := range nr.Report.Attached {
+		hs := x.holders[v]
+		if i, found := slices.BinarySearch(hs, nr.Node); !found {
+			x.holders[v] = slices.Insert(hs, i, nr.Node)
+		}
+	}
+}
+
+// DeleteReport removes a node's report.
+func (x *Index) DeleteReport(node string) {
+	old, ok := x.reports[node]
+	if !ok {
+		return
+	}
+	delete(x.reports, node)
+	if old.Report == nil {
+		return
+	}
+	for _, v := range old.Report.Attached {
+		hs := x.holders[v]
+		if i, found := slices.BinarySearch(hs, node); found {
+			hs = slices.Delete(hs, i, i+1)
+		}
+		if len(hs) == 0 {
+			delete(x.holders, v)
+		} else {
+			x.holders[v] = hs
+		}
+	}
+}
+
+// SetPV records the pet a Datera PV belongs to (PVs of other drivers, and unlabelled ones,
+// are dropped from the index).
+func (x *Index) SetPV(pv *corev1.PersistentVolume) {
+	x.DeletePV(pv.Name)
+	if pv.Spec.FlexVolume == nil || pv.Spec.FlexVolume.Driver != FlexDriver {
+		return
+	}
+	id := pv.Spec.FlexVolume.Options[OptionVolumeID]
+	pet := PetOfPV(pv)
+	if id == "" || !pet.Valid() {
+		return
+	}
+	e := pvPet{sts: stsKey{pet.Namespace, pet.StatefulSet}, vol: PetVolume{VolumeID: id, Ordinal: pet.Ordinal}}
+	x.pvPets[pv.Name] = e
+	x.petVolumes[e.sts] = append(x.petVolumes[e.sts], e.vol)
+}
+
+// DeletePV forgets a PV.
+func (x *Index) DeletePV(name string) {
+	e, ok := x.pvPets[name]
+	if !ok {
+		return
+	}
+	delete(x.pvPets, name)
+	vols := x.petVolumes[e.sts]
+	if i := slices.Index(vols, e.vol); i >= 0 {
+		vols = slices.Delete(vols, i, i+1)
+	}
+	if len(vols) == 0 {
+		delete(x.petVolumes, e.sts)
+	} else {
+		x.petVolumes[e.sts] = vols
+	}
+}
+
+// NodeReport implements State.
+func (x *Index) NodeReport(node string) (*NodeReport, bool) {
+	nr, ok := x.reports[node]
+	return nr, ok
+}
+
+// Holders implements State.
+func (x *Index) Holders(volumeID string) []string { return x.holders[volumeID] }
+
+// PetVolumes implements State.
+func (x *Index) PetVolumes(namespace, statefulSet string) []PetVolume {
+	return x.petVolumes[stsKey{namespace, statefulSet}]
+}
+
+// Nodes returns the number of reports held (for metrics).
+func (x *Index) Nodes() int { return len(x.reports) }

@@ -1,0 +1,204 @@
+package placement
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strings"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+)
+
+// The reachability report is the contract between the node agent (writer, cmd/flex agent)
+// and the scheduler extender (reader). This file is its single definition.
+
+const (
+	// ReportAnnotation is the Lease annotation that carries the JSON Report.
+	ReportAnnotation = "petfabric.io/report"
+	// ReportVersion is the schema version this code writes and reads. A reader refuses
+	// other versions rather than guessing what their fields mean.
+	ReportVersion = 1
+	// LeaseNamePrefix starts the name of every report Lease: petfabric-node-<node>.
+	LeaseNamePrefix = "petfabric-node-"
+	// LeaseManagedByLabel marks report Leases (app.kubernetes.io/managed-by=petfabric), so a
+	// reader can select them among other Leases in the namespace.
+	LeaseManagedByLabel = "app.kubernetes.io/managed-by"
+	// LeaseManagedByValue is the value of LeaseManagedByLabel.
+	LeaseManagedByValue = "petfabric"
+	// LeaseComponentLabel names the writer of the Lease.
+	LeaseComponentLabel = "app.kubernetes.io/component"
+	// LeaseComponentValue is the value of LeaseComponentLabel.
+	LeaseComponentValue = "node-agent"
+)
+
+// Report is what a node agent found in one probe round. Encoded as JSON in the
+// ReportAnnotation of the node's Lease.
+type Report struct {
+	// Version is ReportVersion.
+	Version int `json:"version"`
+	// Initiator is the node's iSCSI initiator name the probes logged in with.
+	Initiator string `json:"initiator"`
+	// Backstores maps each configured backstoreServer (the PV option "backstoreServer",
+	// host:port of the Datera management API) to the probe results of its iSCSI portals.
+	Backstores map[string]BackstoreReport `json:"backstores"`
+	// Attached lists the volumeIDs the FlexVolume driver has attached on this node (one
+	// <volumeID>.json record each in its state directory), sorted.
+	Attached []string `json:"attached"`
+	// ProbedAt is when the probe round that produced Backstores started.
+	ProbedAt time.Time `json:"probedAt"`
+}
+
+// BackstoreReport holds the results for the portals of one backstore.
+type BackstoreReport struct {
+	// Portals maps "ip:port" to the probe result.
+	Portals map[string]PortalReport `json:"portals"`
+}
+
+// PortalReport is the result of one iSCSI discovery probe (Login, SendTargets, Logout).
+type PortalReport struct {
+	// OK is true when the whole discovery session succeeded for the node's initiator.
+	OK bool `json:"ok"`
+	// RTTMicros is the round-trip time the probe measured, in microseconds (0 when !OK).
+	RTTMicros int64 `json:"rttMicros"`
+	// Error says why the probe failed, e.g. "connection refused" (empty when OK).
+	Error string `json:"error,omitempty"`
+}
+
+// RTT returns the round-trip time as a Duration.
+func (p PortalReport) RTT() time.Duration { return time.Duration(p.RTTMicros) * time.Microsecond }
+
+// Encode returns the annotation value.
+func (r *Report) Encode() (string, error) {
+	if err := r.Validate(); err != nil {
+		return "", err
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		return "", fmt.Errorf("encode reachability report: %w", err)
+	}
+	return string(b), nil
+}
+
+// Validate checks what a reader relies on.
+func (r *Report) Validate() error {
+	if r.Version != ReportVersion {
+		return fmt.Errorf("unsupported report version %d (this build reads version %d)", r.Version, ReportVersion)
+	}
+	if r.Initiator == "" {
+		return errors.New("report has no initiator name")
+	}
+	if r.ProbedAt.IsZero() {
+		return errors.New("report has no probedAt time")
+	}
+	for bs, b := range r.Backstores {
+		if bs == "" {
+			return errors.New("report has a backstore with an empty name")
+		}
+		for portal, p := range b.Portals {
+			if _, _, err := net.SplitHostPort(portal); err != nil {
+				return fmt.Errorf("backstore %s: portal %q is not host:port: %w", bs, portal, err)
+			}
+			if !p.OK && p.Error == "" {
+				return fmt.Errorf("backstore %s: portal %s is not ok but has no error", bs, portal)
+			}
+			if p.RTTMicros < 0 {
+				return fmt.Errorf("backstore %s: portal %s has a negative RTT", bs, portal)
+			}
+		}
+	}
+	if !slices.IsSorted(r.Attached) {
+		return errors.New("report's attached volume list is not sorted")
+	}
+	return nil
+}
+
+// DecodeReport parses and validates an annotation value.
+func DecodeReport(s string) (*Report, error) {
+	var r Report
+	if err := json.Unmarshal([]byte(s), &r); err != nil {
+		return nil, fmt.Errorf("report annotation is not valid JSON: %w", err)
+	}
+	if err := r.Validate(); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// LeaseName is the name of a node's report Lease: "petfabric-node-<node>". Node names can
+// be 253 characters, like Lease names, so a name that would not fit keeps a prefix of the
+// node name and ends in a hash of the full name (readers key by holderIdentity anyway).
+func LeaseName(node string) string {
+	const maxName = 253
+	if len(LeaseNamePrefix)+len(node) <= maxName {
+		return LeaseNamePrefix + node
+	}
+	sum := sha256.Sum256([]byte(node))
+	suffix := "-" + hex.EncodeToString(sum[:])[:16]
+	keep := maxName - len(LeaseNamePrefix) - len(suffix)
+	// A DNS label may not start with '-' or '.', so trim those before the suffix.
+	return LeaseNamePrefix + strings.TrimRight(node[:keep], ".-") + suffix
+}
+
+// NodeReport is a node's Lease as the extender sees it.
+type NodeReport struct {
+	// Node is the node name (the Lease's holderIdentity).
+	Node string
+	// Report is the decoded annotation; nil when Err is set.
+	Report *Report
+	// Err says why the annotation could not be used.
+	Err error
+	// RenewTime is the Lease's renewTime: the agent's last completed round.
+	RenewTime time.Time
+	// TTL is the Lease's leaseDurationSeconds: how long the report counts as fresh.
+	TTL time.Duration
+	// Attached is Report.Attached as a set, for constant-time lookups while scoring.
+	Attached map[string]struct{}
+}
+
+// Age is how long ago the report was renewed.
+func (n *NodeReport) Age(now time.Time) time.Duration { return now.Sub(n.RenewTime) }
+
+// Fresh reports whether the report was renewed within its TTL.
+func (n *NodeReport) Fresh(now time.Time) bool {
+	return n.TTL > 0 && !n.RenewTime.IsZero() && n.Age(now) <= n.TTL
+}
+
+// NodeReportFromLease converts a Lease. ok is false when the Lease is not a report Lease
+// (no holder, or a name that does not belong to its holder); then it must be ignored.
+func NodeReportFromLease(l *coordinationv1.Lease) (nr *NodeReport, ok bool) {
+	if l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity == "" {
+		return nil, false
+	}
+	node := *l.Spec.HolderIdentity
+	if l.Name != LeaseName(node) {
+		return nil, false
+	}
+	nr = &NodeReport{Node: node}
+	if l.Spec.RenewTime != nil {
+		nr.RenewTime = l.Spec.RenewTime.Time
+	}
+	if l.Spec.LeaseDurationSeconds != nil {
+		nr.TTL = time.Duration(*l.Spec.LeaseDurationSeconds) * time.Second
+	}
+	raw, found := l.Annotations[ReportAnnotation]
+	if !found {
+		nr.Err = fmt.Errorf("no %s annotation on Lease %s", ReportAnnotation, l.Name)
+		return nr, true
+	}
+	r, err := DecodeReport(raw)
+	if err != nil {
+		nr.Err = err
+		return nr, true
+	}
+	nr.Report = r
+	nr.Attached = make(map[string]struct{}, len(r.Attached))
+	for _, v := range r.Attached {
+		nr.Attached[v] = struct{}{}
+	}
+	return nr, true
+}
