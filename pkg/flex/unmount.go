@@ -55,13 +55,24 @@ func (d *Driver) Unmount(ctx context.Context, dir string) error {
 	if err := os.Remove(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		log.WarnContext(ctx, "cannot remove the pod volume directory", "error", err)
 	}
-	if rec.removeMount(dir) {
-		if err := d.State.Save(rec); err != nil {
-			return err
-		}
+	users, err := d.users(rec)
+	if err != nil {
+		return err
 	}
+	if len(users) > 0 {
+		if rec.removeMount(dir) {
+			if err := d.State.Save(rec); err != nil {
+				return err
+			}
+		}
+		d.crash(StepMetadataUpdate)
+		log.InfoContext(ctx, "volume still used on this node; staying attached", "mounts", users)
+		return nil
+	}
+	// The last user: the record keeps listing dir until the volume is fully detached, so that a
+	// retry of this unmount after a crash finds the volume again.
 	d.crash(StepMetadataUpdate)
-	return d.releaseIfUnused(ctx, log, rec)
+	return d.detach(ctx, log, rec)
 }
 
 // findByDir finds the record of the volume mounted at dir: the one listing dir, else the one

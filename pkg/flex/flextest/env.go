@@ -1,0 +1,230 @@
+package flextest
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/mount-utils"
+
+	"github.com/petfabric/petfabric/internal/testenv"
+	"github.com/petfabric/petfabric/pkg/datera"
+	"github.com/petfabric/petfabric/pkg/datera/fake"
+)
+
+// Credentials of the simulator user the tests mount with; the password is distinctive so the
+// secrets-in-logs checks can search for it.
+const (
+	User     = "flexuser"
+	Password = "Pw_flexSecret.4711"
+)
+
+// InitiatorName is the node's initiator name in every Env.
+const InitiatorName = "iqn.1993-08.org.debian:01:petfabrictest"
+
+// Env is one node with the driver's directories under a temp root, a Datera simulator on
+// 127.0.0.1 exporting volumes as loop-backed targets, and a node config file for the driver.
+type Env struct {
+	T          testing.TB
+	Root       string
+	Sim        *fake.Server
+	SimURL     string
+	Targets    *LoopTargets
+	Client     *datera.Client
+	ConfigFile string
+	Config     map[string]any
+	StateDir   string
+	GlobalDir  string
+	ByPathDir  string
+	LogFile    string
+	TargetsDir string
+}
+
+// EnvOptions tune NewEnv.
+type EnvOptions struct {
+	// Portals reported by the simulator (default one, 192.0.2.1).
+	Portals []string
+	// Config entries added to (or replacing) the node config.
+	Config map[string]any
+}
+
+// NewEnv builds an Env. It needs root, losetup, blkid, mkfs.xfs and mkfs.ext4 (fails under
+// PETFABRIC_STRICT=1, skips otherwise) and cleans up every mount and loop device it made, even
+// when the test fails.
+func NewEnv(t testing.TB, opts EnvOptions) *Env {
+	t.Helper()
+	testenv.Root(t)
+	for _, c := range []string{"losetup", "blkid", "mkfs.xfs", "mkfs.ext4", "mount", "umount"} {
+		testenv.LookPath(t, c)
+	}
+	root, err := os.MkdirTemp("", "flex-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &Env{T: t, Root: root,
+		StateDir: filepath.Join(root, "state"), GlobalDir: filepath.Join(root, "global"),
+		ByPathDir: filepath.Join(root, "dev", "disk", "by-path"), LogFile: filepath.Join(root, "log", "flex.log"),
+		TargetsDir: filepath.Join(root, "targets"), ConfigFile: filepath.Join(root, "flex.json")}
+	t.Cleanup(func() { e.cleanup() })
+	e.Targets = &LoopTargets{Dir: e.TargetsDir}
+	portals := opts.Portals
+	if len(portals) == 0 {
+		portals = []string{"192.0.2.1"}
+	}
+	e.Sim, err = fake.New(fake.Options{Users: map[string]string{User: Password}, Portals: portals, Exporter: e.Targets})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(e.Sim)
+	t.Cleanup(srv.Close)
+	e.SimURL = srv.URL
+	e.Client, err = datera.New(datera.Config{Endpoint: srv.URL, Username: User, Password: Password})
+	if err != nil {
+		t.Fatal(err)
+	}
+	initiatorFile := filepath.Join(root, "initiatorname.iscsi")
+	if err := os.WriteFile(initiatorFile, []byte("## generated\nInitiatorName="+InitiatorName+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.Config = map[string]any{
+		"nodeName": "node-a", "initiatorNameFile": initiatorFile, "stateDir": e.StateDir,
+		"globalMountDir": e.GlobalDir, "logFile": e.LogFile, "byPathDir": e.ByPathDir,
+		"sysfsDir": filepath.Join(root, "sys"), "initiator": "loop-standin", "initiatorDir": e.TargetsDir,
+		"multipath": "off", "deviceWaitTimeout": "5s", "availableTimeout": "20s", "logLevel": "debug",
+	}
+	for k, v := range opts.Config {
+		e.Config[k] = v
+	}
+	e.WriteConfig()
+	return e
+}
+
+// WriteConfig (re)writes the node config file from e.Config.
+func (e *Env) WriteConfig() {
+	b, err := json.Marshal(e.Config)
+	if err != nil {
+		e.T.Fatal(err)
+	}
+	if err := os.WriteFile(e.ConfigFile, b, 0o644); err != nil {
+		e.T.Fatal(err)
+	}
+}
+
+// Options returns the JSON kubelet would pass to mount for volume id, with the secretRef values
+// (base64) of the simulator user. extra entries are added; an empty value deletes a key.
+func (e *Env) Options(id string, extra map[string]string) string {
+	o := map[string]string{
+		"volumeID": id, "size": "1", "replica": "1", "backstoreServer": e.SimURL,
+		"kubernetes.io/fsType": "xfs", "kubernetes.io/readwrite": "rw",
+		"kubernetes.io/pvOrVolumeName": "pv-" + id, "kubernetes.io/pod.name": "pod", "kubernetes.io/pod.namespace": "ns",
+		"kubernetes.io/pod.uid": "uid", "kubernetes.io/serviceAccount.name": "default",
+		"kubernetes.io/secret/username": base64.StdEncoding.EncodeToString([]byte(User)),
+		"kubernetes.io/secret/password": base64.StdEncoding.EncodeToString([]byte(Password)),
+	}
+	for k, v := range extra {
+		if v == "" {
+			delete(o, k)
+		} else {
+			o[k] = v
+		}
+	}
+	b, _ := json.Marshal(o)
+	return string(b)
+}
+
+// PodDir returns a kubelet-style pod volume directory (not created: kubelet creates it, and so
+// does the driver).
+func (e *Env) PodDir(pod string) string {
+	return filepath.Join(e.Root, "kubelet", "pods", pod, "volumes", "datera~iscsi", "vol")
+}
+
+// ACL returns the initiators in the volume's ACL, read through the Datera API.
+func (e *Env) ACL(id string) []string {
+	acl, err := e.Client.GetACL(context.Background(), id, datera.StorageInstanceName)
+	if err != nil {
+		e.T.Fatalf("reading the ACL of %s: %v", id, err)
+	}
+	var out []string
+	for _, r := range acl.Initiators {
+		out = append(out, strings.TrimPrefix(r.Path, "/initiators/"))
+	}
+	return out
+}
+
+// Backing returns the backing file of volume id (it must exist on the simulator).
+func (e *Env) Backing(id string) string {
+	ai, err := e.Client.GetAppInstance(context.Background(), id)
+	if err != nil {
+		e.T.Fatalf("reading %s: %v", id, err)
+	}
+	_, v, ok := ai.Volume()
+	if !ok {
+		e.T.Fatalf("%s has no volume", id)
+	}
+	return e.Targets.BackingFile(v.UUID)
+}
+
+// IQN returns the target name of volume id.
+func (e *Env) IQN(id string) string {
+	ai, err := e.Client.GetAppInstance(context.Background(), id)
+	if err != nil {
+		e.T.Fatalf("reading %s: %v", id, err)
+	}
+	si, _, _ := ai.Volume()
+	return si.Access.IQN
+}
+
+// Mounts lists the mount points under the env root.
+func (e *Env) Mounts() []string {
+	mi, err := mount.ParseMountInfo("/proc/self/mountinfo")
+	if err != nil {
+		e.T.Fatal(err)
+	}
+	var out []string
+	for _, m := range mi {
+		if strings.HasPrefix(m.MountPoint, e.Root+"/") {
+			out = append(out, m.MountPoint)
+		}
+	}
+	return out
+}
+
+// LogText returns the driver log and its rotated backups.
+func (e *Env) LogText() string {
+	var b strings.Builder
+	files, _ := filepath.Glob(e.LogFile + "*")
+	for _, f := range files {
+		data, _ := os.ReadFile(f)
+		b.Write(data)
+	}
+	return b.String()
+}
+
+// cleanup lazily unmounts everything under the root (deepest first) and detaches the loop
+// devices of the env's backing files: only what this env made.
+func (e *Env) cleanup() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	mounts := e.Mounts()
+	slices.SortFunc(mounts, func(a, b string) int { return len(b) - len(a) })
+	for _, m := range mounts {
+		_ = exec.CommandContext(ctx, "umount", "-l", m).Run()
+	}
+	files, _ := filepath.Glob(filepath.Join(e.TargetsDir, "backing", "*.img"))
+	for _, f := range files {
+		_ = DetachBacking(ctx, f)
+	}
+	if !e.T.Failed() {
+		_ = os.RemoveAll(e.Root)
+	} else {
+		e.T.Logf("kept %s for inspection", e.Root)
+	}
+}
