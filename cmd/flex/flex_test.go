@@ -74,7 +74,7 @@ func run(t testing.TB, configFile string, extraEnv []string, args ...string) res
 }
 
 // minimalConfig is a node config that needs no root: for protocol and input checks.
-func minimalConfig(t *testing.T) (configFile, logFile string) {
+func minimalConfig(t testing.TB) (configFile, logFile string) {
 	t.Helper()
 	dir := t.TempDir()
 	logFile = filepath.Join(dir, "flex.log")

@@ -326,3 +326,25 @@ func TestSecretsNeverLogged(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, stored, "stored credentials are removed with the volume")
 }
+
+func TestDateraFailureRollsBack(t *testing.T) {
+	n := newNode(t, flextest.EnvOptions{})
+	var aclRoute string
+	for _, r := range n.Sim.Routes() {
+		if strings.HasPrefix(r, "PUT ") && strings.HasSuffix(r, "/acl_policy/initiators") {
+			aclRoute = r
+		}
+	}
+	require.NotEmpty(t, aclRoute)
+	id := "pv-fault"
+	a := n.PodDir("a")
+	n.Sim.SetFault(aclRoute, fakeFault422())
+	r := n.mount(a, n.Options(id, nil))
+	require.Equal(t, flex.StatusFailure, r.Reply.Status)
+	assert.Contains(t, r.Reply.Message, "granting this node access")
+	n.assertDetached(id)
+	// The next try, with Datera healthy again, works.
+	n.mustMount(a, n.Options(id, nil))
+	n.mustUnmount(a)
+	n.assertDetached(id)
+}

@@ -149,7 +149,8 @@ func LoadConfig() (*NodeConfig, error) {
 		cfg.StateDir = v
 	}
 	if err := cfg.complete(); err != nil {
-		return nil, fmt.Errorf("config %s: %w", path, err)
+		// cfg still carries the defaults and the file's log settings, for logging the error.
+		return cfg, fmt.Errorf("config %s: %w", path, err)
 	}
 	return cfg, nil
 }

@@ -203,7 +203,7 @@ func (d *Driver) dateraAttach(ctx context.Context, log *slog.Logger, req *MountR
 	d.crash(StepDateraCreate)
 	si, _, ok := ai.Volume()
 	if !ok {
-		return fmt.Errorf("Datera volume %s has no storage instance with a volume", req.VolumeID)
+		return fmt.Errorf("the Datera volume %s has no storage instance with a volume", req.VolumeID)
 	}
 	rec.StorageInstance = si.Name
 	if err := d.State.Save(rec); err != nil {
@@ -235,19 +235,19 @@ func (d *Driver) dateraAttach(ctx context.Context, log *slog.Logger, req *MountR
 	}
 	si, _, _ = ai.Volume()
 	if err := iscsi.ValidateIQN(si.Access.IQN); err != nil {
-		return fmt.Errorf("Datera reported a bad target name: %w", err)
+		return fmt.Errorf("the Datera target name is invalid: %w", err)
 	}
 	rec.IQN = si.Access.IQN
 	rec.Portals = rec.Portals[:0]
 	for _, p := range si.Access.Portals() {
 		norm, err := iscsi.ParsePortal(p)
 		if err != nil {
-			return fmt.Errorf("Datera reported a bad portal: %w", err)
+			return fmt.Errorf("the Datera portal is invalid: %w", err)
 		}
 		rec.Portals = append(rec.Portals, norm)
 	}
 	if len(rec.Portals) == 0 {
-		return fmt.Errorf("Datera reported no portal for %s", req.VolumeID)
+		return fmt.Errorf("no portal reported by Datera for %s", req.VolumeID)
 	}
 	rec.LUN = 0 // Datera: one target per volume, LUN 0
 	log.InfoContext(ctx, "volume available on Datera", "iqn", rec.IQN, "portals", rec.Portals, "storageInstance", rec.StorageInstance)

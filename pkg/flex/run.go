@@ -29,7 +29,7 @@ type MainOptions struct {
 func Main(verb string, args []string, stdout io.Writer, opts MainOptions) int {
 	start := time.Now()
 	cfg, cfgErr := LoadConfig()
-	if cfgErr != nil {
+	if cfg == nil {
 		cfg = &NodeConfig{}
 		_ = cfg.complete() // defaults only, for the log location
 	}

@@ -159,7 +159,7 @@ func ValidateIQN(name string) error {
 			return fmt.Errorf("iSCSI name %q: want eui.<16 hex digits>", clip(name))
 		}
 	default:
-		return fmt.Errorf("iSCSI name %q: must start with iqn. or eui.", clip(name))
+		return fmt.Errorf("iSCSI name %q: must start with \"iqn.\" or \"eui.\"", clip(name))
 	}
 	for _, r := range name {
 		if r <= ' ' || r == '/' || r == 0x7f || r == '\\' {
