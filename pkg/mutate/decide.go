@@ -1,0 +1,230 @@
+// Package mutate holds the webhook's pure decisions, with no I/O: which claim templates of a
+// StatefulSet are Datera-bound, the patch that pins them, and the PersistentVolume of each
+// ordinal (DESIGN.md, "PersistentVolume written by the webhook").
+package mutate
+
+import (
+	"fmt"
+	"sort"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+)
+
+const (
+	// Provisioner marks a StorageClass as Datera's.
+	Provisioner = "petfabric.io/datera"
+	// Driver is the FlexVolume driver the PVs name.
+	Driver = "datera/iscsi"
+
+	AnnotationPrefix = "petfabric.io/"
+	// InjectLabel: "enabled" on a Namespace opts classless templates in; "disabled" on a
+	// StatefulSet opts it out.
+	InjectLabel = "petfabric.io/inject"
+
+	// Legacy class annotations. The PV controller gives the beta one precedence over
+	// spec.storageClassName, so a pinned template must not keep a non-Datera value there.
+	AlphaClassAnnotation = "volume.alpha.kubernetes.io/storage-class"
+	BetaClassAnnotation  = "volume.beta.kubernetes.io/storage-class"
+
+	// Annotations the webhook records on a claim template; the StatefulSet controller copies
+	// them onto every claim, which is how the PVC hook and the reconcile loop recognise them.
+	AnnStatefulSet   = "petfabric.io/statefulset"
+	AnnClaimTemplate = "petfabric.io/claim-template"
+
+	// Labels on every PV the webhook writes; the reconcile loop deletes only PVs carrying them.
+	LabelManagedBy     = "app.kubernetes.io/managed-by"
+	ManagedByValue     = "petfabric"
+	LabelStatefulSet   = "petfabric.io/statefulset"
+	LabelNamespace     = "petfabric.io/namespace"
+	LabelOrdinal       = "petfabric.io/ordinal"
+	LabelClaimTemplate = "petfabric.io/claim-template"
+)
+
+// Config is the webhook's own settings.
+type Config struct {
+	// ClusterID prefixes every Datera volume ID, so several clusters can share a backstore.
+	ClusterID string
+	// DefaultClass is the Datera StorageClass for classless templates in opted-in namespaces
+	// and for the legacy alpha annotation.
+	DefaultClass string
+	// Defaults are option values used when neither the template nor the class sets them.
+	Defaults map[string]string
+}
+
+// Class is a Datera StorageClass as the decisions need it.
+type Class struct {
+	Name          string
+	Parameters    map[string]string
+	ReclaimPolicy corev1.PersistentVolumeReclaimPolicy
+	MountOptions  []string
+}
+
+// ClassFromStorageClass converts a StorageClass; ok is false when it is not Datera's.
+func ClassFromStorageClass(sc *storagev1.StorageClass) (Class, bool) {
+	if sc.Provisioner != Provisioner {
+		return Class{}, false
+	}
+	c := Class{Name: sc.Name, Parameters: sc.Parameters, ReclaimPolicy: corev1.PersistentVolumeReclaimDelete, MountOptions: sc.MountOptions}
+	if sc.ReclaimPolicy != nil {
+		c.ReclaimPolicy = *sc.ReclaimPolicy
+	}
+	return c, true
+}
+
+// Input is everything a decision about one StatefulSet depends on.
+type Input struct {
+	StatefulSet     *appsv1.StatefulSet
+	NamespaceLabels map[string]string
+	// Classes are the Datera StorageClasses by name.
+	Classes map[string]Class
+	// PinnedOnly considers only templates whose stored storageClassName or beta annotation
+	// already names a Datera class. On UPDATE the templates are immutable, so a template the
+	// webhook did not pin at CREATE can never get a Datera claim: PVs for it could never bind.
+	PinnedOnly bool
+}
+
+// TemplatePlan is the decision for one Datera-bound claim template.
+type TemplatePlan struct {
+	Index       int    // position in spec.volumeClaimTemplates
+	Name        string // the template's metadata.name
+	Class       Class
+	Options     Options
+	RequestGiB  int64 // the template's storage request, rounded up to GiB
+	AccessModes []corev1.PersistentVolumeAccessMode
+}
+
+// SizeGiB is the volume size: the override when set, else the request.
+func (t TemplatePlan) SizeGiB() int64 {
+	return max(t.Options.SizeGiB, t.RequestGiB)
+}
+
+// Plan is the decision for one StatefulSet.
+type Plan struct {
+	Namespace   string
+	StatefulSet string
+	Templates   []TemplatePlan // only the Datera-bound ones, in template order
+}
+
+// Decide finds the Datera-bound claim templates of a StatefulSet and resolves their options.
+// A template is Datera-bound when its storageClassName, or a legacy beta/alpha annotation,
+// names a Datera class; or when its namespace opted in and it names no class, or carries the
+// alpha annotation (whose value Kubernetes 1.3 ignored, hence the blog's "anything"), in which
+// case it gets cfg.DefaultClass. A StatefulSet labelled petfabric.io/inject=disabled is left alone.
+// An invalid option is an error naming the field and the allowed values.
+func Decide(cfg Config, in Input) (Plan, error) {
+	sts := in.StatefulSet
+	p := Plan{Namespace: sts.Namespace, StatefulSet: sts.Name}
+	if sts.Labels[InjectLabel] == "disabled" {
+		return p, nil
+	}
+	optedIn := in.NamespaceLabels[InjectLabel] == "enabled"
+	for i := range sts.Spec.VolumeClaimTemplates {
+		t := &sts.Spec.VolumeClaimTemplates[i]
+		className, ok := dateraClassOf(cfg, in.Classes, t, optedIn)
+		if !ok || in.PinnedOnly && !pinned(t, className) {
+			continue
+		}
+		field := fmt.Sprintf("spec.volumeClaimTemplates[%d]", i)
+		class, ok := in.Classes[className]
+		if !ok {
+			return p, &ValidationError{Field: field, Value: className,
+				Allowed: fmt.Sprintf("the default Datera StorageClass %q does not exist; create it or name another class with provisioner %s", className, Provisioner)}
+		}
+		tp, err := planTemplate(cfg, i, t, class, field)
+		if err != nil {
+			return p, err
+		}
+		p.Templates = append(p.Templates, tp)
+	}
+	return p, nil
+}
+
+// dateraClassOf returns the Datera class a template is bound to, if any, in this order:
+// spec.storageClassName naming a Datera class; the beta annotation naming one (the PV
+// controller honours it over storageClassName, so the patch rewrites it to match); the alpha
+// annotation naming one; and, in an opted-in namespace, a template with no storageClassName
+// (nil; "" explicitly asks for no class) or with the alpha annotation of any value.
+func dateraClassOf(cfg Config, classes map[string]Class, t *corev1.PersistentVolumeClaim, optedIn bool) (string, bool) {
+	isDatera := func(name string) bool { _, ok := classes[name]; return ok }
+	sc := t.Spec.StorageClassName
+	if sc != nil && *sc != "" {
+		return *sc, isDatera(*sc)
+	}
+	if beta := t.Annotations[BetaClassAnnotation]; beta != "" {
+		return beta, isDatera(beta)
+	}
+	alpha, hasAlpha := t.Annotations[AlphaClassAnnotation]
+	if hasAlpha && isDatera(alpha) {
+		return alpha, true
+	}
+	if optedIn && cfg.DefaultClass != "" && sc == nil {
+		return cfg.DefaultClass, true
+	}
+	return "", false
+}
+
+// pinned reports whether the stored template already asks for class through a field the PV
+// controller honours.
+func pinned(t *corev1.PersistentVolumeClaim, class string) bool {
+	if beta, ok := t.Annotations[BetaClassAnnotation]; ok {
+		return beta == class
+	}
+	return t.Spec.StorageClassName != nil && *t.Spec.StorageClassName == class
+}
+
+func planTemplate(cfg Config, i int, t *corev1.PersistentVolumeClaim, class Class, field string) (TemplatePlan, error) {
+	tp := TemplatePlan{Index: i, Name: t.Name, Class: class, AccessModes: t.Spec.AccessModes}
+	if t.Name == "" {
+		return tp, &ValidationError{Field: field + ".metadata.name", Allowed: "a claim template needs a name"}
+	}
+	if t.Spec.VolumeMode != nil && *t.Spec.VolumeMode == corev1.PersistentVolumeBlock {
+		return tp, &ValidationError{Field: field + ".spec.volumeMode", Value: string(corev1.PersistentVolumeBlock),
+			Allowed: "Filesystem (the datera/iscsi FlexVolume driver mounts a filesystem)"}
+	}
+	if t.Spec.DataSource != nil || t.Spec.DataSourceRef != nil {
+		return tp, &ValidationError{Field: field + ".spec.dataSource", Value: "set", Allowed: "no data source: petfabric volumes start empty"}
+	}
+	if len(tp.AccessModes) == 0 {
+		tp.AccessModes = []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}
+	}
+	req, ok := t.Spec.Resources.Requests[corev1.ResourceStorage]
+	if !ok || req.Sign() <= 0 {
+		return tp, &ValidationError{Field: field + ".spec.resources.requests.storage", Value: req.String(), Allowed: "a positive storage request"}
+	}
+	tp.RequestGiB = roundUpGiB(req)
+	opts, err := resolveOptions(t.Annotations, class.Parameters, cfg.Defaults,
+		"storageclass "+class.Name, field+".metadata.annotations")
+	if err != nil {
+		return tp, err
+	}
+	if opts.SizeGiB != 0 && opts.SizeGiB < tp.RequestGiB {
+		return tp, &ValidationError{Field: field + ".metadata.annotations[petfabric.io/size]", Value: opts.raw[OptSize],
+			Allowed: fmt.Sprintf("at least the storage request (%d GiB): a smaller volume could not bind the claim", tp.RequestGiB)}
+	}
+	tp.Options = opts
+	return tp, nil
+}
+
+const giB = int64(1) << 30
+
+func roundUpGiB(q resource.Quantity) int64 {
+	b := q.Value()
+	return (b + giB - 1) / giB
+}
+
+// ClassNames lists the Datera classes a plan uses, sorted (for logs and events).
+func (p Plan) ClassNames() []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, t := range p.Templates {
+		if !seen[t.Class.Name] {
+			seen[t.Class.Name] = true
+			out = append(out, t.Class.Name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}

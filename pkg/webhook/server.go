@@ -1,0 +1,121 @@
+// Package webhook is petfabric's admission server: it pins Datera-bound StatefulSet claim
+// templates to their class and pre-creates one pre-bound FlexVolume PV per ordinal, on
+// StatefulSet CREATE/UPDATE, on the statefulsets/scale subresource, and for each Datera
+// claim at PVC CREATE. Decisions are pkg/mutate's; this package does the HTTP and the writes.
+package webhook
+
+import (
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/petfabric/petfabric/pkg/mutate"
+)
+
+// Routes served over TLS; the MutatingWebhookConfiguration points at them.
+const (
+	PathStatefulSets = "/mutate/statefulsets"
+	PathScale        = "/mutate/statefulsets-scale"
+	PathClaims       = "/mutate/persistentvolumeclaims"
+)
+
+// Options configure a Server.
+type Options struct {
+	Mutate mutate.Config
+	Lookup Lookup
+	PVs    PVStore
+	// CreateBudget bounds the PV creation inside one admission call; the apiserver's own
+	// ?timeout= shortens it further (minus a safety margin). What is left over is created by
+	// the PVC hook and the reconcile loop. Default 4s.
+	CreateBudget time.Duration
+	// Concurrency is how many PV creates run at once. Default 16.
+	Concurrency int
+	Logger      *slog.Logger
+	Registerer  prometheus.Registerer
+}
+
+// Server handles admission reviews.
+type Server struct {
+	cfg          mutate.Config
+	lookup       Lookup
+	pvs          PVStore
+	createBudget time.Duration
+	concurrency  int
+	log          *slog.Logger
+	metrics      *metrics
+}
+
+// New returns a Server.
+func New(o Options) *Server {
+	if o.CreateBudget == 0 {
+		o.CreateBudget = 4 * time.Second
+	}
+	if o.Concurrency == 0 {
+		o.Concurrency = 16
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return &Server{
+		cfg: o.Mutate, lookup: o.Lookup, pvs: o.PVs,
+		createBudget: o.CreateBudget, concurrency: o.Concurrency,
+		log: o.Logger, metrics: newMetrics(o.Registerer),
+	}
+}
+
+// Handler routes the admission paths.
+func (s *Server) Handler() http.Handler {
+	r := chi.NewRouter()
+	r.Post(PathStatefulSets, s.serveReview("statefulsets", s.admitStatefulSet))
+	r.Post(PathScale, s.serveReview("scale", s.admitScale))
+	r.Post(PathClaims, s.serveReview("persistentvolumeclaims", s.admitClaim))
+	r.MethodNotAllowed(func(w http.ResponseWriter, _ *http.Request) {
+		writeStatus(w, http.StatusMethodNotAllowed, "admission reviews are POSTed")
+	})
+	return r
+}
+
+type metrics struct {
+	requests  *prometheus.CounterVec
+	latency   *prometheus.HistogramVec
+	pvCreated prometheus.Counter
+	pvPending prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "petfabric_webhook_admission_requests_total", Help: "Admission reviews by route and result (allowed, patched, denied, error).",
+		}, []string{"route", "result"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "petfabric_webhook_admission_duration_seconds", Help: "Admission review handling time, including PV creation.",
+			Buckets: []float64{0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10},
+		}, []string{"route"}),
+		pvCreated: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "petfabric_webhook_persistentvolumes_created_total", Help: "PersistentVolumes created by admission calls.",
+		}),
+		pvPending: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "petfabric_webhook_persistentvolumes_deferred_total", Help: "PersistentVolumes left to the PVC hook and reconcile loop because the admission deadline came first.",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.requests, m.latency, m.pvCreated, m.pvPending)
+	}
+	return m
+}
+
+type requestTimer struct {
+	m     *metrics
+	route string
+	start time.Time
+}
+
+func (m *metrics) start(route string) requestTimer { return requestTimer{m, route, time.Now()} }
+
+func (t requestTimer) observe(result string) {
+	t.m.requests.WithLabelValues(t.route, result).Inc()
+	t.m.latency.WithLabelValues(t.route).Observe(time.Since(t.start).Seconds())
+}
