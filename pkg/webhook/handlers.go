@@ -320,4 +320,3 @@ func orAllowed(resp *admissionv1.AdmissionResponse) *admissionv1.AdmissionRespon
 	}
 	return resp
 }
-

@@ -148,4 +148,3 @@ func writeStatus(w http.ResponseWriter, code int, msg string) {
 }
 
 var errNotFound = errors.New("not found")
-
