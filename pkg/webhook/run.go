@@ -1,0 +1,155 @@
+package webhook
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/petfabric/petfabric/pkg/mutate"
+	"github.com/petfabric/petfabric/pkg/servingtls"
+)
+
+// RunConfig is the webhook process's configuration (cmd/webhook fills it from flags).
+type RunConfig struct {
+	Mutate       mutate.Config
+	Listen       string // TLS listener for the apiserver, e.g. ":8443"
+	HealthListen string // plain HTTP: /healthz, /readyz, /metrics
+	CertFile     string
+	KeyFile      string
+	ClientCAFile string // optional: require apiserver client certificates
+	CertReload   time.Duration
+	CreateBudget time.Duration
+	Concurrency  int
+	// ShutdownGrace bounds graceful shutdown after ctx ends.
+	ShutdownGrace time.Duration
+	// Background runs next to the servers once caches synced (the reconcile loop); nil: none.
+	Background func(ctx context.Context) error
+	Logger     *slog.Logger
+	// Ready, if set, is called with the listeners' addresses once serving (tests use it).
+	Ready func(tlsAddr, healthAddr string)
+}
+
+// Run serves admission reviews over TLS and health/metrics over plain HTTP until ctx ends.
+func Run(ctx context.Context, client kubernetes.Interface, cfg RunConfig) error {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	if cfg.ShutdownGrace == 0 {
+		cfg.ShutdownGrace = 30 * time.Second
+	}
+	if cfg.CertReload == 0 {
+		cfg.CertReload = 10 * time.Second
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reloads := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "petfabric_webhook_certificate_reloads_total", Help: "Serving certificate reloads by result.",
+	}, []string{"result"})
+	reg.MustRegister(reloads)
+
+	certs, err := servingtls.NewCertReloader(cfg.CertFile, cfg.KeyFile, cfg.ClientCAFile, log, func(r string) { reloads.WithLabelValues(r).Inc() })
+	if err != nil {
+		return fmt.Errorf("serving certificate: %w", err)
+	}
+	factory := informers.NewSharedInformerFactory(client, 10*time.Minute)
+	lookup := NewClusterLookup(client, factory)
+	srv := New(Options{
+		Mutate: cfg.Mutate, Lookup: lookup, PVs: APIPVStore{Client: client},
+		CreateBudget: cfg.CreateBudget, Concurrency: cfg.Concurrency, Logger: log, Registerer: reg,
+	})
+
+	tlsLn, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen for admission reviews on %s: %w", cfg.Listen, err)
+	}
+	healthLn, err := net.Listen("tcp", cfg.HealthListen)
+	if err != nil {
+		tlsLn.Close()
+		return fmt.Errorf("listen for health on %s: %w", cfg.HealthListen, err)
+	}
+
+	var stopping atomic.Bool
+	health := chi.NewRouter()
+	health.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	health.Get("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		switch {
+		case stopping.Load():
+			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		case !lookup.Synced():
+			http.Error(w, "informer caches not synced", http.StatusServiceUnavailable)
+		default:
+			_, _ = w.Write([]byte("ok\n"))
+		}
+	})
+	health.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+
+	admission := &http.Server{
+		Handler:           srv.Handler(),
+		TLSConfig:         certs.TLSConfig(),
+		ReadHeaderTimeout: 32 * time.Second, // slowloris guard; the apiserver sends headers at once
+		IdleTimeout:       90 * time.Second,
+		MaxHeaderBytes:    1 << 20,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	healthSrv := &http.Server{Handler: health, ReadHeaderTimeout: 10 * time.Second}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, 4)
+	go certs.Run(ctx, cfg.CertReload)
+	go func() { errs <- serveErr("admission", admission.ServeTLS(tlsLn, "", "")) }()
+	go func() { errs <- serveErr("health", healthSrv.Serve(healthLn)) }()
+
+	factory.Start(ctx.Done())
+	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
+		if !ok && ctx.Err() == nil {
+			return fmt.Errorf("informer cache for %v did not sync", typ)
+		}
+	}
+	log.Info("webhook serving", "admission", tlsLn.Addr().String(), "health", healthLn.Addr().String())
+	if cfg.Ready != nil {
+		cfg.Ready(tlsLn.Addr().String(), healthLn.Addr().String())
+	}
+	if cfg.Background != nil {
+		go func() {
+			if err := cfg.Background(ctx); err != nil && ctx.Err() == nil {
+				errs <- fmt.Errorf("reconcile loop: %w", err)
+			}
+		}()
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errs:
+	}
+	stopping.Store(true)
+	log.Info("webhook shutting down")
+	shutdownCtx, stop := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
+	defer stop()
+	if err := admission.Shutdown(shutdownCtx); err != nil {
+		runErr = errors.Join(runErr, fmt.Errorf("admission server shutdown: %w", err))
+	}
+	_ = healthSrv.Shutdown(shutdownCtx)
+	return runErr
+}
+
+func serveErr(what string, err error) error {
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return fmt.Errorf("%s server: %w", what, err)
+}
