@@ -1,0 +1,279 @@
+package extender
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/petfabric/petfabric/pkg/placement"
+)
+
+// Source gives the handler a consistent view of claims, volumes and node reports. *Cache
+// implements it; tests use a static one.
+type Source interface {
+	Read(fn func(lk placement.Lookup, st placement.State))
+}
+
+// HandlerOptions configure the extender's HTTP handler.
+type HandlerOptions struct {
+	// MaxBodyBytes bounds a request body (413 beyond). Zero means DefaultMaxBodyBytes.
+	MaxBodyBytes int64
+	// PortalPolicy is placement.AllPortals (default) or placement.AnyPortal.
+	PortalPolicy placement.PortalPolicy
+	// Now is the clock (time.Now when nil).
+	Now func() time.Time
+	// Log receives decision and error logs (slog.Default when nil).
+	Log *slog.Logger
+	// Metrics, when set, records latencies and decisions.
+	Metrics *Metrics
+}
+
+// DefaultMaxBodyBytes fits a full-Node request for well over a thousand nodes (kube-scheduler
+// sends at most numFeasibleNodesToFind, a few hundred on a big cluster) while keeping one
+// request from taking unbounded memory.
+const DefaultMaxBodyBytes = 32 << 20
+
+// Routes served on the TLS port: <urlPrefix>/filter and <urlPrefix>/prioritize, i.e. the
+// scheduler configuration uses filterVerb: filter and prioritizeVerb: prioritize.
+const (
+	FilterPath     = "/filter"
+	PrioritizePath = "/prioritize"
+)
+
+type handler struct {
+	src    Source
+	opts   HandlerOptions
+	log    *slog.Logger
+	now    func() time.Time
+	bufs   sync.Pool
+	maxLen int64
+}
+
+// NewHandler returns the scheduler-facing handler: POST /filter and POST /prioritize.
+func NewHandler(src Source, opts HandlerOptions) http.Handler {
+	h := &handler{src: src, opts: opts, log: opts.Log, now: opts.Now, maxLen: opts.MaxBodyBytes}
+	if h.log == nil {
+		h.log = slog.Default()
+	}
+	if h.now == nil {
+		h.now = time.Now
+	}
+	if h.maxLen <= 0 {
+		h.maxLen = DefaultMaxBodyBytes
+	}
+	h.bufs.New = func() any { return new(bytes.Buffer) }
+	r := chi.NewRouter()
+	r.Post(FilterPath, h.filter)
+	r.Post(PrioritizePath, h.prioritize)
+	return r
+}
+
+// requestError is an HTTP error status with a message for the caller.
+type requestError struct {
+	code int
+	msg  string
+}
+
+func (e *requestError) Error() string { return e.msg }
+
+// decode reads and parses the body into a. The returned buffer holds the body (a.Nodes
+// points into it) and goes back to the pool when the caller is done.
+func (h *handler) decode(r *http.Request, a *args) (*bytes.Buffer, error) {
+	if r.ContentLength > h.maxLen {
+		return nil, &requestError{http.StatusRequestEntityTooLarge, fmt.Sprintf("request body of %d bytes exceeds the limit of %d bytes", r.ContentLength, h.maxLen)}
+	}
+	buf := h.bufs.Get().(*bytes.Buffer)
+	buf.Reset()
+	if _, err := buf.ReadFrom(http.MaxBytesReader(nil, r.Body, h.maxLen)); err != nil {
+		h.bufs.Put(buf)
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return nil, &requestError{http.StatusRequestEntityTooLarge, fmt.Sprintf("request body exceeds the limit of %d bytes", h.maxLen)}
+		}
+		return nil, &requestError{http.StatusBadRequest, "reading request body: " + err.Error()}
+	}
+	if err := json.Unmarshal(buf.Bytes(), a); err != nil {
+		h.bufs.Put(buf)
+		return nil, &requestError{http.StatusBadRequest, "malformed ExtenderArgs JSON: " + err.Error()}
+	}
+	return buf, nil
+}
+
+func (h *handler) release(buf *bytes.Buffer) {
+	// Do not keep huge buffers around after a rare giant request.
+	if buf != nil && buf.Cap() <= 4<<20 {
+		h.bufs.Put(buf)
+	}
+}
+
+func (h *handler) fail(w http.ResponseWriter, verb string, start time.Time, err error) {
+	code := http.StatusBadRequest
+	var re *requestError
+	if errors.As(err, &re) {
+		code = re.code
+	}
+	h.log.Warn("rejected extender request", "verb", verb, "code", code, "err", err)
+	http.Error(w, err.Error(), code)
+	if h.opts.Metrics != nil {
+		h.opts.Metrics.observe(verb, "error", code, time.Since(start))
+	}
+}
+
+func (h *handler) reply(w http.ResponseWriter, verb, path string, start time.Time, body []byte) {
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(body)
+	if h.opts.Metrics != nil {
+		h.opts.Metrics.observe(verb, path, http.StatusOK, time.Since(start))
+	}
+}
+
+func (h *handler) filter(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	var a args
+	buf, err := h.decode(r, &a)
+	if err != nil {
+		h.fail(w, "filter", start, err)
+		return
+	}
+	defer h.release(buf)
+	res, path := h.decideFilter(r.Context(), &a)
+	out := appendFilterResult(make([]byte, 0, len(buf.Bytes())+256), res)
+	h.reply(w, "filter", path, start, out)
+}
+
+// decideFilter returns the answer and the metrics path label.
+func (h *handler) decideFilter(ctx context.Context, a *args) (*filterResult, string) {
+	res := &filterResult{}
+	namesMode := a.NodeNames != nil
+	switch {
+	case a.Pod == nil:
+		res.err = errNoPod.Error()
+		return res, "error"
+	case !namesMode && !a.hasNodes():
+		res.err = "ExtenderArgs has neither NodeNames (nodeCacheCapable: true) nor Nodes (nodeCacheCapable: false)"
+		return res, "error"
+	}
+	pod := a.Pod.Namespace + "/" + a.Pod.Name
+	var vols []placement.Volume
+	var verr error
+	h.src.Read(func(lk placement.Lookup, _ placement.State) { vols, verr = placement.PodVolumes(a.Pod, lk) })
+	if verr != nil {
+		res.err = fmt.Sprintf("pod %s: %v", pod, verr)
+		h.log.Warn("cannot place pod", "pod", pod, "err", verr)
+		return res, "error"
+	}
+	if len(vols) == 0 {
+		// Fast path: no Datera volume, nothing to decide. Echo the input untouched.
+		if namesMode {
+			res.names, res.hasNames = *a.NodeNames, true
+		} else {
+			res.nodesRaw = a.Nodes
+		}
+		if h.opts.Metrics != nil {
+			h.opts.Metrics.decisions.WithLabelValues("fast_path").Inc()
+		}
+		return res, "fast"
+	}
+
+	var names []string
+	if namesMode {
+		names = *a.NodeNames
+	} else {
+		list, err := parseNodeList(a.Nodes)
+		if err != nil {
+			res.err = err.Error()
+			return res, "error"
+		}
+		res.list = list
+		names = list.names
+	}
+	var d placement.Decision
+	now := h.now()
+	h.src.Read(func(_ placement.Lookup, st placement.State) {
+		d = placement.Filter(now, vols, names, st, h.opts.PortalPolicy)
+	})
+	if namesMode {
+		res.hasNames = true
+		res.names = make([]string, len(d.Pass))
+		for i, idx := range d.Pass {
+			res.names[i] = names[idx]
+		}
+	} else {
+		res.pass = d.Pass
+	}
+	// Nothing a preemption could change makes a node reachable, so every failure is
+	// unresolvable (kube-scheduler then skips preemption attempts on these nodes).
+	res.unresolvable = d.Failed
+	if h.opts.Metrics != nil {
+		for reason, n := range d.Reasons {
+			h.opts.Metrics.decisions.WithLabelValues(string(reason)).Add(float64(n))
+		}
+	}
+	level := slog.LevelDebug
+	if len(d.Pass) == 0 {
+		level = slog.LevelInfo
+	}
+	h.log.Log(ctx, level, "filtered nodes", "pod", pod, "volumes", len(vols), "nodes", len(names),
+		"passed", len(d.Pass), "failed", len(d.Failed))
+	return res, "full"
+}
+
+func (h *handler) prioritize(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	var a args
+	buf, err := h.decode(r, &a)
+	if err != nil {
+		h.fail(w, "prioritize", start, err)
+		return
+	}
+	defer h.release(buf)
+	// HostPriorityList has no error field: a bad request can only be an HTTP error, which
+	// kube-scheduler logs and treats as "no scores from this extender".
+	if a.Pod == nil {
+		h.fail(w, "prioritize", start, &requestError{http.StatusBadRequest, errNoPod.Error()})
+		return
+	}
+	var names []string
+	switch {
+	case a.NodeNames != nil:
+		names = *a.NodeNames
+	case a.hasNodes():
+		list, err := parseNodeList(a.Nodes)
+		if err != nil {
+			h.fail(w, "prioritize", start, &requestError{http.StatusBadRequest, err.Error()})
+			return
+		}
+		names = list.names
+	default:
+		h.fail(w, "prioritize", start, &requestError{http.StatusBadRequest, "ExtenderArgs has neither NodeNames nor Nodes"})
+		return
+	}
+	var vols []placement.Volume
+	var verr error
+	var scores []int64
+	now := h.now()
+	h.src.Read(func(lk placement.Lookup, st placement.State) {
+		vols, verr = placement.PodVolumes(a.Pod, lk)
+		if verr == nil {
+			scores = placement.Prioritize(now, vols, names, st)
+		}
+	})
+	if verr != nil {
+		h.fail(w, "prioritize", start, &requestError{http.StatusBadRequest, fmt.Sprintf("pod %s/%s: %v", a.Pod.Namespace, a.Pod.Name, verr)})
+		return
+	}
+	path := "full"
+	if len(vols) == 0 {
+		path = "fast"
+	}
+	out := appendPriorities(make([]byte, 0, len(names)*32+2), names, scores)
+	h.reply(w, "prioritize", path, start, out)
+}

@@ -1,0 +1,205 @@
+package extender
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+// The wire types mirror k8s.io/kube-scheduler/extender/v1 (whose structs carry no JSON tags,
+// so the field names are the JSON keys) with one difference: Node objects stay raw JSON.
+// kube-scheduler v1.36 rebuilds its NodeInfo from the Nodes an extender returns in
+// full-Node mode (pkg/scheduler/extender.go, HTTPExtender.Filter: NodeInfo.SetNode on each
+// returned item), so every passing Node must come back exactly as it was sent. Decoding
+// into corev1.Node and encoding again would drop fields this build does not know and
+// re-format quantities; keeping the bytes cannot. wire_test.go checks both directions
+// against the upstream types.
+
+// args is extenderv1.ExtenderArgs with Nodes kept raw.
+type args struct {
+	Pod       *corev1.Pod
+	Nodes     json.RawMessage // *v1.NodeList, or null
+	NodeNames *[]string
+}
+
+func (a *args) hasNodes() bool { return len(a.Nodes) > 0 && !bytes.Equal(a.Nodes, []byte("null")) }
+
+// rawNodeList is a v1.NodeList whose items are undecoded.
+type rawNodeList struct {
+	Kind       string          `json:"kind,omitempty"`
+	APIVersion string          `json:"apiVersion,omitempty"`
+	Metadata   json.RawMessage `json:"metadata,omitempty"`
+	Items      []json.RawMessage
+	names      []string
+}
+
+// nodeMeta is the only part of a Node the extender reads.
+type nodeMeta struct {
+	Metadata struct {
+		Name string `json:"name"`
+	} `json:"metadata"`
+}
+
+// parseNodeList splits a raw NodeList into items and reads each item's name.
+func parseNodeList(raw json.RawMessage) (*rawNodeList, error) {
+	var l rawNodeList
+	if err := json.Unmarshal(raw, &l); err != nil {
+		return nil, fmt.Errorf("field Nodes is not a NodeList: %w", err)
+	}
+	l.names = make([]string, len(l.Items))
+	for i, it := range l.Items {
+		var m nodeMeta
+		if err := json.Unmarshal(it, &m); err != nil {
+			return nil, fmt.Errorf("field Nodes.items[%d] is not a Node: %w", i, err)
+		}
+		if m.Metadata.Name == "" {
+			return nil, fmt.Errorf("field Nodes.items[%d] has no metadata.name", i)
+		}
+		l.names[i] = m.Metadata.Name
+	}
+	return &l, nil
+}
+
+// filterResult is extenderv1.ExtenderFilterResult with raw Nodes. It is written by hand
+// (appendFilterResult) so that raw nodes are copied, not re-validated by encoding/json.
+type filterResult struct {
+	// nodesRaw is the complete NodeList to return verbatim (fast path), or nil.
+	nodesRaw json.RawMessage
+	// list and pass select the items of a parsed NodeList to return.
+	list *rawNodeList
+	pass []int
+	// names is the NodeNames answer in names-only mode.
+	names    []string
+	hasNames bool
+
+	failed, unresolvable map[string]string
+	err                  string
+}
+
+func appendFilterResult(b []byte, r *filterResult) []byte {
+	b = append(b, `{"Nodes":`...)
+	switch {
+	case r.nodesRaw != nil:
+		b = append(b, r.nodesRaw...)
+	case r.list != nil:
+		b = appendNodeList(b, r.list, r.pass)
+	default:
+		b = append(b, "null"...)
+	}
+	b = append(b, `,"NodeNames":`...)
+	if r.hasNames {
+		b = appendStrings(b, r.names)
+	} else {
+		b = append(b, "null"...)
+	}
+	b = append(b, `,"FailedNodes":`...)
+	b = appendMap(b, r.failed)
+	b = append(b, `,"FailedAndUnresolvableNodes":`...)
+	b = appendMap(b, r.unresolvable)
+	b = append(b, `,"Error":`...)
+	b = appendString(b, r.err)
+	return append(b, '}')
+}
+
+func appendNodeList(b []byte, l *rawNodeList, pass []int) []byte {
+	b = append(b, '{')
+	if l.Kind != "" {
+		b = append(b, `"kind":`...)
+		b = appendString(b, l.Kind)
+		b = append(b, ',')
+	}
+	if l.APIVersion != "" {
+		b = append(b, `"apiVersion":`...)
+		b = appendString(b, l.APIVersion)
+		b = append(b, ',')
+	}
+	if len(l.Metadata) > 0 {
+		b = append(b, `"metadata":`...)
+		b = append(b, l.Metadata...)
+		b = append(b, ',')
+	}
+	b = append(b, `"items":[`...)
+	for i, idx := range pass {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, l.Items[idx]...)
+	}
+	return append(b, "]}"...)
+}
+
+func appendStrings(b []byte, ss []string) []byte {
+	b = append(b, '[')
+	for i, s := range ss {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, s)
+	}
+	return append(b, ']')
+}
+
+func appendMap(b []byte, m map[string]string) []byte {
+	if m == nil {
+		return append(b, "null"...)
+	}
+	// encoding/json sorts map keys; so do we, to keep answers deterministic.
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	b = append(b, '{')
+	for i, k := range keys {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, k)
+		b = append(b, ':')
+		b = appendString(b, m[k])
+	}
+	return append(b, '}')
+}
+
+// appendString writes s as a JSON string. Node names (DNS subdomains) never need escaping,
+// so the common case is a plain copy; anything else goes through encoding/json, which also
+// escapes <, > and & the way the scheduler's own encoder would.
+func appendString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' || c >= 0x80 {
+			enc, err := json.Marshal(s)
+			if err != nil {
+				// Marshal of a string cannot fail; keep a valid document regardless.
+				return strconv.AppendQuote(b, s)
+			}
+			return append(b, enc...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
+
+// appendPriorities writes an extenderv1.HostPriorityList.
+func appendPriorities(b []byte, hosts []string, scores []int64) []byte {
+	b = append(b, '[')
+	for i, h := range hosts {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"Host":`...)
+		b = appendString(b, h)
+		b = append(b, `,"Score":`...)
+		b = strconv.AppendInt(b, scores[i], 10)
+		b = append(b, '}')
+	}
+	return append(b, ']')
+}
+
+var errNoPod = errors.New("ExtenderArgs has no Pod")
