@@ -38,9 +38,13 @@ var testNow = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
 // reportLease builds a node's report Lease as the agent writes it.
 func reportLease(t testing.TB, node string, portals map[string]placement.PortalReport, renewedAgo time.Duration, attached ...string) *coordinationv1.Lease {
+	return reportLeaseAt(t, testNow, node, portals, renewedAgo, attached...)
+}
+
+func reportLeaseAt(t testing.TB, now time.Time, node string, portals map[string]placement.PortalReport, renewedAgo time.Duration, attached ...string) *coordinationv1.Lease {
 	t.Helper()
 	r := &placement.Report{Version: placement.ReportVersion, Initiator: "iqn.2024-01.test:" + node,
-		ProbedAt: testNow.Add(-renewedAgo - time.Second), Attached: attached,
+		ProbedAt: now.Add(-renewedAgo - time.Second), Attached: attached,
 		Backstores: map[string]placement.BackstoreReport{backstore: {Portals: portals}}}
 	enc, err := r.Encode()
 	require.NoError(t, err)
@@ -49,7 +53,7 @@ func reportLease(t testing.TB, node string, portals map[string]placement.PortalR
 			Labels:      map[string]string{placement.LeaseManagedByLabel: placement.LeaseManagedByValue, placement.LeaseComponentLabel: placement.LeaseComponentValue},
 			Annotations: map[string]string{placement.ReportAnnotation: enc}},
 		Spec: coordinationv1.LeaseSpec{HolderIdentity: ptr.To(node), LeaseDurationSeconds: ptr.To(int32(leaseTTL)),
-			RenewTime: &metav1.MicroTime{Time: testNow.Add(-renewedAgo)}},
+			RenewTime: &metav1.MicroTime{Time: now.Add(-renewedAgo)}},
 	}
 }
 
@@ -106,7 +110,12 @@ func newFixture(t *testing.T, opts HandlerOptions, objs ...runtime.Object) *fixt
 
 // standard objects: pet db-0 with claim data-db-0 on PV pv-db-0 (volume vol-db-0); nodes
 // a (good), b (no report), c (portal refused), d (stale).
-func standardObjects(t testing.TB) []runtime.Object {
+func standardObjects(t testing.TB) []runtime.Object { return standardObjectsAt(t, testNow) }
+
+func standardObjectsAt(t testing.TB, now time.Time) []runtime.Object {
+	reportLease := func(t testing.TB, node string, portals map[string]placement.PortalReport, renewedAgo time.Duration) *coordinationv1.Lease {
+		return reportLeaseAt(t, now, node, portals, renewedAgo)
+	}
 	return []runtime.Object{
 		dateraPV("pv-db-0", "shop", "data-db-0", "vol-db-0"),
 		&corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "data-db-0"},

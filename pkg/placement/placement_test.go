@@ -26,7 +26,7 @@ const (
 var now = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
 func ok(rtt time.Duration) PortalReport { return PortalReport{OK: true, RTTMicros: rtt.Microseconds()} }
-func down(err string) PortalReport    { return PortalReport{Error: err} }
+func down(err string) PortalReport      { return PortalReport{Error: err} }
 
 // reportOf builds a valid Report; portals maps backstore → portal → result.
 func reportOf(portals map[string]map[string]PortalReport, attached ...string) *Report {
