@@ -92,7 +92,7 @@ type ProbeOptions struct {
 	// SendTargets answers and ACLs by it.
 	InitiatorName string
 	// CHAP, when set, authenticates the discovery session.
-	DiscoveryCHAP *DiscoveryCHAP
+	CHAP *DiscoveryCHAP
 	// Timeout bounds the whole probe (connect to logout). Zero means DefaultProbeTimeout.
 	// A context deadline that comes earlier wins.
 	Timeout time.Duration
@@ -134,8 +134,8 @@ func Probe(ctx context.Context, portal string, opts ProbeOptions) (*ProbeResult,
 	if err := validateInitiatorName(opts.InitiatorName); err != nil {
 		return fail("login", ErrLoginRejected, fmt.Errorf("invalid initiator name: %w", err))
 	}
-	if opts.DiscoveryCHAP != nil {
-		if err := opts.DiscoveryCHAP.validate(); err != nil {
+	if opts.CHAP != nil {
+		if err := opts.CHAP.validate(); err != nil {
 			return fail("login", ErrAuthFailed, err)
 		}
 	}
@@ -426,10 +426,10 @@ func (s *discSession) login(opts ProbeOptions) error {
 	first := []textKV{
 		{"InitiatorName", opts.InitiatorName},
 		{"SessionType", "Discovery"},
-		{"AuthMethod", offerAuthMethods(opts.DiscoveryCHAP)},
+		{"AuthMethod", offerAuthMethods(opts.CHAP)},
 	}
 	stage := byte(stageSecurity)
-	if opts.DiscoveryCHAP == nil {
+	if opts.CHAP == nil {
 		// AuthMethod=None: ask to move on to the operational stage right away.
 		flags, keys, err := s.loginStep(true, stageSecurity, stageOperational, first)
 		if err != nil {
@@ -443,7 +443,7 @@ func (s *discSession) login(opts ProbeOptions) error {
 		}
 	} else {
 		var err error
-		if stage, err = s.chapLogin(opts.DiscoveryCHAP, first); err != nil {
+		if stage, err = s.chapLogin(opts.CHAP, first); err != nil {
 			return err
 		}
 	}

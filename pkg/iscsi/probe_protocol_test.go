@@ -348,7 +348,7 @@ func TestProbeCHAPScript(t *testing.T) {
 		def[0].bhs[1] = req.flags()
 		return def
 	}
-	res, err := runScript(t, st, ProbeOptions{DiscoveryCHAP: &DiscoveryCHAP{Username: "user", Secret: secret}})
+	res, err := runScript(t, st, ProbeOptions{CHAP: &DiscoveryCHAP{Username: "user", Secret: secret}})
 	require.NoError(t, err)
 	assert.Len(t, res.Targets, 2)
 	assert.Equal(t, 3, step)
@@ -363,7 +363,7 @@ func TestCHAPValidate(t *testing.T) {
 		{DiscoveryCHAP{Username: "u", Secret: "s", TargetUsername: "t"}, "both the target username"},
 		{DiscoveryCHAP{Username: "u", Secret: "s", TargetUsername: "t", TargetSecret: "s"}, "must differ"},
 	} {
-		_, err := Probe(context.Background(), "127.0.0.1:1", ProbeOptions{InitiatorName: "iqn.2024-01.x:y", DiscoveryCHAP: &c.chap})
+		_, err := Probe(context.Background(), "127.0.0.1:1", ProbeOptions{InitiatorName: "iqn.2024-01.x:y", CHAP: &c.chap})
 		require.ErrorIs(t, err, ErrAuthFailed)
 		assert.Contains(t, err.Error(), c.err)
 	}

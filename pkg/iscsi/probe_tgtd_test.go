@@ -79,7 +79,7 @@ func TestProbeDiscoveryCHAPAgainstTGTD(t *testing.T) {
 
 	probe := func(c *iscsi.DiscoveryCHAP) error {
 		_, err := iscsi.Probe(context.Background(), tgt.Portal, iscsi.ProbeOptions{
-			InitiatorName: nodeA, DiscoveryCHAP: c, WantTargets: []string{volA}, Timeout: 5 * time.Second,
+			InitiatorName: nodeA, CHAP: c, WantTargets: []string{volA}, Timeout: 5 * time.Second,
 		})
 		return err
 	}

@@ -1,0 +1,133 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/petfabric/petfabric/pkg/agent"
+)
+
+// The agent mode runs in the node DaemonSet: it probes the iSCSI portals of the configured
+// backstores and publishes the node's reachability report Lease (pkg/agent).
+func init() {
+	modes["agent"] = mode{summary: "node reachability agent (node DaemonSet)", run: runAgent}
+}
+
+func runAgent(args []string) int {
+	if err := agentMain(args); err != nil {
+		fmt.Fprintln(os.Stderr, "flex agent:", err)
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 1
+	}
+	return 0
+}
+
+func agentMain(args []string) error {
+	fs := flag.NewFlagSet("flex agent", flag.ContinueOnError)
+	var (
+		node          = fs.String("node", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME, from the downward API)")
+		namespace     = fs.String("namespace", os.Getenv("POD_NAMESPACE"), "namespace of the report Leases (default $POD_NAMESPACE)")
+		kubeconfig    = fs.String("kubeconfig", "", "kubeconfig file; empty means the in-cluster configuration")
+		initiatorName = fs.String("initiator", "", "iSCSI initiator name; overrides --initiator-file")
+		initiatorFile = fs.String("initiator-file", "/etc/iscsi/initiatorname.iscsi", "file with InitiatorName=<iqn>")
+		backstores    = fs.String("backstores", "", "backstores file (YAML or JSON): backstoreServer → portals, discovery CHAP files (required)")
+		stateDir      = fs.String("state-dir", envOr("PETFABRIC_FLEX_STATE_DIR", "/var/lib/petfabric/flex"), "the FlexVolume driver's state directory (<volumeID>.json per attached volume)")
+		interval      = fs.Duration("interval", 10*time.Second, "time between probe rounds")
+		jitter        = fs.Float64("jitter", 0.2, "each wait is stretched by up to this fraction of --interval")
+		ttl           = fs.Duration("ttl", 0, "report freshness (Lease leaseDurationSeconds); default 4 × --interval")
+		probeTimeout  = fs.Duration("probe-timeout", 3*time.Second, "bound on one portal probe (connect to logout)")
+		attachPoll    = fs.Duration("attach-poll", time.Second, "how often the state directory is re-read between rounds")
+		metricsListen = fs.String("metrics-listen", ":9402", "plain HTTP address for /healthz and /metrics (empty: off)")
+		logLevel      = fs.String("log-level", "info", "debug, info, warn or error")
+	)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})).With("component", "agent")
+	switch {
+	case *node == "":
+		return errors.New("--node (or $NODE_NAME) is required")
+	case *namespace == "":
+		return errors.New("--namespace (or $POD_NAMESPACE) is required")
+	case *backstores == "":
+		return errors.New("--backstores is required")
+	}
+	bs, err := agent.LoadBackstores(*backstores)
+	if err != nil {
+		return err
+	}
+	iqn := *initiatorName
+	if iqn == "" {
+		if iqn, err = agent.ReadInitiatorName(*initiatorFile); err != nil {
+			return err
+		}
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", *kubeconfig)
+	if err != nil {
+		return fmt.Errorf("kubernetes client configuration: %w", err)
+	}
+	cfg.UserAgent = "petfabric-agent/" + *node
+	// A Lease write every interval needs little; keep the agent from ever bursting.
+	cfg.QPS, cfg.Burst = 5, 10
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	metrics := agent.NewMetrics()
+	a, err := agent.New(agent.Options{
+		Node: *node, Initiator: iqn, Backstores: bs, StateDir: *stateDir,
+		Leases:   client.CoordinationV1().Leases(*namespace),
+		Interval: *interval, Jitter: *jitter, TTL: *ttl, ProbeTimeout: *probeTimeout, AttachPoll: *attachPoll,
+		Log: log, Metrics: metrics,
+	})
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if *metricsListen != "" {
+		srv := &http.Server{Addr: *metricsListen, Handler: agent.HealthHandler(a, metrics), ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("metrics server stopped", "err", err)
+				stop()
+			}
+		}()
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(sctx)
+		}()
+	}
+	servers := make([]string, len(bs))
+	for i, b := range bs {
+		servers[i] = b.Server
+	}
+	log.Info("node agent starting", "node", *node, "namespace", *namespace, "initiator", iqn, "backstores", servers,
+		"interval", *interval, "stateDir", *stateDir)
+	return a.Run(ctx)
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
