@@ -203,6 +203,9 @@ func New(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		"--service-cluster-ip-range=10.0.0.0/24",
 		"--authorization-mode=RBAC",
 		"--allow-privileged=true",
+		// The kubernetes Service cannot point at 127.0.0.1 (loopback endpoints are invalid),
+		// and nothing in a kwok cluster reaches the apiserver through it.
+		"--endpoint-reconciler-type=none",
 		"--profiling=false",
 		"--cert-dir=" + filepath.Join(dir, "apiserver-certs"),
 	}, opts.ExtraAPIServerFlags...))

@@ -115,9 +115,10 @@ func registerWebhook(ctx context.Context, t testing.TB, c *cluster.Cluster, w *r
 			Rules: []admissionregistrationv1.RuleWithOperations{{Operations: ops, Rule: admissionregistrationv1.Rule{
 				APIGroups: []string{group}, APIVersions: []string{"v1"}, Resources: resources,
 			}}},
-			NamespaceSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{
-				Key: "kubernetes.io/metadata.name", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"kube-system", "kube-public"},
-			}}},
+			NamespaceSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
+				{Key: "kubernetes.io/metadata.name", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"kube-system", "kube-public"}},
+				{Key: webhookIgnoreLabel, Operator: metav1.LabelSelectorOpNotIn, Values: []string{"ignore"}},
+			}},
 			FailurePolicy:           &policy,
 			SideEffects:             &sideEffects,
 			AdmissionReviewVersions: []string{"v1"},
@@ -148,6 +149,9 @@ func registerWebhook(ctx context.Context, t testing.TB, c *cluster.Cluster, w *r
 	})
 	require.NoError(t, err, "the apiserver never called the webhook")
 }
+
+// webhookIgnoreLabel=ignore on a namespace keeps the apiserver from calling the webhook there.
+const webhookIgnoreLabel = "petfabric.io/webhook"
 
 const (
 	credsNamespace = "petfabric-system"
