@@ -11,6 +11,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/petfabric/petfabric/pkg/datera"
 )
 
 const (
@@ -128,6 +131,9 @@ func Decide(cfg Config, in Input) (Plan, error) {
 			continue
 		}
 		field := fmt.Sprintf("spec.volumeClaimTemplates[%d]", i)
+		if err := validNames(sts, t, field); err != nil {
+			return p, err
+		}
 		class, ok := in.Classes[className]
 		if !ok {
 			return p, &ValidationError{Field: field, Value: className,
@@ -140,6 +146,31 @@ func Decide(cfg Config, in Input) (Plan, error) {
 		p.Templates = append(p.Templates, tp)
 	}
 	return p, nil
+}
+
+// validNames checks, for a Datera-bound template, the names its claims and PVs are made of.
+// Mutating admission runs before the apiserver validates the object, so without this an
+// invalid StatefulSet would get PVs (named after claims that can never exist) before being
+// rejected, or a PV create would fail with a confusing message. The rules are the
+// apiserver's: namespace and StatefulSet names are DNS labels (pod host names), and so are
+// claim template names (they become pod volume names).
+func validNames(sts *appsv1.StatefulSet, t *corev1.PersistentVolumeClaim, field string) error {
+	if sts.Name == "" {
+		return &ValidationError{Field: "metadata.name", Allowed: "a name: petfabric names each ordinal's volume after the StatefulSet, so generateName is not supported for StatefulSets with Datera volumes"}
+	}
+	if errs := validation.IsDNS1123Label(sts.Name); len(errs) > 0 {
+		return &ValidationError{Field: "metadata.name", Value: sts.Name, Allowed: errs[0]}
+	}
+	if errs := validation.IsDNS1123Label(sts.Namespace); len(errs) > 0 {
+		return &ValidationError{Field: "metadata.namespace", Value: sts.Namespace, Allowed: errs[0]}
+	}
+	if t.Name == "" {
+		return &ValidationError{Field: field + ".metadata.name", Allowed: "a claim template needs a name"}
+	}
+	if errs := validation.IsDNS1123Label(t.Name); len(errs) > 0 {
+		return &ValidationError{Field: field + ".metadata.name", Value: t.Name, Allowed: errs[0]}
+	}
+	return nil
 }
 
 // dateraClassOf returns the Datera class a template is bound to, if any, in this order:
@@ -194,6 +225,10 @@ func planTemplate(cfg Config, i int, t *corev1.PersistentVolumeClaim, class Clas
 	if !ok || req.Sign() <= 0 {
 		return tp, &ValidationError{Field: field + ".spec.resources.requests.storage", Value: req.String(), Allowed: "a positive storage request"}
 	}
+	if req.Cmp(maxRequest) > 0 {
+		return tp, &ValidationError{Field: field + ".spec.resources.requests.storage", Value: req.String(),
+			Allowed: fmt.Sprintf("at most %dGi (the largest Datera volume)", datera.MaxSizeGiB)}
+	}
 	tp.RequestGiB = roundUpGiB(req)
 	opts, err := resolveOptions(t.Annotations, class.Parameters, cfg.Defaults,
 		"storageclass "+class.Name, field+".metadata.annotations")
@@ -209,6 +244,10 @@ func planTemplate(cfg Config, i int, t *corev1.PersistentVolumeClaim, class Clas
 }
 
 const giB = int64(1) << 30
+
+// maxRequest is the largest storage request a Datera volume can serve; checking it first also
+// keeps roundUpGiB clear of int64 overflow.
+var maxRequest = *resource.NewQuantity(datera.MaxSizeGiB*giB, resource.BinarySI)
 
 func roundUpGiB(q resource.Quantity) int64 {
 	b := q.Value()

@@ -36,8 +36,8 @@ func ClaimName(template, statefulSet string, ordinal int) string {
 // ParseOrdinal extracts the ordinal from a claim name <template>-<sts>-<n>.
 func ParseOrdinal(claimName, template, statefulSet string) (int, bool) {
 	rest, ok := strings.CutPrefix(claimName, template+"-"+statefulSet+"-")
-	if !ok || rest == "" || (len(rest) > 1 && rest[0] == '0') {
-		return 0, false
+	if !ok || rest == "" || (len(rest) > 1 && rest[0] == '0') || strings.Trim(rest, "0123456789") != "" {
+		return 0, false // only the canonical form ClaimName makes ("+1" and " 1" parse too)
 	}
 	n, err := strconv.Atoi(rest)
 	if err != nil || n < 0 {
@@ -60,31 +60,41 @@ func PVName(namespace, claim string) string {
 	return head + suffix
 }
 
-// VolumeID is the Datera app_instance name for a claim: <clusterID>-<namespace>-<claim> when
-// valid for Datera (≤64 characters, [a-zA-Z0-9_.-]), else truncated with a stable hash.
+// VolumeID is the Datera app_instance name for a claim: <clusterID>_<namespace>_<claim>
+// (<namespace>_<claim> without a cluster id) when valid for Datera (≤64 characters,
+// [a-zA-Z0-9_.-], starting with a letter or _), else truncated to 53 characters plus "-" and a
+// stable hash of the whole name.
+//
+// "_" separates the parts because neither a namespace nor a claim name can contain it: with
+// "-", namespace "team-a" claim "data-db-0" and namespace "team" claim "a-data-db-0" would
+// share one Datera volume, and a claim re-created in another namespace could mount the data a
+// Retain PV left behind. A namespace starting with a digit (possible without a cluster id)
+// gets a leading "_", which no other ID has at that place.
 func VolumeID(clusterID, namespace, claim string) (string, error) {
 	if clusterID != "" && !clusterIDPattern.MatchString(clusterID) {
 		return "", fmt.Errorf("cluster id %q: want 1-32 characters of [a-zA-Z0-9_.-], starting with a letter or _", clusterID)
 	}
-	parts := []string{namespace, claim}
-	if clusterID != "" {
-		parts = append([]string{clusterID}, parts...)
+	prefix := ""
+	switch {
+	case clusterID != "":
+		prefix = clusterID + "_"
+	case namespace == "" || !isLetter(namespace[0]):
+		prefix = "_"
 	}
-	full := strings.Join(parts, "-")
+	full := prefix + namespace + "_" + claim
 	if ValidVolumeID(full) {
 		return full, nil
 	}
-	suffix := "-" + hashSuffix(namespace+"/"+claim)
 	const maxLen = 64
+	suffix := "-" + hashSuffix(full)
 	head := full
 	if len(head) > maxLen-len(suffix) {
 		head = head[:maxLen-len(suffix)]
 	}
-	id := head + suffix
-	if !ValidVolumeID(id) {
-		// Only a head that does not start with a letter or _ can get here (no cluster id and a
-		// namespace starting with a digit): prefix one.
-		id = "v" + id[1:]
+	if id := head + suffix; ValidVolumeID(id) {
+		return id, nil
 	}
-	return id, nil
+	return "", fmt.Errorf("claim %s/%s: a Kubernetes namespace and claim name cannot make a Datera volume name", namespace, claim)
 }
+
+func isLetter(b byte) bool { return b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z' }

@@ -6,10 +6,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/petfabric/petfabric/pkg/datera"
 )
 
 // Option keys. Each may be set as a StorageClass parameter, as a claim-template annotation
-// "petfabric.io/<key>" (which wins), or as a webhook default. Values are strings because
+// "petfabric.io/<key>" (which wins), or as a webhook default — except the admin-only keys
+// (adminOnlyKeys), which only the class or the webhook may set. Values are strings because
 // FlexVolume options are map[string]string.
 const (
 	OptReplica         = "replica"
@@ -32,6 +35,16 @@ var optionKeys = []string{
 	OptReplica, OptFSType, OptSize, OptTemplate, OptPlacementMode, OptMaxIOPS, OptMaxBW,
 	OptIPPool, OptTenant, OptBackstoreServer, OptSecretName, OptSecretNamespace,
 }
+
+// adminOnlyKeys say where the Datera credentials go and which credentials and tenant are
+// used: the flex driver and the reconcile loop log in to backstoreServer with the Secret's
+// username and password. A user who could set them on a claim (template) could send the
+// administrator's credentials to a server of their choosing, or use another namespace's
+// Secret; so an annotation setting one is refused, and Apply never records them.
+var adminOnlyKeys = []string{OptBackstoreServer, OptSecretName, OptSecretNamespace, OptTenant}
+
+// AdminOnly reports whether an option key may be set only by the StorageClass or the webhook.
+func AdminOnly(key string) bool { return slices.Contains(adminOnlyKeys, key) }
 
 var (
 	allowedFSTypes        = []string{"xfs", "ext4", "ext3"}
@@ -76,6 +89,10 @@ func resolveOptions(annotations, classParams, defaults map[string]string, classF
 	raw := map[string]string{}
 	from := map[string]source{}
 	for _, k := range optionKeys {
+		if AdminOnly(k) && annotations[AnnotationPrefix+k] != "" {
+			return Options{}, &ValidationError{Field: fmt.Sprintf("%s[%s%s]", annField, AnnotationPrefix, k), Value: annotations[AnnotationPrefix+k],
+				Allowed: "no such annotation: " + k + " is set only by the StorageClass parameters or the webhook configuration"}
+		}
 		switch {
 		case annotations[AnnotationPrefix+k] != "":
 			raw[k] = annotations[AnnotationPrefix+k]
@@ -97,8 +114,8 @@ func resolveOptions(annotations, classParams, defaults map[string]string, classF
 		return &ValidationError{Field: f, Value: raw[k], Allowed: allowed}
 	}
 	var err error
-	if o.Replica, err = intIn(raw, OptReplica, 3, 1, 5); err != nil {
-		return o, bad(OptReplica, "an integer replica count from 1 to 5")
+	if o.Replica, err = intIn(raw, OptReplica, 3, datera.MinReplicaCount, datera.MaxReplicaCount); err != nil {
+		return o, bad(OptReplica, fmt.Sprintf("an integer replica count from %d to %d", datera.MinReplicaCount, datera.MaxReplicaCount))
 	}
 	o.FSType = or(raw[OptFSType], "xfs")
 	if !slices.Contains(allowedFSTypes, o.FSType) {
@@ -106,8 +123,8 @@ func resolveOptions(annotations, classParams, defaults map[string]string, classF
 	}
 	if v, ok := raw[OptSize]; ok {
 		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n < 1 || n > 262144 {
-			return o, bad(OptSize, "a whole number of GiB from 1 to 262144")
+		if err != nil || n < datera.MinSizeGiB || n > datera.MaxSizeGiB {
+			return o, bad(OptSize, fmt.Sprintf("a whole number of GiB from %d to %d", datera.MinSizeGiB, datera.MaxSizeGiB))
 		}
 		o.SizeGiB = n
 	}
@@ -119,11 +136,11 @@ func resolveOptions(annotations, classParams, defaults map[string]string, classF
 	if o.PlacementMode != "" && !slices.Contains(allowedPlacementModes, o.PlacementMode) {
 		return o, bad(OptPlacementMode, "one of "+strings.Join(allowedPlacementModes, ", "))
 	}
-	if o.MaxIOPS, err = nonNegative(raw, OptMaxIOPS); err != nil {
-		return o, bad(OptMaxIOPS, "a whole number ≥ 0 (0 = unlimited)")
+	if o.MaxIOPS, err = upTo(raw, OptMaxIOPS, datera.MaxIOPS); err != nil {
+		return o, bad(OptMaxIOPS, fmt.Sprintf("a whole number from 0 to %d (0 = unlimited)", datera.MaxIOPS))
 	}
-	if o.MaxBW, err = nonNegative(raw, OptMaxBW); err != nil {
-		return o, bad(OptMaxBW, "a whole number of KiB/s ≥ 0 (0 = unlimited)")
+	if o.MaxBW, err = upTo(raw, OptMaxBW, datera.MaxBandwidthKiB); err != nil {
+		return o, bad(OptMaxBW, fmt.Sprintf("a whole number of KiB/s from 0 to %d (0 = unlimited)", datera.MaxBandwidthKiB))
 	}
 	o.IPPool = raw[OptIPPool]
 	if o.IPPool != "" && !ValidVolumeID(o.IPPool) {
@@ -137,8 +154,8 @@ func resolveOptions(annotations, classParams, defaults map[string]string, classF
 	if o.BackstoreServer == "" {
 		return o, &ValidationError{Field: classField + ".parameters[backstoreServer]", Value: "", Allowed: "the host:port of the Datera management API must be set by the class or the webhook"}
 	}
-	if !validHostPort(o.BackstoreServer) {
-		return o, bad(OptBackstoreServer, "host:port of the Datera management API")
+	if !validBackstore(o.BackstoreServer) {
+		return o, bad(OptBackstoreServer, fmt.Sprintf("host:port of the Datera management API, port %d (https) or %d (http)", datera.HTTPSPort, datera.HTTPPort))
 	}
 	o.SecretName, o.SecretNamespace = raw[OptSecretName], raw[OptSecretNamespace]
 	if o.SecretName == "" || o.SecretNamespace == "" {
@@ -163,13 +180,13 @@ func intIn(raw map[string]string, k string, def, lo, hi int) (int, error) {
 	return n, nil
 }
 
-func nonNegative(raw map[string]string, k string) (int64, error) {
+func upTo(raw map[string]string, k string, hi int64) (int64, error) {
 	v, ok := raw[k]
 	if !ok {
 		return 0, nil
 	}
 	n, err := strconv.ParseInt(v, 10, 64)
-	if err != nil || n < 0 {
+	if err != nil || n < 0 || n > hi {
 		return 0, fmt.Errorf("invalid")
 	}
 	return n, nil
@@ -183,13 +200,15 @@ func validTenant(t string) bool {
 	return ok && ValidVolumeID(sub)
 }
 
-func validHostPort(s string) bool {
-	host, port, err := net.SplitHostPort(s)
-	if err != nil || host == "" {
+// validBackstore: host:port as the contract says, and a port from which the readers of the
+// PV (the flex driver, the reconcile loop: datera.EndpointForBackstore) can infer the scheme.
+func validBackstore(s string) bool {
+	host, _, err := net.SplitHostPort(s)
+	if err != nil || host == "" || strings.ContainsAny(s, "/ ") {
 		return false
 	}
-	p, err := strconv.Atoi(port)
-	return err == nil && p > 0 && p < 65536
+	_, err = datera.EndpointForBackstore(s)
+	return err == nil
 }
 
 func or(v, def string) string {

@@ -3,15 +3,18 @@ package mutate
 import (
 	"encoding/json"
 	"fmt"
+	"sort"
+	"strconv"
+	"strings"
 
-	"gomodules.xyz/jsonpatch/v2"
 	appsv1 "k8s.io/api/apps/v1"
 )
 
 // Apply returns a copy of the StatefulSet with every planned template pinned: storageClassName
 // set to its Datera class, a legacy beta annotation rewritten to match (the PV controller
-// would otherwise prefer it), and the resolved options plus petfabric.io/statefulset and
-// petfabric.io/claim-template recorded as annotations, which every claim inherits.
+// would otherwise prefer it), and the resolved options (except the admin-only ones) plus
+// petfabric.io/statefulset and petfabric.io/claim-template recorded as annotations, which
+// every claim inherits.
 func (p Plan) Apply(sts *appsv1.StatefulSet) *appsv1.StatefulSet {
 	out := sts.DeepCopy()
 	for _, tp := range p.Templates {
@@ -24,46 +27,133 @@ func (p Plan) Apply(sts *appsv1.StatefulSet) *appsv1.StatefulSet {
 		if _, ok := t.Annotations[BetaClassAnnotation]; ok {
 			t.Annotations[BetaClassAnnotation] = class
 		}
-		for k, v := range tp.Options.raw {
-			t.Annotations[AnnotationPrefix+k] = v
+		for k, v := range recordedAnnotations(tp, sts.Name) {
+			t.Annotations[k] = v
 		}
-		t.Annotations[AnnStatefulSet] = sts.Name
-		t.Annotations[AnnClaimTemplate] = t.Name
 	}
 	return out
 }
 
-// Patch returns the RFC 6902 JSON Patch that turns the object as the apiserver sent it (raw)
-// into p.Apply(sts), or nil when it is already mutated (the webhook must be idempotent).
-// Diffing against the raw bytes keeps fields this build's types do not know untouched.
-func (p Plan) Patch(raw []byte, sts *appsv1.StatefulSet) ([]byte, error) {
-	mutated, err := json.Marshal(p.Apply(sts))
-	if err != nil {
-		return nil, fmt.Errorf("marshal mutated statefulset: %w", err)
-	}
-	ops, err := jsonpatch.CreatePatch(raw, mutated)
-	if err != nil {
-		return nil, fmt.Errorf("diff statefulset: %w", err)
-	}
-	// Round-tripping through the typed object may add empty defaults ("status": {},
-	// "creationTimestamp": null); only changes to the claim templates are ours.
-	var keep []jsonpatch.Operation
-	for _, op := range ops {
-		if isTemplatePath(op.Path) {
-			keep = append(keep, op)
+// recordedAnnotations are the annotations the patch sets on a planned template.
+func recordedAnnotations(tp TemplatePlan, statefulSet string) map[string]string {
+	out := make(map[string]string, len(tp.Options.raw)+2)
+	for k, v := range tp.Options.raw {
+		if !AdminOnly(k) {
+			out[AnnotationPrefix+k] = v
 		}
 	}
-	if len(keep) == 0 {
+	out[AnnStatefulSet] = statefulSet
+	out[AnnClaimTemplate] = tp.Name
+	return out
+}
+
+// patchOp is one RFC 6902 operation; the patch only ever adds (which replaces an existing
+// member).
+type patchOp struct {
+	Op    string `json:"op"`
+	Path  string `json:"path"`
+	Value any    `json:"value"`
+}
+
+// Patch returns the RFC 6902 JSON Patch that turns the object as the apiserver sent it (raw)
+// into p.Apply(sts), or nil when it is already mutated (the webhook must be idempotent).
+// It is written against raw, member by member, and touches only the members the webhook owns:
+// each planned template's spec.storageClassName, its petfabric.io/* annotations and the beta
+// class annotation. Everything else in raw — including fields this build's types do not
+// know — is left exactly as sent.
+func (p Plan) Patch(raw []byte, sts *appsv1.StatefulSet) ([]byte, error) {
+	if len(p.Templates) == 0 {
 		return nil, nil
 	}
-	b, err := json.Marshal(keep)
+	templates, err := rawTemplates(raw)
+	if err != nil {
+		return nil, err
+	}
+	var ops []patchOp
+	for _, tp := range p.Templates {
+		if tp.Index >= len(templates) {
+			return nil, fmt.Errorf("statefulset: spec.volumeClaimTemplates[%d] is not in the object", tp.Index)
+		}
+		base := "/spec/volumeClaimTemplates/" + strconv.Itoa(tp.Index)
+		// Maps, not structs: member names must match exactly, as for the patch applier.
+		var t, meta, spec map[string]json.RawMessage
+		if json.Unmarshal(templates[tp.Index], &t) != nil || json.Unmarshal(t["metadata"], &meta) != nil || meta == nil ||
+			json.Unmarshal(t["spec"], &spec) != nil || spec == nil {
+			return nil, fmt.Errorf("statefulset: spec.volumeClaimTemplates[%d] lacks metadata or spec objects", tp.Index)
+		}
+		if cur, ok := rawString(spec["storageClassName"]); !ok || cur != tp.Class.Name {
+			ops = append(ops, patchOp{"add", base + "/spec/storageClassName", tp.Class.Name})
+		}
+
+		want := recordedAnnotations(tp, sts.Name)
+		var have map[string]json.RawMessage
+		if a := meta["annotations"]; len(a) > 0 {
+			if err := json.Unmarshal(a, &have); err != nil {
+				return nil, fmt.Errorf("statefulset: spec.volumeClaimTemplates[%d].metadata.annotations: %w", tp.Index, err)
+			}
+		}
+		if _, ok := have[BetaClassAnnotation]; ok {
+			want[BetaClassAnnotation] = tp.Class.Name
+		}
+		if have == nil { // absent or null: the whole map in one operation
+			ops = append(ops, patchOp{"add", base + "/metadata/annotations", want})
+			continue
+		}
+		keys := make([]string, 0, len(want))
+		for k := range want {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			if cur, ok := rawString(have[k]); !ok || cur != want[k] {
+				ops = append(ops, patchOp{"add", base + "/metadata/annotations/" + escapePointer(k), want[k]})
+			}
+		}
+	}
+	if len(ops) == 0 {
+		return nil, nil
+	}
+	b, err := json.Marshal(ops)
 	if err != nil {
 		return nil, fmt.Errorf("marshal patch: %w", err)
 	}
 	return b, nil
 }
 
-func isTemplatePath(path string) bool {
-	const prefix = "/spec/volumeClaimTemplates/"
-	return len(path) > len(prefix) && path[:len(prefix)] == prefix
+// rawTemplates returns the elements of spec.volumeClaimTemplates of a raw StatefulSet, read
+// with exact (case-sensitive) member names, as a JSON Patch applier reads them.
+func rawTemplates(raw []byte) ([]json.RawMessage, error) {
+	var top, spec map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &top); err != nil {
+		return nil, fmt.Errorf("statefulset: %w", err)
+	}
+	if s, ok := top["spec"]; ok {
+		if err := json.Unmarshal(s, &spec); err != nil {
+			return nil, fmt.Errorf("statefulset: spec: %w", err)
+		}
+	}
+	var templates []json.RawMessage
+	if t, ok := spec["volumeClaimTemplates"]; ok {
+		if err := json.Unmarshal(t, &templates); err != nil {
+			return nil, fmt.Errorf("statefulset: spec.volumeClaimTemplates: %w", err)
+		}
+	}
+	return templates, nil
 }
+
+// rawString decodes a JSON string; ok is false for anything else (absent, null, non-string).
+func rawString(v json.RawMessage) (string, bool) {
+	if len(v) == 0 || v[0] != '"' {
+		return "", false
+	}
+	var s string
+	if err := json.Unmarshal(v, &s); err != nil {
+		return "", false
+	}
+	return s, true
+}
+
+var pointerEscaper = strings.NewReplacer("~", "~0", "/", "~1")
+
+// escapePointer escapes one JSON Pointer reference token (RFC 6901).
+func escapePointer(s string) string { return pointerEscaper.Replace(s) }

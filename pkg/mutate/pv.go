@@ -107,7 +107,10 @@ func LabelValue(s string) string {
 	for len(head) > 0 && !isAlnum(head[len(head)-1]) {
 		head = head[:len(head)-1]
 	}
-	return head + suffix
+	if v := head + suffix; len(validation.IsValidLabelValue(v)) == 0 {
+		return v
+	}
+	return suffix[1:] // s had characters no label value may hold (or none to keep): the hash alone
 }
 
 func isAlnum(b byte) bool {
@@ -132,6 +135,11 @@ func PlanClaim(cfg Config, pvc *corev1.PersistentVolumeClaim, classes map[string
 	}
 	if pvc.Spec.VolumeName != "" {
 		return cv, false, nil // bound to a PV chosen by someone else
+	}
+	if len(validation.IsDNS1123Label(pvc.Namespace)) > 0 || len(validation.IsDNS1123Subdomain(pvc.Name)) > 0 {
+		// Mutating admission runs before validation: the apiserver will reject this claim
+		// itself, and no PV should be made for it.
+		return cv, false, nil
 	}
 	tmpl := ClaimVolume{Namespace: pvc.Namespace, Claim: pvc.Name, Ordinal: -1, Class: class, AccessModes: pvc.Spec.AccessModes}
 	if sts, tpl := pvc.Annotations[AnnStatefulSet], pvc.Annotations[AnnClaimTemplate]; sts != "" && tpl != "" {

@@ -1,0 +1,225 @@
+package mutate
+
+import (
+	"math/rand/v2"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"k8s.io/apimachinery/pkg/util/validation"
+)
+
+func TestClaimNameAndParseOrdinal(t *testing.T) {
+	assert.Equal(t, "datadir-cockroachdb-4", ClaimName("datadir", "cockroachdb", 4))
+	for _, n := range []int{0, 1, 9, 10, 2147483647} {
+		got, ok := ParseOrdinal(ClaimName("data", "web", n), "data", "web")
+		assert.True(t, ok)
+		assert.Equal(t, n, got)
+	}
+	for _, bad := range []string{"data-web-", "data-web-01", "data-web--1", "data-web-x", "data-web-1a", "data-other-1", "logs-web-1", "data-web-+1", "data-web-99999999999999999999"} {
+		_, ok := ParseOrdinal(bad, "data", "web")
+		assert.False(t, ok, bad)
+	}
+	// Template and StatefulSet names with dashes: the prefix decides, not the dashes.
+	n, ok := ParseOrdinal("my-data-my-web-3", "my-data", "my-web")
+	assert.True(t, ok)
+	assert.Equal(t, 3, n)
+}
+
+func TestPVName(t *testing.T) {
+	assert.Equal(t, "datera-shop-data-web-0", PVName("shop", "data-web-0"))
+
+	// At the limit: kept as is.
+	claim := strings.Repeat("c", 253-len("datera-ns-"))
+	assert.Equal(t, "datera-ns-"+claim, PVName("ns", claim))
+
+	// One over: truncated, with a hash of the full name; still valid and deterministic.
+	long := claim + "d"
+	name := PVName("ns", long)
+	assert.Len(t, name, 253)
+	assert.Empty(t, validation.IsDNS1123Subdomain(name))
+	assert.Equal(t, name, PVName("ns", long))
+	assert.NotEqual(t, name, PVName("ns", claim+"e"), "claims differing only past the cut get different PVs")
+	assert.NotEqual(t, name, PVName("nt", long))
+
+	// A cut that lands on "." or "-" does not leave it before the hash.
+	dotted := strings.Repeat("a", 253-len("datera-ns-")-11) + ".-.b" + strings.Repeat("c", 10)
+	name = PVName("ns", dotted)
+	assert.Empty(t, validation.IsDNS1123Subdomain(name), name)
+}
+
+func TestVolumeID(t *testing.T) {
+	id, err := VolumeID("pf", "shop", "data-web-0")
+	require.NoError(t, err)
+	assert.Equal(t, "pf_shop_data-web-0", id)
+
+	id, err = VolumeID("", "shop", "data-web-0")
+	require.NoError(t, err)
+	assert.Equal(t, "shop_data-web-0", id, "no cluster id")
+
+	id, err = VolumeID("", "1shop", "data-web-0")
+	require.NoError(t, err)
+	assert.Equal(t, "_1shop_data-web-0", id, "a namespace starting with a digit cannot start a Datera name")
+
+	// Regression: with "-" as the separator these two claims of different namespaces shared
+	// one Datera volume ("pf-team-a-data-db-0"), so a claim re-created in namespace "team"
+	// could mount the data a Retain PV of namespace "team-a" left behind.
+	a, err := VolumeID("pf", "team-a", "data-db-0")
+	require.NoError(t, err)
+	b, err := VolumeID("pf", "team", "a-data-db-0")
+	require.NoError(t, err)
+	assert.NotEqual(t, a, b)
+	// Same for a digit-led namespace and one that spells the old replacement character.
+	a, _ = VolumeID("", "1abc", "x")
+	b, _ = VolumeID("", "vabc", "x")
+	assert.NotEqual(t, a, b)
+
+	for _, bad := range []string{"1pf", "-pf", "pf/x", strings.Repeat("p", 33), "p f"} {
+		_, err := VolumeID(bad, "shop", "data-web-0")
+		assert.Error(t, err, bad)
+	}
+	for _, good := range []string{"p", "_", "Pf.Cluster-01_eu", strings.Repeat("p", 32)} {
+		_, err := VolumeID(good, "shop", "data-web-0")
+		assert.NoError(t, err, good)
+	}
+
+	// Long: 64 characters, valid, deterministic, and distinct past the cut.
+	ns, claim := strings.Repeat("n", 63), strings.Repeat("c", 200)+"-0"
+	id, err = VolumeID(strings.Repeat("p", 32), ns, claim)
+	require.NoError(t, err)
+	assert.Len(t, id, 64)
+	assert.True(t, ValidVolumeID(id))
+	id2, _ := VolumeID(strings.Repeat("p", 32), ns, claim)
+	assert.Equal(t, id, id2)
+	id3, _ := VolumeID(strings.Repeat("p", 32), ns, strings.Repeat("c", 200)+"-1")
+	assert.NotEqual(t, id, id3)
+	id4, _ := VolumeID(strings.Repeat("p", 31)+"q", ns, claim)
+	assert.NotEqual(t, id, id4, "the cluster id is part of the hash too")
+
+	// Characters no Kubernetes name has (mutating admission sees objects before validation):
+	// an error, never an invalid ID.
+	_, err = VolumeID("pf", "shop", "data:web")
+	assert.Error(t, err)
+}
+
+// TestNamesProperties: for random valid Kubernetes names of every length, the derived names
+// are valid for Kubernetes and Datera, deterministic, and never shared by two claims.
+func TestNamesProperties(t *testing.T) {
+	r := rand.New(rand.NewPCG(4, 2016))
+	label := func(max int, first string) string {
+		const alnum = "abcdefghijklmnopqrstuvwxyz0123456789"
+		n := 1 + r.IntN(max)
+		b := []byte{first[r.IntN(len(first))]}
+		for len(b) < n {
+			c := alnum + "--"
+			b = append(b, c[r.IntN(len(c))])
+		}
+		b[len(b)-1] = alnum[r.IntN(len(alnum))]
+		if n == 1 {
+			b = b[:1]
+		}
+		return string(b)
+	}
+	const alnum = "abcdefghijklmnopqrstuvwxyz0123456789"
+	subdomain := func() string {
+		var parts []string
+		for l := 0; l < 253; {
+			p := label(63, alnum)
+			if l+len(p)+1 > 253 {
+				break
+			}
+			parts = append(parts, p)
+			l += len(p) + 1
+			if r.IntN(3) == 0 {
+				break
+			}
+		}
+		return strings.Join(parts, ".")
+	}
+	seenPV := map[string]string{}
+	seenID := map[string]string{}
+	for i := range 5000 {
+		ns := label(63, alnum)
+		claim := subdomain()
+		if i%2 == 0 { // StatefulSet-shaped claims too
+			claim = ClaimName(label(63, alnum), label(63, alnum), r.IntN(1000))
+		}
+		require.Empty(t, validation.IsDNS1123Label(ns))
+		require.Empty(t, validation.IsDNS1123Subdomain(claim), claim)
+		key := ns + "/" + claim
+
+		pv := PVName(ns, claim)
+		assert.Empty(t, validation.IsDNS1123Subdomain(pv), "%s → %s", key, pv)
+		assert.Equal(t, pv, PVName(ns, claim))
+		if other, ok := seenPV[pv]; ok && other != key {
+			// Only the contract's untruncated form can be shared (see the report on
+			// "datera-<namespace>-<pvc>"); truncated forms carry a hash.
+			assert.Equal(t, "datera-"+ns+"-"+claim, pv, "hashed PV name shared by %s and %s", key, other)
+		}
+		seenPV[pv] = key
+
+		for _, cid := range []string{"", "pf", strings.Repeat("k", 32)} {
+			id, err := VolumeID(cid, ns, claim)
+			require.NoError(t, err)
+			assert.True(t, ValidVolumeID(id), "%s → %s", key, id)
+			assert.LessOrEqual(t, len(id), 64)
+			if other, ok := seenID[cid+"|"+id]; ok {
+				assert.Equal(t, key, other, "volume ID %s shared", id)
+			}
+			seenID[cid+"|"+id] = key
+		}
+
+		lv := LabelValue(claim)
+		assert.Empty(t, validation.IsValidLabelValue(lv), "%s → %s", claim, lv)
+		assert.Equal(t, lv, LabelValue(claim))
+	}
+}
+
+func TestLabelValue(t *testing.T) {
+	assert.Equal(t, "web", LabelValue("web"))
+	assert.Equal(t, "", LabelValue(""))
+	s63 := strings.Repeat("a", 63)
+	assert.Equal(t, s63, LabelValue(s63))
+	for _, s := range []string{
+		strings.Repeat("a", 64),
+		strings.Repeat("a", 51) + "-.b" + strings.Repeat("c", 20), // cut lands on "-."
+		strings.Repeat("-", 70),
+		"has/slash", "-leading", "trailing.", "ünïcode",
+	} {
+		v := LabelValue(s)
+		assert.Empty(t, validation.IsValidLabelValue(v), "%q → %q", s, v)
+		assert.Equal(t, v, LabelValue(s))
+		assert.NotEqual(t, v, LabelValue(s+"x"))
+	}
+}
+
+// FuzzNames: whatever valid Kubernetes names come in, the PV name, volume ID and label values
+// are valid and stable.
+func FuzzNames(f *testing.F) {
+	f.Add("pf", "shop", "data-web-0")
+	f.Add("", "1shop", strings.Repeat("c", 253))
+	f.Add(strings.Repeat("k", 32), strings.Repeat("n", 63), strings.Repeat("a.", 126)+"b")
+	f.Fuzz(func(t *testing.T, cid, ns, claim string) {
+		if len(validation.IsDNS1123Label(ns)) > 0 || len(validation.IsDNS1123Subdomain(claim)) > 0 {
+			return
+		}
+		pv := PVName(ns, claim)
+		if errs := validation.IsDNS1123Subdomain(pv); len(errs) > 0 {
+			t.Fatalf("PVName(%q, %q) = %q: %v", ns, claim, pv, errs)
+		}
+		if v := LabelValue(claim); len(validation.IsValidLabelValue(v)) > 0 {
+			t.Fatalf("LabelValue(%q) = %q", claim, v)
+		}
+		id, err := VolumeID(cid, ns, claim)
+		if err != nil {
+			if clusterIDPattern.MatchString(cid) || cid == "" {
+				t.Fatalf("VolumeID(%q, %q, %q): %v", cid, ns, claim, err)
+			}
+			return
+		}
+		if !ValidVolumeID(id) {
+			t.Fatalf("VolumeID(%q, %q, %q) = %q", cid, ns, claim, id)
+		}
+	})
+}
