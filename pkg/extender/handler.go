@@ -3,7 +3,6 @@ package extender
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -100,7 +99,7 @@ func (h *handler) decode(r *http.Request, a *args) (*bytes.Buffer, error) {
 		}
 		return nil, &requestError{http.StatusBadRequest, "reading request body: " + err.Error()}
 	}
-	if err := json.Unmarshal(buf.Bytes(), a); err != nil {
+	if err := decodeArgs(buf.Bytes(), a); err != nil {
 		h.bufs.Put(buf)
 		return nil, &requestError{http.StatusBadRequest, "malformed ExtenderArgs JSON: " + err.Error()}
 	}

@@ -154,15 +154,15 @@ func checkNode(now time.Time, node string, vols []Volume, held []holding, st Sta
 		return ReasonStale, fmt.Sprintf("node %s: reachability report is stale (renewed %s ago, valid for %s); is the petfabric node agent running?",
 			node, age(nr.Age(now)), age(nr.TTL))
 	}
-	ageStr := age(nr.Age(now))
 	for i, v := range vols {
-		bs, ok := nr.Report.Backstores[v.Backstore]
-		if !ok || len(bs.Portals) == 0 {
+		sum, ok := nr.backstore(v.Backstore)
+		if !ok || sum.Portals == 0 {
 			return ReasonNotProbed, fmt.Sprintf("node %s: backstore %s of volume %s is not probed by the node agent (add it to the agent's backstores; report %s old)",
-				node, v.Backstore, v.VolumeID, ageStr)
+				node, v.Backstore, v.VolumeID, age(nr.Age(now)))
 		}
-		if msg, bad := portalProblem(bs, policy); bad {
-			return ReasonUnreachable, fmt.Sprintf("node %s: %s (report %s old)", node, msg, ageStr)
+		if sum.Reachable < sum.Portals && (policy == AllPortals || sum.Reachable == 0) {
+			// Only failures pay for building a message.
+			return ReasonUnreachable, fmt.Sprintf("node %s: %s (report %s old)", node, portalProblem(nr.Report.Backstores[v.Backstore]), age(nr.Age(now)))
 		}
 		if h := held[i]; h.nodes != nil {
 			if _, self := h.nodes[node]; !self || len(h.nodes) > 1 {
@@ -174,23 +174,20 @@ func checkNode(now time.Time, node string, vols []Volume, held []holding, st Sta
 	return ReasonPass, ""
 }
 
-// portalProblem describes the unreachable portals of a backstore when they disqualify it.
-func portalProblem(bs BackstoreReport, policy PortalPolicy) (string, bool) {
+// portalProblem describes the unreachable portals of a backstore.
+func portalProblem(bs BackstoreReport) string {
 	var bad []string
 	for portal, p := range bs.Portals {
 		if !p.OK {
 			bad = append(bad, portal)
 		}
 	}
-	if len(bad) == 0 || policy == AnyPortal && len(bad) < len(bs.Portals) {
-		return "", false
-	}
 	slices.Sort(bad)
 	parts := make([]string, len(bad))
 	for i, portal := range bad {
 		parts[i] = fmt.Sprintf("portal %s unreachable: %s", portal, bs.Portals[portal].Error)
 	}
-	return strings.Join(parts, "; "), true
+	return strings.Join(parts, "; ")
 }
 
 func claimSuffix(v Volume) string {

@@ -50,28 +50,20 @@ func Prioritize(now time.Time, vols []Volume, nodes []string, st State) []int64 
 		if !ok || nr.Err != nil || !nr.Fresh(now) {
 			continue
 		}
-		scores[i] = rttPoints(nr.Report, vols) + attachPoints(nr, vols) + spreadPoints(siblings[node])
+		scores[i] = rttPoints(nr, vols) + attachPoints(nr, vols) + spreadPoints(siblings[node])
 	}
 	return scores
 }
 
 // rttPoints is the minimum over volumes of the points for their slowest reachable portal.
-func rttPoints(r *Report, vols []Volume) int64 {
+func rttPoints(nr *NodeReport, vols []Volume) int64 {
 	points := int64(maxRTTPoints)
 	for _, v := range vols {
-		var slowest time.Duration
-		reachable := false
-		for _, p := range r.Backstores[v.Backstore].Portals {
-			if !p.OK {
-				continue
-			}
-			reachable = true
-			slowest = max(slowest, p.RTT())
-		}
-		if !reachable {
+		sum, ok := nr.backstore(v.Backstore)
+		if !ok || sum.Reachable == 0 {
 			return 0
 		}
-		points = min(points, RTTPoints(slowest))
+		points = min(points, RTTPoints(sum.SlowestRTT))
 	}
 	return points
 }

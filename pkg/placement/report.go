@@ -158,6 +158,43 @@ type NodeReport struct {
 	TTL time.Duration
 	// Attached is Report.Attached as a set, for constant-time lookups while scoring.
 	Attached map[string]struct{}
+	// Summary condenses each backstore's portals once, when the Lease is read, so that
+	// filtering and scoring thousands of nodes per request is a map lookup per volume.
+	Summary map[string]BackstoreSummary
+}
+
+// BackstoreSummary condenses one backstore's portal results.
+type BackstoreSummary struct {
+	// Portals and Reachable count the probed and the reachable portals.
+	Portals, Reachable int
+	// SlowestRTT is the largest RTT among the reachable portals.
+	SlowestRTT time.Duration
+}
+
+// Summarize condenses a backstore report.
+func Summarize(b BackstoreReport) BackstoreSummary {
+	s := BackstoreSummary{Portals: len(b.Portals)}
+	for _, p := range b.Portals {
+		if p.OK {
+			s.Reachable++
+			s.SlowestRTT = max(s.SlowestRTT, p.RTT())
+		}
+	}
+	return s
+}
+
+// backstore returns the summary of one backstore (computing it when the report was built
+// by hand rather than by NodeReportFromLease).
+func (n *NodeReport) backstore(name string) (BackstoreSummary, bool) {
+	if n.Summary != nil {
+		s, ok := n.Summary[name]
+		return s, ok
+	}
+	b, ok := n.Report.Backstores[name]
+	if !ok {
+		return BackstoreSummary{}, false
+	}
+	return Summarize(b), true
 }
 
 // Age is how long ago the report was renewed.
@@ -199,6 +236,10 @@ func NodeReportFromLease(l *coordinationv1.Lease) (nr *NodeReport, ok bool) {
 	nr.Attached = make(map[string]struct{}, len(r.Attached))
 	for _, v := range r.Attached {
 		nr.Attached[v] = struct{}{}
+	}
+	nr.Summary = make(map[string]BackstoreSummary, len(r.Backstores))
+	for name, b := range r.Backstores {
+		nr.Summary[name] = Summarize(b)
 	}
 	return nr, true
 }

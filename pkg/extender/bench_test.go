@@ -1,0 +1,318 @@
+package extender
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	extenderv1 "k8s.io/kube-scheduler/extender/v1"
+	"k8s.io/utils/ptr"
+
+	"github.com/petfabric/petfabric/pkg/placement"
+)
+
+// The benchmarks serve the real handler on a loopback httptest server and drive it with
+// concurrent keep-alive clients sending pre-encoded requests, so what is measured is the
+// extender (HTTP server, JSON, decision), not the client's encoding. Each reports p50/p99
+// latency and req/s, next to two baselines over the same HTTP stack and the same request
+// body: a no-op handler that reads the body and answers a constant, and the extender's
+// own fast path (a pod without Datera volumes).
+
+// staticSource is a Source over a fixed index (no informers: the state does not change).
+type staticSource struct {
+	lk placement.Lookup
+	st *placement.Index
+}
+
+func (s staticSource) Read(fn func(placement.Lookup, placement.State)) { fn(s.lk, s.st) }
+
+type mapLookup struct {
+	claims map[string]*corev1.PersistentVolumeClaim
+	pvs    map[string]*corev1.PersistentVolume
+}
+
+func (m mapLookup) Claim(ns, name string) (*corev1.PersistentVolumeClaim, bool) {
+	c, ok := m.claims[ns+"/"+name]
+	return c, ok
+}
+func (m mapLookup) PV(name string) (*corev1.PersistentVolume, bool) { p, ok := m.pvs[name]; return p, ok }
+func (m mapLookup) PVForClaim(string, string) (*corev1.PersistentVolume, bool) {
+	return nil, false
+}
+
+const (
+	bsOne = "172.16.0.10:7717"
+	bsTwo = "172.16.0.20:7717"
+)
+
+// benchState: n nodes with fresh reports over two backstores of two portals each; every
+// 20th node has a refused portal, every 50th a stale report, every 100th none; the pod's
+// three volumes (two on bsOne, one on bsTwo, pets of StatefulSet db) are not attached yet,
+// and other pets of db are attached here and there. About 8% of the nodes fail.
+func benchState(b *testing.B, n int) (staticSource, *corev1.Pod, []string) {
+	now := time.Now()
+	x := placement.NewIndex()
+	names := make([]string, n)
+	for i := range n {
+		node := fmt.Sprintf("worker-%05d.dc1.example.com", i)
+		names[i] = node
+		if i%100 == 99 {
+			continue
+		}
+		p := map[string]placement.PortalReport{"10.1.1.5:3260": {OK: true, RTTMicros: int64(150 + i%400)}, "10.1.1.6:3260": {OK: true, RTTMicros: 220}}
+		if i%20 == 19 {
+			p["10.1.1.6:3260"] = placement.PortalReport{Error: "connection refused"}
+		}
+		var attached []string
+		if i%10 == 3 {
+			attached = []string{fmt.Sprintf("db-%d-data", 1+i%5)}
+		}
+		r := &placement.Report{Version: 1, Initiator: "iqn.2024-01.example:" + node, ProbedAt: now, Attached: attached,
+			Backstores: map[string]placement.BackstoreReport{bsOne: {Portals: p}, bsTwo: {Portals: map[string]placement.PortalReport{"10.2.1.5:3260": {OK: true, RTTMicros: 300}}}}}
+		enc, err := r.Encode()
+		if err != nil {
+			b.Fatal(err)
+		}
+		renew := now
+		if i%50 == 49 {
+			renew = now.Add(-time.Hour)
+		}
+		l := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: placement.LeaseName(node), Annotations: map[string]string{placement.ReportAnnotation: enc}},
+			Spec: coordinationv1.LeaseSpec{HolderIdentity: ptr.To(node), LeaseDurationSeconds: ptr.To(int32(3600)), RenewTime: &metav1.MicroTime{Time: renew}}}
+		nr, ok := placement.NodeReportFromLease(l)
+		if !ok || nr.Err != nil {
+			b.Fatalf("bad bench lease %s: %v", node, nr.Err)
+		}
+		x.SetReport(nr)
+	}
+	lk := mapLookup{claims: map[string]*corev1.PersistentVolumeClaim{}, pvs: map[string]*corev1.PersistentVolume{}}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "db-0", Labels: map[string]string{"app": "db"}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "db", Image: "postgres:16",
+			Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceCPU: mustQ("500m"), corev1.ResourceMemory: mustQ("1Gi")}}}}}}
+	for ord := range 6 {
+		for j, tpl := range []string{"data", "wal", "logs"} {
+			claim := fmt.Sprintf("%s-db-%d", tpl, ord)
+			pvName := "datera-shop-" + claim
+			bs := bsOne
+			if j == 2 {
+				bs = bsTwo
+			}
+			pv := &corev1.PersistentVolume{
+				ObjectMeta: metav1.ObjectMeta{Name: pvName, Labels: map[string]string{placement.LabelStatefulSet: "db", placement.LabelOrdinal: fmt.Sprint(ord)}},
+				Spec: corev1.PersistentVolumeSpec{AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+					ClaimRef: &corev1.ObjectReference{Namespace: "shop", Name: claim},
+					PersistentVolumeSource: corev1.PersistentVolumeSource{FlexVolume: &corev1.FlexPersistentVolumeSource{Driver: placement.FlexDriver,
+						Options: map[string]string{placement.OptionVolumeID: fmt.Sprintf("db-%d-%s", ord, tpl), placement.OptionBackstore: bs}}}},
+			}
+			lk.pvs[pvName] = pv
+			lk.claims["shop/"+claim] = &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: claim}, Spec: corev1.PersistentVolumeClaimSpec{VolumeName: pvName}}
+			x.SetPV(pv)
+			if ord == 0 {
+				pod.Spec.Volumes = append(pod.Spec.Volumes, corev1.Volume{Name: tpl, VolumeSource: corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: claim}}})
+			}
+		}
+	}
+	return staticSource{lk: lk, st: x}, pod, names
+}
+
+func mustQ(s string) resource.Quantity { return resource.MustParse(s) }
+
+// kwokNode is a Node object shaped like the ones kube-scheduler sends in full-Node mode
+// (labels, annotations, capacity, conditions, images omitted as kwok reports none).
+func kwokNode(name string) json.RawMessage {
+	n := corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: name, UID: types.UID("6f1c2b1e-2c1f-4c1a-9e7b-" + fmt.Sprintf("%012d", len(name))), ResourceVersion: "123456",
+			CreationTimestamp: metav1.Now(),
+			Labels: map[string]string{"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+				"type": "kwok", "topology.kubernetes.io/zone": "zone-a", "node.kubernetes.io/instance-type": "m5.2xlarge"},
+			Annotations: map[string]string{"node.alpha.kubernetes.io/ttl": "0", "kwok.x-k8s.io/node": "fake",
+				"volumes.kubernetes.io/controller-managed-attach-detach": "true"}},
+		Spec: corev1.NodeSpec{PodCIDR: "10.244.1.0/24", PodCIDRs: []string{"10.244.1.0/24"}, ProviderID: "kwok://" + name},
+		Status: corev1.NodeStatus{
+			Capacity:    corev1.ResourceList{corev1.ResourceCPU: mustQ("32"), corev1.ResourceMemory: mustQ("256Gi"), corev1.ResourcePods: mustQ("110"), corev1.ResourceEphemeralStorage: mustQ("500Gi")},
+			Allocatable: corev1.ResourceList{corev1.ResourceCPU: mustQ("32"), corev1.ResourceMemory: mustQ("256Gi"), corev1.ResourcePods: mustQ("110"), corev1.ResourceEphemeralStorage: mustQ("500Gi")},
+			Addresses:   []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "10.0.0.1"}, {Type: corev1.NodeHostName, Address: name}},
+			NodeInfo: corev1.NodeSystemInfo{KubeletVersion: "v1.36.3", OperatingSystem: "linux", Architecture: "amd64",
+				ContainerRuntimeVersion: "containerd://2.1.0", KernelVersion: "6.1.0", OSImage: "Debian GNU/Linux 12 (bookworm)"},
+		},
+	}
+	for _, c := range []corev1.NodeConditionType{corev1.NodeReady, corev1.NodeMemoryPressure, corev1.NodeDiskPressure, corev1.NodePIDPressure, corev1.NodeNetworkUnavailable} {
+		st := corev1.ConditionFalse
+		if c == corev1.NodeReady {
+			st = corev1.ConditionTrue
+		}
+		n.Status.Conditions = append(n.Status.Conditions, corev1.NodeCondition{Type: c, Status: st,
+			LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now(), Reason: "Kubelet" + string(c), Message: "kubelet reports " + string(c)})
+	}
+	b, err := json.Marshal(n)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// result of one load run.
+type loadResult struct {
+	p50, p99 time.Duration
+	rps      float64
+}
+
+// load posts body to url with `workers` concurrent keep-alive clients, b.N requests in all.
+func load(b *testing.B, url string, body []byte, workers int) loadResult {
+	tr := &http.Transport{MaxIdleConnsPerHost: workers, MaxConnsPerHost: workers, DisableCompression: true}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr}
+	// Warm the connections and check the answer once.
+	resp, err := client.Post(url, "application/json", bytes.NewReader(body))
+	if err != nil {
+		b.Fatal(err)
+	}
+	out, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b.Fatalf("status %d: %s", resp.StatusCode, out)
+	}
+	var mu sync.Mutex
+	var all []time.Duration
+	next := make(chan struct{}, b.N)
+	for range b.N {
+		next <- struct{}{}
+	}
+	close(next)
+	b.ResetTimer()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			lat := make([]time.Duration, 0, b.N/workers+1)
+			for range next {
+				t0 := time.Now()
+				resp, err := client.Post(url, "application/json", bytes.NewReader(body))
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				_ = resp.Body.Close()
+				lat = append(lat, time.Since(t0))
+			}
+			mu.Lock()
+			all = append(all, lat...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	slices.Sort(all)
+	q := func(p float64) time.Duration { return all[min(len(all)-1, int(p*float64(len(all))))] }
+	r := loadResult{p50: q(0.50), p99: q(0.99), rps: float64(len(all)) / elapsed.Seconds()}
+	b.ReportMetric(float64(r.p50.Microseconds()), "p50-µs")
+	b.ReportMetric(float64(r.p99.Microseconds()), "p99-µs")
+	b.ReportMetric(r.rps, "req/s")
+	return r
+}
+
+func serve(b *testing.B, h http.Handler) *httptest.Server {
+	srv := httptest.NewServer(h)
+	b.Cleanup(srv.Close)
+	return srv
+}
+
+// noop reads the body and answers a constant: the HTTP stack's own cost.
+var noop = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	_, _ = io.Copy(io.Discard, r.Body)
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write([]byte(`{"NodeNames":[],"Error":""}`))
+})
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// BenchmarkNames5000 — nodeCacheCapable: true, 5,000 node names, a pod with 3 Datera volumes.
+func BenchmarkNames5000(b *testing.B) {
+	src, pod, names := benchState(b, 5000)
+	plain := pod.DeepCopy()
+	plain.Spec.Volumes = nil
+	body := mustMarshal(b, extenderv1.ExtenderArgs{Pod: pod, NodeNames: &names})
+	plainBody := mustMarshal(b, extenderv1.ExtenderArgs{Pod: plain, NodeNames: &names})
+	h := NewHandler(src, HandlerOptions{Log: quiet(), Metrics: NewMetrics()})
+	srv := serve(b, h)
+	noopSrv := serve(b, noop)
+	b.Logf("request body %d bytes", len(body))
+
+	const workers = 4
+	b.Run("filter", func(b *testing.B) { load(b, srv.URL+FilterPath, body, workers) })
+	b.Run("prioritize", func(b *testing.B) { load(b, srv.URL+PrioritizePath, body, workers) })
+	b.Run("filter-fast-path", func(b *testing.B) { load(b, srv.URL+FilterPath, plainBody, workers) })
+	b.Run("noop-baseline", func(b *testing.B) { load(b, noopSrv.URL, body, workers) })
+	b.Run("sequential-filter", func(b *testing.B) { load(b, srv.URL+FilterPath, body, 1) })
+}
+
+// BenchmarkFullNodes500 — nodeCacheCapable: false, 500 complete Node objects.
+func BenchmarkFullNodes500(b *testing.B) {
+	src, pod, names := benchState(b, 500)
+	items := make([]string, len(names))
+	for i, n := range names {
+		items[i] = string(kwokNode(n))
+	}
+	podJSON := mustMarshal(b, pod)
+	body := []byte(`{"Pod":` + string(podJSON) + `,"Nodes":{"metadata":{},"items":[` + strings.Join(items, ",") + `]},"NodeNames":null}`)
+	plain := pod.DeepCopy()
+	plain.Spec.Volumes = nil
+	plainBody := []byte(`{"Pod":` + string(mustMarshal(b, plain)) + `,"Nodes":{"metadata":{},"items":[` + strings.Join(items, ",") + `]},"NodeNames":null}`)
+	h := NewHandler(src, HandlerOptions{Log: quiet(), Metrics: NewMetrics()})
+	srv := serve(b, h)
+	noopSrv := serve(b, noop)
+	b.Logf("request body %d bytes (%d bytes per node)", len(body), len(items[0]))
+
+	const workers = 4
+	b.Run("filter", func(b *testing.B) { load(b, srv.URL+FilterPath, body, workers) })
+	b.Run("prioritize", func(b *testing.B) { load(b, srv.URL+PrioritizePath, body, workers) })
+	b.Run("filter-fast-path", func(b *testing.B) { load(b, srv.URL+FilterPath, plainBody, workers) })
+	b.Run("noop-baseline", func(b *testing.B) { load(b, noopSrv.URL, body, workers) })
+	b.Run("sequential-filter", func(b *testing.B) { load(b, srv.URL+FilterPath, body, 1) })
+}
+
+// BenchmarkDecide isolates the pure decision (no HTTP, no JSON) for 5,000 names.
+func BenchmarkDecide(b *testing.B) {
+	src, pod, names := benchState(b, 5000)
+	now := time.Now()
+	vols, err := placement.PodVolumes(pod, src.lk)
+	if err != nil || len(vols) != 3 {
+		b.Fatalf("volumes %v %v", vols, err)
+	}
+	b.Run("filter", func(b *testing.B) {
+		for b.Loop() {
+			placement.Filter(now, vols, names, src.st, placement.AllPortals)
+		}
+	})
+	b.Run("prioritize", func(b *testing.B) {
+		for b.Loop() {
+			placement.Prioritize(now, vols, names, src.st)
+		}
+	})
+}
+
+func mustMarshal(b *testing.B, v any) []byte {
+	out, err := json.Marshal(v)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return out
+}
