@@ -49,7 +49,10 @@ func (m mapLookup) Claim(ns, name string) (*corev1.PersistentVolumeClaim, bool) 
 	c, ok := m.claims[ns+"/"+name]
 	return c, ok
 }
-func (m mapLookup) PV(name string) (*corev1.PersistentVolume, bool) { p, ok := m.pvs[name]; return p, ok }
+func (m mapLookup) PV(name string) (*corev1.PersistentVolume, bool) {
+	p, ok := m.pvs[name]
+	return p, ok
+}
 func (m mapLookup) PVForClaim(string, string) (*corev1.PersistentVolume, bool) {
 	return nil, false
 }
