@@ -1,0 +1,351 @@
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/client-go/informers"
+	appslisters "k8s.io/client-go/listers/apps/v1"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	storagelisters "k8s.io/client-go/listers/storage/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+
+	"github.com/petfabric/petfabric/pkg/mutate"
+)
+
+// kind of a queue item.
+type kind uint8
+
+const (
+	kindStatefulSet kind = iota + 1 // name is namespace/name: ensure its PVs exist
+	kindPV                          // name is the PV name: orphan or Released check
+)
+
+type item struct {
+	kind kind
+	name string
+}
+
+func (i item) String() string {
+	if i.kind == kindStatefulSet {
+		return "statefulset " + i.name
+	}
+	return "persistentvolume " + i.name
+}
+
+// managedSelector selects the PVs the loop may touch.
+var managedSelector = labels.SelectorFromSet(labels.Set{mutate.LabelManagedBy: mutate.ManagedByValue}).String()
+
+// byStatefulSet indexes managed PVs by "<namespace>/<statefulset>".
+const byStatefulSet = "petfabric-statefulset"
+
+// controller is one leadership term's state: informers, listers and the queue.
+type controller struct {
+	r     *Reconciler
+	opts  *Options
+	log   *slog.Logger
+	queue workqueue.TypedRateLimitingInterface[item]
+
+	stsLister appslisters.StatefulSetLister
+	pvLister  corelisters.PersistentVolumeLister
+	pvIndexer cache.Indexer
+	pvcLister corelisters.PersistentVolumeClaimLister
+	scLister  storagelisters.StorageClassLister
+	nsLister  corelisters.NamespaceLister
+	synced    []cache.InformerSynced
+	factories []informers.SharedInformerFactory
+	warnedMu  sync.Mutex
+	warned    map[string]string // dedup of repeated warnings: key → last message
+}
+
+func (r *Reconciler) runController(ctx context.Context) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	c, err := newController(r)
+	if err != nil {
+		return err
+	}
+	return c.run(ctx)
+}
+
+func newController(r *Reconciler) (*controller, error) {
+	o := &r.opts
+	c := &controller{
+		r: r, opts: o, log: o.Logger,
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
+			workqueue.NewTypedItemExponentialFailureRateLimiter[item](o.RetryBase, o.RetryMax),
+			workqueue.TypedRateLimitingQueueConfig[item]{Name: Component},
+		),
+		warned: map[string]string{},
+	}
+	all := informers.NewSharedInformerFactory(o.Client, o.Resync)
+	managed := informers.NewSharedInformerFactoryWithOptions(o.Client, o.Resync,
+		informers.WithTweakListOptions(func(lo *metav1.ListOptions) { lo.LabelSelector = managedSelector }))
+	c.factories = []informers.SharedInformerFactory{all, managed}
+
+	sts := all.Apps().V1().StatefulSets()
+	pvs := managed.Core().V1().PersistentVolumes()
+	pvcs := all.Core().V1().PersistentVolumeClaims()
+	scs := all.Storage().V1().StorageClasses()
+	nss := all.Core().V1().Namespaces()
+	if err := pvs.Informer().AddIndexers(cache.Indexers{byStatefulSet: indexPVByStatefulSet}); err != nil {
+		return nil, err
+	}
+	c.stsLister, c.pvLister, c.pvIndexer = sts.Lister(), pvs.Lister(), pvs.Informer().GetIndexer()
+	c.pvcLister, c.scLister, c.nsLister = pvcs.Lister(), scs.Lister(), nss.Lister()
+
+	handlers := []struct {
+		inf cache.SharedIndexInformer
+		h   cache.ResourceEventHandler
+	}{
+		{sts.Informer(), cache.ResourceEventHandlerFuncs{
+			AddFunc:    c.onStatefulSet,
+			UpdateFunc: func(_, n any) { c.onStatefulSet(n) },
+			DeleteFunc: c.onStatefulSetDelete,
+		}},
+		{pvs.Informer(), cache.ResourceEventHandlerFuncs{
+			AddFunc:    c.onPV,
+			UpdateFunc: func(_, n any) { c.onPV(n) },
+			DeleteFunc: c.onPVDelete,
+		}},
+		{pvcs.Informer(), cache.ResourceEventHandlerFuncs{DeleteFunc: c.onClaimDelete}},
+		{scs.Informer(), cache.ResourceEventHandlerFuncs{
+			AddFunc:    c.onStorageClass,
+			UpdateFunc: func(_, n any) { c.onStorageClass(n) },
+			DeleteFunc: c.onStorageClass,
+		}},
+		{nss.Informer(), cache.ResourceEventHandlerFuncs{
+			UpdateFunc: func(o, n any) { c.onNamespaceUpdate(o, n) },
+		}},
+	}
+	for _, h := range handlers {
+		reg, err := h.inf.AddEventHandler(h.h)
+		if err != nil {
+			return nil, err
+		}
+		c.synced = append(c.synced, reg.HasSynced)
+	}
+	return c, nil
+}
+
+func indexPVByStatefulSet(obj any) ([]string, error) {
+	pv, ok := obj.(*corev1.PersistentVolume)
+	if !ok {
+		return nil, nil
+	}
+	ns, name := pvOwner(pv)
+	if ns == "" || name == "" {
+		return nil, nil
+	}
+	return []string{ns + "/" + name}, nil
+}
+
+// pvOwner returns the namespace and StatefulSet name recorded on a managed PV.
+func pvOwner(pv *corev1.PersistentVolume) (namespace, statefulSet string) {
+	return pv.Labels[mutate.LabelNamespace], pv.Annotations[mutate.AnnStatefulSet]
+}
+
+func (c *controller) run(ctx context.Context) error {
+	defer utilruntime.HandleCrash()
+	defer c.queue.ShutDown()
+	for _, f := range c.factories {
+		f.Start(ctx.Done())
+	}
+	defer func() {
+		for _, f := range c.factories {
+			f.Shutdown()
+		}
+	}()
+	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return errors.New("reconcile: informer caches did not sync")
+	}
+	c.log.Info("reconcile loop running", "workers", c.opts.Workers, "orphanGrace", c.opts.OrphanGrace, "resync", c.opts.Resync)
+	var wg sync.WaitGroup
+	for range c.opts.Workers {
+		wg.Go(func() {
+			for c.processNext(ctx) {
+			}
+		})
+	}
+	<-ctx.Done()
+	c.queue.ShutDown()
+	wg.Wait()
+	c.log.Info("reconcile loop stopped")
+	return nil
+}
+
+func (c *controller) processNext(ctx context.Context) bool {
+	it, quit := c.queue.Get()
+	if quit {
+		return false
+	}
+	defer c.queue.Done(it)
+	var (
+		after time.Duration
+		err   error
+	)
+	switch it.kind {
+	case kindStatefulSet:
+		err = c.syncStatefulSet(ctx, it.name)
+	case kindPV:
+		after, err = c.syncPV(ctx, it.name)
+	}
+	switch {
+	case err != nil:
+		if ctx.Err() != nil {
+			return true
+		}
+		c.log.Warn("reconcile failed; retrying with backoff", "item", it.String(), "err", err, "retries", c.queue.NumRequeues(it))
+		c.queue.AddRateLimited(it)
+	default:
+		c.queue.Forget(it)
+		if after > 0 {
+			c.queue.AddAfter(it, after)
+		}
+	}
+	return true
+}
+
+// Event handlers.
+
+func (c *controller) enqueueStatefulSet(namespace, name string) {
+	c.queue.Add(item{kindStatefulSet, namespace + "/" + name})
+}
+
+func (c *controller) onStatefulSet(obj any) {
+	if sts, ok := obj.(*appsv1.StatefulSet); ok {
+		c.enqueueStatefulSet(sts.Namespace, sts.Name)
+	}
+}
+
+func (c *controller) onStatefulSetDelete(obj any) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	sts, ok := obj.(*appsv1.StatefulSet)
+	if !ok {
+		return
+	}
+	c.forgetWarnings(sts.Namespace + "/" + sts.Name)
+	// Its PVs may now be orphans (after the grace period).
+	objs, _ := c.pvIndexer.ByIndex(byStatefulSet, sts.Namespace+"/"+sts.Name)
+	for _, o := range objs {
+		if pv, ok := o.(*corev1.PersistentVolume); ok {
+			c.queue.Add(item{kindPV, pv.Name})
+		}
+	}
+}
+
+func (c *controller) onPV(obj any) {
+	if pv, ok := obj.(*corev1.PersistentVolume); ok {
+		c.queue.Add(item{kindPV, pv.Name})
+	}
+}
+
+func (c *controller) onPVDelete(obj any) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	pv, ok := obj.(*corev1.PersistentVolume)
+	if !ok {
+		return
+	}
+	// A StatefulSet that still needs this ordinal gets its PV back.
+	if ns, name := pvOwner(pv); ns != "" && name != "" {
+		c.enqueueStatefulSet(ns, name)
+	}
+}
+
+func (c *controller) onClaimDelete(obj any) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	pvc, ok := obj.(*corev1.PersistentVolumeClaim)
+	if !ok {
+		return
+	}
+	// A pre-bound but never bound PV does not change when its claim goes; look at it again.
+	name := mutate.PVName(pvc.Namespace, pvc.Name)
+	if pvc.Spec.VolumeName != "" {
+		name = pvc.Spec.VolumeName
+	}
+	if _, err := c.pvLister.Get(name); err == nil {
+		c.queue.Add(item{kindPV, name})
+	}
+}
+
+func (c *controller) onStorageClass(obj any) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	sc, ok := obj.(*storagev1.StorageClass)
+	if !ok || sc.Provisioner != mutate.Provisioner {
+		return
+	}
+	c.enqueueAllStatefulSets("")
+}
+
+func (c *controller) onNamespaceUpdate(oldObj, newObj any) {
+	o, ok1 := oldObj.(*corev1.Namespace)
+	n, ok2 := newObj.(*corev1.Namespace)
+	if !ok1 || !ok2 || o.Labels[mutate.InjectLabel] == n.Labels[mutate.InjectLabel] {
+		return
+	}
+	c.enqueueAllStatefulSets(n.Name)
+}
+
+func (c *controller) enqueueAllStatefulSets(namespace string) {
+	list, err := c.stsLister.StatefulSets(namespace).List(labels.Everything())
+	if err != nil {
+		return
+	}
+	for _, s := range list {
+		c.enqueueStatefulSet(s.Namespace, s.Name)
+	}
+}
+
+// Warnings that would repeat on every resync are emitted once per distinct message.
+
+func (c *controller) warnOnce(key, msg string) bool {
+	c.warnedMu.Lock()
+	defer c.warnedMu.Unlock()
+	if c.warned[key] == msg {
+		return false
+	}
+	c.warned[key] = msg
+	return true
+}
+
+func (c *controller) clearWarning(key string) {
+	c.warnedMu.Lock()
+	defer c.warnedMu.Unlock()
+	delete(c.warned, key)
+}
+
+// forgetWarnings drops every remembered warning of a StatefulSet (key prefix "ns/name|").
+func (c *controller) forgetWarnings(stsKey string) {
+	c.warnedMu.Lock()
+	defer c.warnedMu.Unlock()
+	for k := range c.warned {
+		if len(k) > len(stsKey) && k[:len(stsKey)+1] == stsKey+"|" {
+			delete(c.warned, k)
+		}
+	}
+}
+
+func warnKey(stsKey, what string) string { return fmt.Sprintf("%s|%s", stsKey, what) }

@@ -1,0 +1,266 @@
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/petfabric/petfabric/pkg/mutate"
+)
+
+// Event reasons on StatefulSets and PVs.
+const (
+	EventCreatedPV          = "CreatedPersistentVolume"
+	EventInvalidOptions     = "InvalidDateraOptions"
+	EventPVConflict         = "PersistentVolumeConflict"
+	EventNotPinned          = "DateraTemplateNotPinned"
+	EventClaimClassMismatch = "ClaimClassMismatch"
+	EventBuildPVFailed      = "BuildPersistentVolumeFailed"
+	EventDeletedOrphan      = "DeletedOrphanPersistentVolume"
+	EventDeletedReleased    = "DeletedPersistentVolume"
+	EventDeletedDatera      = "DeletedDateraVolume"
+	EventDateraDeleteFailed = "DateraDeleteFailed"
+	EventMalformedPV        = "MalformedPersistentVolume"
+)
+
+// mutateVolumeID validates a cluster id the way every PV's volumeID will use it.
+func mutateVolumeID(clusterID string) (string, error) {
+	return mutate.VolumeID(clusterID, "namespace", "claim")
+}
+
+// ordinalRange is the StatefulSet's ordinals: [start, start+replicas).
+func ordinalRange(sts *appsv1.StatefulSet) (start, count int) {
+	count = 1
+	if sts.Spec.Replicas != nil {
+		count = int(*sts.Spec.Replicas)
+	}
+	if sts.Spec.Ordinals != nil {
+		start = int(sts.Spec.Ordinals.Start)
+	}
+	return start, max(count, 0)
+}
+
+// claimClass is the class the PV controller sees on a claim (or template): the beta annotation
+// wins over spec.storageClassName, as in k8s.io/component-helpers' GetPersistentVolumeClaimClass.
+func claimClass(annotations map[string]string, storageClassName *string) string {
+	if c, ok := annotations[mutate.BetaClassAnnotation]; ok {
+		return c
+	}
+	if storageClassName != nil {
+		return *storageClassName
+	}
+	return ""
+}
+
+// dateraClasses lists the Datera StorageClasses by name.
+func (c *controller) dateraClasses() (map[string]mutate.Class, error) {
+	scs, err := c.scLister.List(labels.Everything())
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]mutate.Class{}
+	for _, sc := range scs {
+		if cl, ok := mutate.ClassFromStorageClass(sc); ok {
+			out[cl.Name] = cl
+		}
+	}
+	return out, nil
+}
+
+// syncStatefulSet makes sure every Datera-bound claim template of the StatefulSet has the PV of
+// each ordinal, as the webhook would have created it.
+func (c *controller) syncStatefulSet(ctx context.Context, key string) error {
+	ns, name, err := cache.SplitMetaNamespaceKey(key)
+	if err != nil {
+		return nil
+	}
+	sts, err := c.stsLister.StatefulSets(ns).Get(name)
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if sts.DeletionTimestamp != nil || len(sts.Spec.VolumeClaimTemplates) == 0 {
+		return nil
+	}
+	nsObj, err := c.nsLister.Get(ns)
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if nsObj.DeletionTimestamp != nil || nsObj.Status.Phase == corev1.NamespaceTerminating {
+		return nil
+	}
+	classes, err := c.dateraClasses()
+	if err != nil {
+		return err
+	}
+	plan, err := mutate.Decide(c.opts.Mutate, mutate.Input{StatefulSet: sts, NamespaceLabels: nsObj.Labels, Classes: classes})
+	if err != nil {
+		msg := "Datera volumes not created: " + err.Error()
+		if c.warnOnce(warnKey(key, "invalid"), msg) {
+			c.r.metrics.errors.WithLabelValues(ReasonInvalidOptions).Inc()
+			c.r.recorder.Event(sts, corev1.EventTypeWarning, EventInvalidOptions, msg)
+		}
+		return nil
+	}
+	c.clearWarning(warnKey(key, "invalid"))
+
+	start, count := ordinalRange(sts)
+	created := map[string][]int{} // template → ordinals
+	var names []string
+	var errs []error
+	for _, tp := range plan.Templates {
+		t := &sts.Spec.VolumeClaimTemplates[tp.Index]
+		if cls := claimClass(t.Annotations, t.Spec.StorageClassName); cls != tp.Class.Name {
+			// Only the webhook's patch gives such a template (classless in an opted-in
+			// namespace, or the alpha annotation) the class its claims need to bind.
+			msg := fmt.Sprintf("claim template %q should get Datera class %q, but the StatefulSet was stored without the webhook pinning it, so its claims (class %q) cannot bind a Datera PV; re-apply the StatefulSet while the webhook is running", tp.Name, tp.Class.Name, cls)
+			if c.warnOnce(warnKey(key, "notpinned/"+tp.Name), msg) {
+				c.r.recorder.Event(sts, corev1.EventTypeWarning, EventNotPinned, msg)
+			}
+			continue
+		}
+		for n := start; n < start+count; n++ {
+			cv := plan.Ordinal(tp, n)
+			pvName, ok, err := c.ensurePV(ctx, sts, key, cv)
+			if err != nil {
+				errs = append(errs, err)
+			}
+			if ok {
+				created[tp.Name] = append(created[tp.Name], n)
+				names = append(names, pvName)
+			}
+		}
+	}
+	if len(names) > 0 {
+		c.r.recorder.Event(sts, corev1.EventTypeNormal, EventCreatedPV, createdMessage(created, names))
+		c.log.Info("created PersistentVolumes the webhook missed", "statefulset", key, "count", len(names), "pvs", names)
+	}
+	return errors.Join(errs...)
+}
+
+// ensurePV creates the PV of one claim unless it exists; ok reports a create.
+func (c *controller) ensurePV(ctx context.Context, sts *appsv1.StatefulSet, key string, cv mutate.ClaimVolume) (string, bool, error) {
+	pvName := mutate.PVName(cv.Namespace, cv.Claim)
+	if pv, err := c.pvLister.Get(pvName); err == nil {
+		if !mutate.SameClaim(pv, cv.Namespace, cv.Claim) {
+			c.conflict(sts, key, pv, cv)
+		}
+		return pvName, false, nil
+	}
+	if pvc, err := c.pvcLister.PersistentVolumeClaims(cv.Namespace).Get(cv.Claim); err == nil {
+		switch {
+		case pvc.DeletionTimestamp != nil:
+			return pvName, false, nil // a new claim of that name gets its PV when it appears
+		case pvc.Spec.VolumeName != "" && pvc.Spec.VolumeName != pvName:
+			c.log.Debug("claim is bound to another PV; not creating one", "claim", cv.Namespace+"/"+cv.Claim, "volume", pvc.Spec.VolumeName)
+			return pvName, false, nil
+		case pvc.Spec.VolumeName == pvName:
+			return pvName, false, nil // bound to it: the PV exists, the cache is behind
+		}
+		if cls := claimClass(pvc.Annotations, pvc.Spec.StorageClassName); cls != cv.Class.Name {
+			msg := fmt.Sprintf("claim %s/%s has class %q, not the template's Datera class %q: no PV created for it", cv.Namespace, cv.Claim, cls, cv.Class.Name)
+			if c.warnOnce(warnKey(key, "claimclass/"+cv.Claim), msg) {
+				c.r.metrics.errors.WithLabelValues(ReasonClaimNotBinding).Inc()
+				c.r.recorder.Event(sts, corev1.EventTypeWarning, EventClaimClassMismatch, msg)
+			}
+			return pvName, false, nil
+		}
+	}
+	pv, err := cv.PersistentVolume(c.opts.Mutate)
+	if err != nil {
+		msg := fmt.Sprintf("cannot build the PersistentVolume of claim %s: %v", cv.Claim, err)
+		if c.warnOnce(warnKey(key, "build/"+cv.Claim), msg) {
+			c.r.metrics.errors.WithLabelValues(ReasonBuildPV).Inc()
+			c.r.recorder.Event(sts, corev1.EventTypeWarning, EventBuildPVFailed, msg)
+		}
+		return pvName, false, nil
+	}
+	_, err = c.opts.Client.CoreV1().PersistentVolumes().Create(ctx, pv, metav1.CreateOptions{FieldManager: Component})
+	switch {
+	case err == nil:
+		c.r.metrics.pvsCreated.Inc()
+		return pvName, true, nil
+	case apierrors.IsAlreadyExists(err):
+		existing, gerr := c.opts.Client.CoreV1().PersistentVolumes().Get(ctx, pvName, metav1.GetOptions{})
+		if apierrors.IsNotFound(gerr) {
+			return pvName, false, fmt.Errorf("PV %s: exists, then did not: %w", pvName, err) // retry
+		}
+		if gerr != nil {
+			return pvName, false, gerr
+		}
+		if !mutate.SameClaim(existing, cv.Namespace, cv.Claim) {
+			c.conflict(sts, key, existing, cv)
+		}
+		return pvName, false, nil
+	default:
+		c.r.metrics.errors.WithLabelValues(ReasonCreatePV).Inc()
+		return pvName, false, fmt.Errorf("create PV %s for claim %s/%s: %w", pvName, cv.Namespace, cv.Claim, err)
+	}
+}
+
+// conflict reports a PV of the wanted name that serves another claim; it is left untouched.
+func (c *controller) conflict(sts *appsv1.StatefulSet, key string, pv *corev1.PersistentVolume, cv mutate.ClaimVolume) {
+	holder := "no claim"
+	if ref := pv.Spec.ClaimRef; ref != nil {
+		holder = "claim " + ref.Namespace + "/" + ref.Name
+	}
+	msg := fmt.Sprintf("PersistentVolume %s, wanted for claim %s/%s, is taken by %s; left untouched", pv.Name, cv.Namespace, cv.Claim, holder)
+	if c.warnOnce(warnKey(key, "conflict/"+pv.Name), msg) {
+		c.r.metrics.errors.WithLabelValues(ReasonConflict).Inc()
+		c.r.recorder.Event(sts, corev1.EventTypeWarning, EventPVConflict, msg)
+	}
+}
+
+// createdMessage aggregates the PVs created in one pass: one line, whatever their number.
+func createdMessage(created map[string][]int, names []string) string {
+	if len(names) == 1 {
+		return fmt.Sprintf("created PersistentVolume %s (the webhook had not)", names[0])
+	}
+	templates := make([]string, 0, len(created))
+	for t := range created {
+		templates = append(templates, t)
+	}
+	sort.Strings(templates)
+	parts := make([]string, 0, len(templates))
+	for _, t := range templates {
+		parts = append(parts, fmt.Sprintf("template %s ordinals %s", t, ranges(created[t])))
+	}
+	return fmt.Sprintf("created %d PersistentVolumes the webhook had not: %s", len(names), strings.Join(parts, "; "))
+}
+
+// ranges renders sorted ordinals compactly: 0-2,5,7-9.
+func ranges(ns []int) string {
+	ns = append([]int(nil), ns...)
+	sort.Ints(ns)
+	var b strings.Builder
+	for i := 0; i < len(ns); {
+		j := i
+		for j+1 < len(ns) && ns[j+1] == ns[j]+1 {
+			j++
+		}
+		if b.Len() > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.Itoa(ns[i]))
+		if j > i {
+			b.WriteString("-" + strconv.Itoa(ns[j]))
+		}
+		i = j + 1
+	}
+	return b.String()
+}
