@@ -52,7 +52,7 @@ func TestWebhookEndToEnd(t *testing.T) {
 		for n := range 2 {
 			pv := getPV(ctx, t, cs, "shop", fmt.Sprintf("data-web-%d", n))
 			assert.Equal(t, mutate.Driver, pv.Spec.FlexVolume.Driver)
-			assert.Equal(t, fmt.Sprintf("e2e-shop-data-web-%d", n), pv.Spec.FlexVolume.Options["volumeID"])
+			assert.Equal(t, fmt.Sprintf("e2e_shop_data-web-%d", n), pv.Spec.FlexVolume.Options["volumeID"])
 			assert.Equal(t, "web", pv.Labels[mutate.LabelStatefulSet])
 			assert.Equal(t, fmt.Sprint(n), pv.Labels[mutate.LabelOrdinal])
 		}
