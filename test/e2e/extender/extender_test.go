@@ -61,9 +61,10 @@ func needControlPlane(t testing.TB) {
 
 // env is a control plane whose kube-scheduler calls an in-process extender.
 type env struct {
-	c      *cluster.Cluster
-	client kubernetes.Interface
-	ctx    context.Context
+	c         *cluster.Cluster
+	client    kubernetes.Interface
+	ctx       context.Context
+	backstore string // backstoreServer of the PVs volume() creates
 }
 
 // start binds the extender's port first (the scheduler configuration must name it), starts
@@ -135,7 +136,7 @@ func start(t *testing.T, nodeCacheCapable bool, nodes ...string) *env {
 			}
 		}
 	})
-	e := &env{c: c, client: c.Client, ctx: context.Background()}
+	e := &env{c: c, client: c.Client, ctx: context.Background(), backstore: backstore}
 	require.NoError(t, wait.PollUntilContextTimeout(e.ctx, 50*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
 		resp, err := httpGet("http://" + health.Addr().String() + "/readyz")
 		return err == nil && resp == "ok\n", nil
@@ -211,7 +212,7 @@ func (e *env) volume(t *testing.T, claim, volumeID string, pet *placement.Pet, c
 			PersistentVolumeReclaimPolicy: corev1.PersistentVolumeReclaimRetain,
 			PersistentVolumeSource: corev1.PersistentVolumeSource{FlexVolume: &corev1.FlexPersistentVolumeSource{
 				Driver: placement.FlexDriver, FSType: "xfs",
-				Options: map[string]string{placement.OptionVolumeID: volumeID, placement.OptionBackstore: backstore, "size": "1", "replica": "3"},
+				Options: map[string]string{placement.OptionVolumeID: volumeID, placement.OptionBackstore: e.backstore, "size": "1", "replica": "3"},
 			}},
 		},
 	}
