@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -108,7 +109,10 @@ func (c *controller) syncStatefulSet(ctx context.Context, key string) error {
 	if err != nil {
 		return err
 	}
-	plan, err := mutate.Decide(c.opts.Mutate, mutate.Input{StatefulSet: sts, NamespaceLabels: nsObj.Labels, Classes: classes})
+	// Only templates whose stored class the PV controller honours can bind a Datera PV: the
+	// ones the webhook pinned, or that named a Datera class themselves (mutate's PinnedOnly).
+	in := mutate.Input{StatefulSet: sts, NamespaceLabels: nsObj.Labels, Classes: classes, PinnedOnly: true}
+	plan, err := mutate.Decide(c.opts.Mutate, in)
 	if err != nil {
 		msg := "Datera volumes not created: " + err.Error()
 		if c.warnOnce(warnKey(key, "invalid"), msg) {
@@ -118,22 +122,13 @@ func (c *controller) syncStatefulSet(ctx context.Context, key string) error {
 		return nil
 	}
 	c.clearWarning(warnKey(key, "invalid"))
+	c.warnNotPinned(sts, key, in, plan)
 
 	start, count := ordinalRange(sts)
 	created := map[string][]int{} // template → ordinals
 	var names []string
 	var errs []error
 	for _, tp := range plan.Templates {
-		t := &sts.Spec.VolumeClaimTemplates[tp.Index]
-		if cls := claimClass(t.Annotations, t.Spec.StorageClassName); cls != tp.Class.Name {
-			// Only the webhook's patch gives such a template (classless in an opted-in
-			// namespace, or the alpha annotation) the class its claims need to bind.
-			msg := fmt.Sprintf("claim template %q should get Datera class %q, but the StatefulSet was stored without the webhook pinning it, so its claims (class %q) cannot bind a Datera PV; re-apply the StatefulSet while the webhook is running", tp.Name, tp.Class.Name, cls)
-			if c.warnOnce(warnKey(key, "notpinned/"+tp.Name), msg) {
-				c.r.recorder.Event(sts, corev1.EventTypeWarning, EventNotPinned, msg)
-			}
-			continue
-		}
 		for n := start; n < start+count; n++ {
 			cv := plan.Ordinal(tp, n)
 			pvName, ok, err := c.ensurePV(ctx, sts, key, cv)
@@ -151,6 +146,27 @@ func (c *controller) syncStatefulSet(ctx context.Context, key string) error {
 		c.log.Info("created PersistentVolumes the webhook missed", "statefulset", key, "count", len(names), "pvs", names)
 	}
 	return errors.Join(errs...)
+}
+
+// warnNotPinned reports templates the webhook would have made Datera-bound (classless in an
+// opted-in namespace, or the alpha annotation) but that were stored without its patch: their
+// claims will not carry the class a Datera PV needs to bind.
+func (c *controller) warnNotPinned(sts *appsv1.StatefulSet, key string, in mutate.Input, pinned mutate.Plan) {
+	in.PinnedOnly = false
+	all, err := mutate.Decide(c.opts.Mutate, in)
+	if err != nil {
+		return
+	}
+	for _, tp := range all.Templates {
+		if slices.ContainsFunc(pinned.Templates, func(p mutate.TemplatePlan) bool { return p.Index == tp.Index }) {
+			continue
+		}
+		t := &sts.Spec.VolumeClaimTemplates[tp.Index]
+		msg := fmt.Sprintf("claim template %q should get Datera class %q, but the StatefulSet was stored without the webhook pinning it, so its claims (class %q) cannot bind a Datera PV; re-create the StatefulSet while the webhook is running", tp.Name, tp.Class.Name, claimClass(t.Annotations, t.Spec.StorageClassName))
+		if c.warnOnce(warnKey(key, "notpinned/"+tp.Name), msg) {
+			c.r.recorder.Event(sts, corev1.EventTypeWarning, EventNotPinned, msg)
+		}
+	}
 }
 
 // ensurePV creates the PV of one claim unless it exists; ok reports a create.

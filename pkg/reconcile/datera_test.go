@@ -1,0 +1,116 @@
+package reconcile
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http/httptest"
+	"strconv"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+
+	"github.com/petfabric/petfabric/pkg/datera"
+	"github.com/petfabric/petfabric/pkg/datera/fake"
+	"github.com/petfabric/petfabric/pkg/mutate"
+)
+
+// simulator serves pkg/datera/fake over HTTP on port 7717 (Datera's http port: a
+// backstoreServer must name 7717 or 7718) of a random loopback address, so tests running in
+// parallel do not collide, and returns it with its backstoreServer host:port.
+func simulator(t *testing.T) (*fake.Server, string) {
+	t.Helper()
+	sim, err := fake.New(fake.Options{})
+	require.NoError(t, err)
+	for range 50 {
+		ip := fmt.Sprintf("127.%d.%d.%d", 1+rand.IntN(250), rand.IntN(256), 1+rand.IntN(254))
+		l, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(datera.HTTPPort)))
+		if err != nil {
+			continue
+		}
+		srv := httptest.NewUnstartedServer(sim)
+		srv.Listener.Close()
+		srv.Listener = l
+		srv.Start()
+		t.Cleanup(srv.Close)
+		return sim, l.Addr().String()
+	}
+	t.Fatal("no free loopback address for port 7717")
+	return nil, ""
+}
+
+func credentials(user, pass string) *corev1.Secret {
+	return &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Namespace: secretNS, Name: secretName},
+		Type:       "datera/iscsi",
+		Data:       map[string][]byte{"username": []byte(user), "password": []byte(pass)},
+	}
+}
+
+// The default DateraFor: backstoreServer and tenant from the PV's options, credentials from
+// its secretRef, a real pkg/datera client against the simulator.
+func TestDefaultDateraFor(t *testing.T) {
+	tests := []struct {
+		name     string
+		secret   *corev1.Secret
+		wantGone bool
+		wantWarn string
+	}{
+		{name: "credentials from the secretRef: volume and PV deleted", secret: credentials(fake.DefaultUser, fake.DefaultPassword), wantGone: true},
+		{name: "no secret: PV kept, warning", wantWarn: `cannot reach Datera to delete volume`},
+		{name: "secret without password: PV kept", secret: credentials(fake.DefaultUser, ""), wantWarn: "lacks the username or password key"},
+		{name: "wrong password: PV kept", secret: credentials(fake.DefaultUser, "wrong-password"), wantWarn: "deleting Datera volume"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, backstore := simulator(t)
+			del := storageClass(testClass, corev1.PersistentVolumeReclaimDelete, map[string]string{mutate.OptBackstoreServer: backstore})
+			pv := releasedPV(t, del, 1, corev1.VolumeReleased)
+			volumeID := pv.Spec.FlexVolume.Options["volumeID"]
+			admin, err := datera.New(datera.Config{Endpoint: "http://" + backstore, Username: fake.DefaultUser, Password: fake.DefaultPassword})
+			require.NoError(t, err)
+			_, err = admin.CreateAppInstance(context.Background(), datera.CreateVolumeRequest{Name: volumeID, SizeGiB: 1})
+			require.NoError(t, err)
+
+			objs := []runtime.Object{namespace(testNS, nil), del, pv}
+			if tc.secret != nil {
+				objs = append(objs, tc.secret)
+			}
+			e := newEnv(t, objs, func(o *Options) {
+				o.DateraFor = nil // the default, with the default endpoint mapping (7717: http)
+			}).start()
+			e.waitFor("PV in cache", func() bool { _, err := e.c.pvLister.Get(pv.Name); return err == nil })
+			_, err = e.c.syncPV(context.Background(), pv.Name)
+			_, getErr := admin.GetAppInstance(context.Background(), volumeID)
+			if tc.wantGone {
+				require.NoError(t, err)
+				assert.ErrorIs(t, getErr, datera.ErrNotFound, "the Datera volume is gone")
+				assert.False(t, e.pvExists(pv.Name))
+				return
+			}
+			require.Error(t, err, "an error makes the workqueue retry")
+			assert.NoError(t, getErr, "the Datera volume is still there")
+			assert.True(t, e.pvExists(pv.Name), "the PV keeps track of it")
+			assert.Len(t, eventsWith(e.events(), tc.wantWarn), 1)
+		})
+	}
+}
+
+// The default endpoint mapping refuses a port it cannot infer the scheme of (a PV written by
+// hand: mutate never produces one).
+func TestDefaultEndpointRefusesUnknownPort(t *testing.T) {
+	del := storageClass(testClass, corev1.PersistentVolumeReclaimDelete, nil)
+	pv := releasedPV(t, del, 1, corev1.VolumeReleased)
+	pv.Spec.FlexVolume.Options[mutate.OptBackstoreServer] = "127.0.0.1:1234"
+	e := newEnv(t, []runtime.Object{namespace(testNS, nil), pv, credentials("admin", "password")}, func(o *Options) { o.DateraFor = nil }).start()
+	e.waitFor("PV in cache", func() bool { _, err := e.c.pvLister.Get(pv.Name); return err == nil })
+	_, err := e.c.syncPV(context.Background(), pv.Name)
+	require.ErrorContains(t, err, "cannot infer http or https")
+	assert.True(t, e.pvExists(pv.Name))
+	assert.Equal(t, 1.0, e.errorsMetric(ReasonDateraClient))
+}
