@@ -108,4 +108,3 @@ func pvExistsIn(client *fake.Clientset, name string) bool {
 	_, err := client.CoreV1().PersistentVolumes().Get(context.Background(), name, metav1.GetOptions{})
 	return err == nil
 }
-
