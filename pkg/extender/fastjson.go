@@ -15,7 +15,7 @@ import (
 // the whole document as strictly as json.Valid (fastjson_test.go fuzzes the two against
 // each other), matches the keys Pod, Nodes and NodeNames case-insensitively and keeps the
 // last of duplicate keys, as encoding/json does, decodes Pod with encoding/json, reads
-// NodeNames directly and keeps Nodes raw.
+// splits NodeNames into element spans and keeps Nodes raw.
 func decodeArgs(b []byte, a *args) error {
 	p := &jparser{b: b}
 	p.ws()
@@ -53,11 +53,11 @@ func decodeArgs(b []byte, a *args) error {
 		a.Nodes = nodes
 	}
 	if names != nil && !isNull(names) {
-		list, err := stringArray(names)
+		spans, err := stringSpans(names)
 		if err != nil {
 			return fmt.Errorf("field NodeNames: %w", err)
 		}
-		a.NodeNames = &list
+		a.namesRaw, a.nameSpans, a.namesGiven = names, spans, true
 	}
 	return nil
 }
@@ -78,13 +78,14 @@ func keyIs(raw []byte, name string) bool {
 	return bytes.EqualFold(k, []byte(name))
 }
 
-// stringArray reads a validated JSON array of strings.
-func stringArray(v []byte) ([]string, error) {
+// stringSpans splits a validated JSON array into the spans of its elements, which must
+// all be strings.
+func stringSpans(v []byte) ([][2]int, error) {
 	if v[0] != '[' {
 		return nil, errors.New("not an array")
 	}
 	p := &jparser{b: v, i: 1}
-	out := make([]string, 0, bytes.Count(v, []byte{','})+1)
+	out := make([][2]int, 0, bytes.Count(v, []byte{','})+1)
 	p.ws()
 	if p.i < len(v) && v[p.i] == ']' {
 		return out, nil
@@ -95,19 +96,10 @@ func stringArray(v []byte) ([]string, error) {
 			return nil, errors.New("must be an array of strings")
 		}
 		start := p.i
-		escaped, err := p.str()
-		if err != nil {
+		if _, err := p.str(); err != nil {
 			return nil, err
 		}
-		if escaped {
-			var s string
-			if err := json.Unmarshal(v[start:p.i], &s); err != nil {
-				return nil, err
-			}
-			out = append(out, s)
-		} else {
-			out = append(out, string(v[start+1:p.i-1]))
-		}
+		out = append(out, [2]int{start, p.i})
 		p.ws()
 		if p.i >= len(v) {
 			return nil, errors.New("unterminated array")
@@ -268,6 +260,13 @@ func (p *jparser) array() error {
 func (p *jparser) str() (escaped bool, err error) {
 	p.i++ // opening quote
 	for p.i < len(p.b) {
+		// Skip the bytes that need no attention in one tight loop.
+		for p.i < len(p.b) && strPlain[p.b[p.i]] {
+			p.i++
+		}
+		if p.i >= len(p.b) {
+			break
+		}
 		c := p.b[p.i]
 		switch {
 		case c == '"':
@@ -303,6 +302,14 @@ func (p *jparser) str() (escaped bool, err error) {
 	}
 	return false, p.errorf("unterminated string")
 }
+
+// strPlain marks the bytes a string may hold as they are (not '"', '\\' or a control).
+var strPlain = func() (t [256]bool) {
+	for c := 0x20; c < 256; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
 
 func isHex(c byte) bool { return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F' }
 

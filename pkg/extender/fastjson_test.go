@@ -74,10 +74,12 @@ func TestDecodeArgs(t *testing.T) {
 			}
 			require.NoError(t, err)
 			if tc.names != nil {
-				require.NotNil(t, a.NodeNames)
-				assert.Equal(t, tc.names, *a.NodeNames)
+				require.True(t, a.namesGiven)
+				names, err := a.nodeNames()
+				require.NoError(t, err)
+				assert.Equal(t, tc.names, names)
 			} else {
-				assert.Nil(t, a.NodeNames)
+				assert.False(t, a.namesGiven)
 			}
 			if tc.pod != "" {
 				require.NotNil(t, a.Pod)

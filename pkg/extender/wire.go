@@ -22,9 +22,30 @@ import (
 
 // args is extenderv1.ExtenderArgs with Nodes kept raw.
 type args struct {
-	Pod       *corev1.Pod
-	Nodes     json.RawMessage // *v1.NodeList, or null
-	NodeNames *[]string
+	Pod   *corev1.Pod
+	Nodes json.RawMessage // *v1.NodeList, or null
+	// NodeNames is kept as the raw, validated JSON array plus the span of each element
+	// (quotes included): answers copy those bytes instead of re-encoding thousands of
+	// names, and names are decoded to strings only when a decision needs them.
+	namesRaw   []byte
+	nameSpans  [][2]int
+	namesGiven bool
+}
+
+// nodeNames decodes the NodeNames elements.
+func (a *args) nodeNames() ([]string, error) {
+	out := make([]string, len(a.nameSpans))
+	for i, sp := range a.nameSpans {
+		raw := a.namesRaw[sp[0]:sp[1]]
+		if bytes.IndexByte(raw, '\\') < 0 {
+			out[i] = string(raw[1 : len(raw)-1])
+			continue
+		}
+		if err := json.Unmarshal(raw, &out[i]); err != nil {
+			return nil, fmt.Errorf("field NodeNames[%d]: %w", i, err)
+		}
+	}
+	return out, nil
 }
 
 func (a *args) hasNodes() bool { return len(a.Nodes) > 0 && !bytes.Equal(a.Nodes, []byte("null")) }
@@ -73,9 +94,12 @@ type filterResult struct {
 	// list and pass select the items of a parsed NodeList to return.
 	list *rawNodeList
 	pass []int
-	// names is the NodeNames answer in names-only mode.
-	names    []string
-	hasNames bool
+	// In names-only mode the answer is either namesRaw verbatim (fast path) or the
+	// elements of args.namesRaw selected by namePass.
+	hasNames  bool
+	namesRaw  []byte
+	nameSrc   *args
+	namePass  []int
 
 	failed, unresolvable map[string]string
 	err                  string
@@ -92,9 +116,20 @@ func appendFilterResult(b []byte, r *filterResult) []byte {
 		b = append(b, "null"...)
 	}
 	b = append(b, `,"NodeNames":`...)
-	if r.hasNames {
-		b = appendStrings(b, r.names)
-	} else {
+	switch {
+	case r.hasNames && r.namesRaw != nil:
+		b = append(b, r.namesRaw...)
+	case r.hasNames:
+		b = append(b, '[')
+		for i, idx := range r.namePass {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			sp := r.nameSrc.nameSpans[idx]
+			b = append(b, r.nameSrc.namesRaw[sp[0]:sp[1]]...)
+		}
+		b = append(b, ']')
+	default:
 		b = append(b, "null"...)
 	}
 	b = append(b, `,"FailedNodes":`...)
@@ -131,17 +166,6 @@ func appendNodeList(b []byte, l *rawNodeList, pass []int) []byte {
 		b = append(b, l.Items[idx]...)
 	}
 	return append(b, "]}"...)
-}
-
-func appendStrings(b []byte, ss []string) []byte {
-	b = append(b, '[')
-	for i, s := range ss {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = appendString(b, s)
-	}
-	return append(b, ']')
 }
 
 func appendMap(b []byte, m map[string]string) []byte {
@@ -186,15 +210,15 @@ func appendString(b []byte, s string) []byte {
 	return append(b, '"')
 }
 
-// appendPriorities writes an extenderv1.HostPriorityList.
-func appendPriorities(b []byte, hosts []string, scores []int64) []byte {
+// appendPriorities writes an extenderv1.HostPriorityList; hosts are JSON-encoded names.
+func appendPriorities(b []byte, hosts [][]byte, scores []int64) []byte {
 	b = append(b, '[')
 	for i, h := range hosts {
 		if i > 0 {
 			b = append(b, ',')
 		}
 		b = append(b, `{"Host":`...)
-		b = appendString(b, h)
+		b = append(b, h...)
 		b = append(b, `,"Score":`...)
 		b = strconv.AppendInt(b, scores[i], 10)
 		b = append(b, '}')

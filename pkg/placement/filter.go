@@ -93,8 +93,9 @@ func Filter(now time.Time, vols []Volume, nodes []string, st State, policy Porta
 		return d
 	}
 	held := liveHolders(now, vols, st)
+	refs := backstoreRefs(vols, st)
 	for i, node := range nodes {
-		reason, msg := checkNode(now, node, vols, held, st, policy)
+		reason, msg := checkNode(now, node, vols, refs, held, st, policy)
 		d.Reasons[reason]++
 		if reason == ReasonPass {
 			d.Pass = append(d.Pass, i)
@@ -139,7 +140,27 @@ func liveHolders(now time.Time, vols []Volume, st State) []holding {
 	return out
 }
 
-func checkNode(now time.Time, node string, vols []Volume, held []holding, st State, policy PortalPolicy) (Reason, string) {
+// numberer is implemented by States that number backstores (Index).
+type numberer interface {
+	BackstoreID(name string) (int, bool)
+}
+
+// backstoreRefs resolves each volume's backstore once per request.
+func backstoreRefs(vols []Volume, st State) []backstoreRef {
+	refs := make([]backstoreRef, len(vols))
+	num, _ := st.(numberer)
+	for i, v := range vols {
+		refs[i] = backstoreRef{name: v.Backstore, id: -1}
+		if num != nil {
+			if id, ok := num.BackstoreID(v.Backstore); ok {
+				refs[i].id = id
+			}
+		}
+	}
+	return refs
+}
+
+func checkNode(now time.Time, node string, vols []Volume, refs []backstoreRef, held []holding, st State, policy PortalPolicy) (Reason, string) {
 	nr, ok := st.NodeReport(node)
 	if !ok {
 		return ReasonNoReport, fmt.Sprintf("node %s: no reachability report from the petfabric node agent (Lease %s not found)", node, LeaseName(node))
@@ -155,7 +176,7 @@ func checkNode(now time.Time, node string, vols []Volume, held []holding, st Sta
 			node, age(nr.Age(now)), age(nr.TTL))
 	}
 	for i, v := range vols {
-		sum, ok := nr.backstore(v.Backstore)
+		sum, ok := nr.backstoreAt(refs[i])
 		if !ok || sum.Portals == 0 {
 			return ReasonNotProbed, fmt.Sprintf("node %s: backstore %s of volume %s is not probed by the node agent (add it to the agent's backstores; report %s old)",
 				node, v.Backstore, v.VolumeID, age(nr.Age(now)))

@@ -20,6 +20,8 @@ type Index struct {
 	// an update or delete can take it out again.
 	petVolumes map[stsKey][]PetVolume
 	pvPets     map[string]pvPet
+	// backstoreIDs numbers backstore names (never reused) for NodeReport.byID.
+	backstoreIDs map[string]int
 }
 
 type stsKey struct{ namespace, name string }
@@ -36,6 +38,8 @@ func NewIndex() *Index {
 		holders:    map[string][]string{},
 		petVolumes: map[stsKey][]PetVolume{},
 		pvPets:     map[string]pvPet{},
+
+		backstoreIDs: map[string]int{},
 	}
 }
 
@@ -46,6 +50,23 @@ func (x *Index) SetReport(nr *NodeReport) {
 	if nr.Report == nil {
 		return
 	}
+	byID := make([]BackstoreSummary, len(x.backstoreIDs)+len(nr.Report.Backstores))
+	for name, b := range nr.Report.Backstores {
+		id, ok := x.backstoreIDs[name]
+		if !ok {
+			id = len(x.backstoreIDs)
+			x.backstoreIDs[name] = id
+		}
+		if id >= len(byID) {
+			byID = append(byID, make([]BackstoreSummary, id+1-len(byID))...)
+		}
+		if sum, ok := nr.Summary[name]; ok {
+			byID[id] = sum
+		} else {
+			byID[id] = Summarize(b)
+		}
+	}
+	nr.byID = byID
 	for _, v := range nr.Report.Attached {
 		hs := x.holders[v]
 		if i, found := slices.BinarySearch(hs, nr.Node); !found {
@@ -124,6 +145,12 @@ func (x *Index) Holders(volumeID string) []string { return x.holders[volumeID] }
 // PetVolumes implements State.
 func (x *Index) PetVolumes(namespace, statefulSet string) []PetVolume {
 	return x.petVolumes[stsKey{namespace, statefulSet}]
+}
+
+// BackstoreID returns the number of a backstore name, if any report named it.
+func (x *Index) BackstoreID(name string) (int, bool) {
+	id, ok := x.backstoreIDs[name]
+	return id, ok
 }
 
 // Nodes returns the number of reports held (for metrics).

@@ -45,21 +45,22 @@ func Prioritize(now time.Time, vols []Volume, nodes []string, st State) []int64 
 		return scores
 	}
 	siblings := siblingNodes(vols, st)
+	refs := backstoreRefs(vols, st)
 	for i, node := range nodes {
 		nr, ok := st.NodeReport(node)
 		if !ok || nr.Err != nil || !nr.Fresh(now) {
 			continue
 		}
-		scores[i] = rttPoints(nr, vols) + attachPoints(nr, vols) + spreadPoints(siblings[node])
+		scores[i] = rttPoints(nr, refs) + attachPoints(nr, vols) + spreadPoints(siblings[node])
 	}
 	return scores
 }
 
 // rttPoints is the minimum over volumes of the points for their slowest reachable portal.
-func rttPoints(nr *NodeReport, vols []Volume) int64 {
+func rttPoints(nr *NodeReport, refs []backstoreRef) int64 {
 	points := int64(maxRTTPoints)
-	for _, v := range vols {
-		sum, ok := nr.backstore(v.Backstore)
+	for _, ref := range refs {
+		sum, ok := nr.backstoreAt(ref)
 		if !ok || sum.Reachable == 0 {
 			return 0
 		}

@@ -161,6 +161,9 @@ type NodeReport struct {
 	// Summary condenses each backstore's portals once, when the Lease is read, so that
 	// filtering and scoring thousands of nodes per request is a map lookup per volume.
 	Summary map[string]BackstoreSummary
+	// byID holds the same summaries indexed by the Index's backstore numbers (set by
+	// Index.SetReport), turning the per-node map lookup into a slice index.
+	byID []BackstoreSummary
 }
 
 // BackstoreSummary condenses one backstore's portal results.
@@ -181,6 +184,23 @@ func Summarize(b BackstoreReport) BackstoreSummary {
 		}
 	}
 	return s
+}
+
+// backstoreRef names a backstore by name and, when the State numbers backstores, by id.
+type backstoreRef struct {
+	name string
+	id   int // -1 when unnumbered
+}
+
+// backstoreAt returns a backstore's summary, by number when possible.
+func (n *NodeReport) backstoreAt(ref backstoreRef) (BackstoreSummary, bool) {
+	if ref.id >= 0 && n.byID != nil {
+		if ref.id < len(n.byID) && n.byID[ref.id].Portals > 0 {
+			return n.byID[ref.id], true
+		}
+		return BackstoreSummary{}, false
+	}
+	return n.backstore(ref.name)
 }
 
 // backstore returns the summary of one backstore (computing it when the report was built
