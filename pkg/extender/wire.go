@@ -96,10 +96,10 @@ type filterResult struct {
 	pass []int
 	// In names-only mode the answer is either namesRaw verbatim (fast path) or the
 	// elements of args.namesRaw selected by namePass.
-	hasNames  bool
-	namesRaw  []byte
-	nameSrc   *args
-	namePass  []int
+	hasNames bool
+	namesRaw []byte
+	nameSrc  *args
+	namePass []int
 
 	failed, unresolvable map[string]string
 	err                  string
