@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -113,4 +114,26 @@ func TestDefaultEndpointRefusesUnknownPort(t *testing.T) {
 	require.ErrorContains(t, err, "cannot infer http or https")
 	assert.True(t, e.pvExists(pv.Name))
 	assert.Equal(t, 1.0, e.errorsMetric(ReasonDateraClient))
+}
+
+// An Available orphan with reclaim policy Delete loses only its PV: a Datera volume with its
+// volumeID predates it (it was never bound, so never mounted) and is kept.
+func TestAvailableOrphanKeepsDateraVolume(t *testing.T) {
+	_, backstore := simulator(t)
+	del := storageClass(testClass, corev1.PersistentVolumeReclaimDelete, map[string]string{mutate.OptBackstoreServer: backstore})
+	pv := managedPV(t, statefulSet("web", 3), del, 1, corev1.VolumeAvailable, t0.Add(-time.Hour))
+	volumeID := pv.Spec.FlexVolume.Options["volumeID"]
+	admin, err := datera.New(datera.Config{Endpoint: "http://" + backstore, Username: fake.DefaultUser, Password: fake.DefaultPassword})
+	require.NoError(t, err)
+	_, err = admin.CreateAppInstance(context.Background(), datera.CreateVolumeRequest{Name: volumeID, SizeGiB: 1})
+	require.NoError(t, err)
+
+	e := newEnv(t, []runtime.Object{namespace(testNS, nil), del, pv, credentials(fake.DefaultUser, fake.DefaultPassword)},
+		func(o *Options) { o.DateraFor = nil }).start()
+	e.waitFor("PV in cache", func() bool { _, err := e.c.pvLister.Get(pv.Name); return err == nil })
+	_, err = e.c.syncPV(context.Background(), pv.Name)
+	require.NoError(t, err)
+	assert.False(t, e.pvExists(pv.Name), "the orphan PV is deleted (its StatefulSet is gone)")
+	_, err = admin.GetAppInstance(context.Background(), volumeID)
+	assert.NoError(t, err, "its Datera volume is kept")
 }

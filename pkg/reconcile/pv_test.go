@@ -19,6 +19,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/petfabric/petfabric/pkg/datera"
+	"github.com/petfabric/petfabric/pkg/mutate"
 )
 
 func TestOrphans(t *testing.T) {
@@ -266,4 +267,70 @@ func TestLoopRecreatesNeededPV(t *testing.T) {
 	e.cancel()
 	require.NoError(t, <-done)
 	assert.Equal(t, 3.0, testutil.ToFloat64(e.r.metrics.pvsCreated))
+}
+
+// The informer event handlers drive the loop without waiting for a resync (1m by default).
+func TestLoopHandlers(t *testing.T) {
+	del := storageClass(testClass, corev1.PersistentVolumeReclaimDelete, nil)
+	old := t0.Add(-time.Hour)
+	run := func(t *testing.T, objs ...runtime.Object) *env {
+		e := newEnv(t, objs, func(o *Options) { o.Mutate.DefaultClass = testClass })
+		done := make(chan error, 1)
+		go func() { done <- e.r.RunController(e.ctx) }()
+		t.Cleanup(func() { e.cancel(); require.NoError(t, <-done) })
+		return e
+	}
+	ctx := context.Background()
+
+	t.Run("StatefulSet deleted: its Available PVs become orphans", func(t *testing.T) {
+		web := statefulSet("web", 2)
+		pv0, pv1 := managedPV(t, web, del, 0, corev1.VolumeAvailable, old), managedPV(t, web, del, 1, corev1.VolumeAvailable, old)
+		e := run(t, namespace(testNS, nil), del, web, pv0, pv1)
+		time.Sleep(200 * time.Millisecond)
+		assert.True(t, e.pvExists(pv0.Name) && e.pvExists(pv1.Name), "needed while the StatefulSet exists")
+		require.NoError(t, e.client.AppsV1().StatefulSets(testNS).Delete(ctx, "web", metav1.DeleteOptions{}))
+		e.waitFor("orphans deleted", func() bool { return !e.pvExists(pv0.Name) && !e.pvExists(pv1.Name) })
+		assert.Zero(t, testutil.ToFloat64(e.r.metrics.pvsCreated), "nothing re-created for a deleted StatefulSet")
+	})
+
+	t.Run("claim deleted: the PV of the PVC path is an orphan", func(t *testing.T) {
+		claim := &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: testNS, Name: "loose"},
+			Spec: corev1.PersistentVolumeClaimSpec{StorageClassName: ptr.To(testClass)}}
+		pv := managedPV(t, statefulSet("web", 1), del, 0, corev1.VolumeAvailable, old)
+		pv.Name = mutate.PVName(testNS, "loose")
+		pv.Spec.ClaimRef.Name = "loose"
+		for _, k := range []string{mutate.LabelStatefulSet, mutate.LabelOrdinal, mutate.LabelClaimTemplate} {
+			delete(pv.Labels, k)
+		}
+		delete(pv.Annotations, mutate.AnnStatefulSet)
+		delete(pv.Annotations, mutate.AnnClaimTemplate)
+		e := run(t, namespace(testNS, nil), del, claim, pv)
+		time.Sleep(200 * time.Millisecond)
+		assert.True(t, e.pvExists(pv.Name), "kept while its claim exists")
+		require.NoError(t, e.client.CoreV1().PersistentVolumeClaims(testNS).Delete(ctx, "loose", metav1.DeleteOptions{}))
+		e.waitFor("orphan deleted", func() bool { return !e.pvExists(pv.Name) })
+		assert.Len(t, eventsWith(e.events(), "its claim app/loose does not exist"), 1)
+	})
+
+	t.Run("a Datera StorageClass created late: the StatefulSet gets its PVs", func(t *testing.T) {
+		web := statefulSet("web", 2)
+		e := run(t, namespace(testNS, nil), web)
+		time.Sleep(200 * time.Millisecond)
+		assert.Empty(t, e.pvNames())
+		_, err := e.client.StorageV1().StorageClasses().Create(ctx, del, metav1.CreateOptions{})
+		require.NoError(t, err)
+		e.waitFor("PVs created", func() bool { return len(e.pvNames()) == 2 })
+	})
+
+	t.Run("namespace opted in later: unpinned templates are reported", func(t *testing.T) {
+		web := statefulSet("web", 2, claimTemplate("data", nil))
+		e := run(t, namespace(testNS, nil), del, web)
+		time.Sleep(200 * time.Millisecond)
+		assert.Empty(t, eventsWith(e.events(), EventNotPinned))
+		_, err := e.client.CoreV1().Namespaces().Update(ctx, namespace(testNS, map[string]string{mutate.InjectLabel: "enabled"}), metav1.UpdateOptions{})
+		require.NoError(t, err)
+		var evs []string
+		e.waitFor("warning", func() bool { evs = append(evs, e.events()...); return len(eventsWith(evs, EventNotPinned)) > 0 })
+		assert.Empty(t, e.pvNames(), "no PV: its claims could not bind one")
+	})
 }
