@@ -265,6 +265,7 @@ func (c *controller) onPVDelete(obj any) {
 	if !ok {
 		return
 	}
+	c.clearWarning(malformedKey(pv.Name))
 	// A StatefulSet that still needs this ordinal gets its PV back.
 	if ns, name := pvOwner(pv); ns != "" && name != "" {
 		c.enqueueStatefulSet(ns, name)
@@ -347,5 +348,7 @@ func (c *controller) forgetWarnings(stsKey string) {
 		}
 	}
 }
+
+func malformedKey(pvName string) string { return "pv/" + pvName + "|malformed" }
 
 func warnKey(stsKey, what string) string { return fmt.Sprintf("%s|%s", stsKey, what) }

@@ -158,7 +158,7 @@ func (c *controller) syncReleased(ctx context.Context, cached *corev1.Persistent
 	}
 	if volumeID == "" {
 		msg := "managed PersistentVolume has no flexVolume.options.volumeID: cannot delete its Datera volume; left for an administrator"
-		if c.warnOnce("pv/"+pv.Name+"|malformed", msg) {
+		if c.warnOnce(malformedKey(pv.Name), msg) {
 			c.r.metrics.errors.WithLabelValues(ReasonMalformedPV).Inc()
 			c.r.recorder.Event(pv, corev1.EventTypeWarning, EventMalformedPV, msg)
 		}
@@ -183,7 +183,7 @@ func (c *controller) syncReleased(ctx context.Context, cached *corev1.Persistent
 	}
 	c.r.metrics.dateraDeleted.Inc()
 	c.r.recorder.Eventf(pv, corev1.EventTypeNormal, EventDeletedDatera, "deleted Datera volume %s (reclaim policy Delete, claim %s/%s gone)", volumeID, ref.Namespace, ref.Name)
-	c.clearWarning("pv/" + pv.Name + "|malformed")
+	c.clearWarning(malformedKey(pv.Name))
 
 	deleted, err := c.deletePV(ctx, pv.Name, pv.UID, pv.ResourceVersion)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -84,6 +85,10 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		}
 		if ctx.Err() == nil {
 			log.Warn("lost the reconcile lease; standing for election again")
+			select {
+			case <-ctx.Done():
+			case <-time.After(r.opts.RetryPeriod):
+			}
 		}
 	}
 	return nil
@@ -142,8 +147,11 @@ func (r *Reconciler) runTerm(ctx context.Context) error {
 				log.Info("acquired the reconcile lease; starting the loop")
 				r.setLeader(true)
 				defer r.setLeader(false)
-				if err := r.runController(tctx); err != nil && tctx.Err() == nil {
-					log.Error("reconcile loop failed", "err", err)
+				if err := r.runController(tctx); tctx.Err() == nil {
+					// The loop ended on its own while leading: give the lease up rather than
+					// hold it idle, so this or another replica starts afresh.
+					log.Error("reconcile loop stopped while leading; releasing the lease", "err", err)
+					cancelElect()
 				}
 			},
 			OnStoppedLeading: func() {},
