@@ -4,22 +4,80 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"regexp"
 	"strconv"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/util/validation"
 )
 
-// volumeIDPattern is Datera's app_instance name rule; the flex driver also uses the ID as a
-// file name, so nothing outside it may ever be produced.
-var volumeIDPattern = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_.-]{2,63}$`)
+// validClusterID: ^[a-zA-Z_][a-zA-Z0-9_.-]{0,31}$, which leaves room in the 64-character
+// volume ID for namespace, claim and hash.
+func validClusterID(id string) bool {
+	return id != "" && len(id) <= 32 && ValidVolumeID(id+"__")
+}
 
-// clusterIDPattern leaves room in the 64-character volume ID for namespace, claim and hash.
-var clusterIDPattern = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_.-]{0,31}$`)
+// ValidVolumeID reports whether id is a valid Datera app_instance name,
+// ^[a-zA-Z_][a-zA-Z0-9_.-]{2,63}$ (the flex driver also uses the ID as a file name, so nothing
+// outside it may ever be produced). A loop, not a regexp: it runs for every PV of every
+// admission.
+func ValidVolumeID(id string) bool {
+	if len(id) < 3 || len(id) > 64 || !isLetter(id[0]) && id[0] != '_' {
+		return false
+	}
+	for i := 1; i < len(id); i++ {
+		if c := id[i]; !isAlnum(c) && c != '_' && c != '.' && c != '-' {
+			return false
+		}
+	}
+	return true
+}
 
-// ValidVolumeID reports whether id is a valid Datera app_instance name.
-func ValidVolumeID(id string) bool { return volumeIDPattern.MatchString(id) }
+// isDNS1123Subdomain is validation.IsDNS1123Subdomain without the regexp and the messages.
+func isDNS1123Subdomain(s string) bool {
+	if len(s) == 0 || len(s) > validation.DNS1123SubdomainMaxLength {
+		return false
+	}
+	for {
+		label, rest, more := strings.Cut(s, ".")
+		if !isDNS1123LabelChars(label) {
+			return false
+		}
+		if !more {
+			return true
+		}
+		s = rest
+	}
+}
+
+// isDNS1123LabelChars: [a-z0-9]([-a-z0-9]*[a-z0-9])? of any length.
+func isDNS1123LabelChars(s string) bool {
+	if s == "" || s[0] == '-' || s[len(s)-1] == '-' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// isLabelValue is len(validation.IsValidLabelValue(s)) == 0 without the regexp:
+// (([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])? and at most 63 characters.
+func isLabelValue(s string) bool {
+	if s == "" {
+		return true
+	}
+	if len(s) > validation.LabelValueMaxLength || !isAlnum(s[0]) || !isAlnum(s[len(s)-1]) {
+		return false
+	}
+	for i := 1; i < len(s)-1; i++ {
+		if c := s[i]; !isAlnum(c) && c != '-' && c != '_' && c != '.' {
+			return false
+		}
+	}
+	return true
+}
 
 // hashSuffix is a short, stable digest of s (10 hex chars = 40 bits: collisions need ~10^6
 // claims with the same truncated prefix).
@@ -51,7 +109,7 @@ func ParseOrdinal(claimName, template, statefulSet string) (int, bool) {
 // the full name. Deterministic, so a re-created StatefulSet finds its PVs (and data) again.
 func PVName(namespace, claim string) string {
 	full := "datera-" + namespace + "-" + claim
-	if len(validation.IsDNS1123Subdomain(full)) == 0 {
+	if isDNS1123Subdomain(full) {
 		return full
 	}
 	// Namespace and claim names are DNS labels/subdomains already, so only length can fail.
@@ -71,7 +129,7 @@ func PVName(namespace, claim string) string {
 // Retain PV left behind. A namespace starting with a digit (possible without a cluster id)
 // gets a leading "_", which no other ID has at that place.
 func VolumeID(clusterID, namespace, claim string) (string, error) {
-	if clusterID != "" && !clusterIDPattern.MatchString(clusterID) {
+	if clusterID != "" && !validClusterID(clusterID) {
 		return "", fmt.Errorf("cluster id %q: want 1-32 characters of [a-zA-Z0-9_.-], starting with a letter or _", clusterID)
 	}
 	prefix := ""

@@ -2,6 +2,7 @@ package mutate
 
 import (
 	"math/rand/v2"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -194,13 +195,46 @@ func TestLabelValue(t *testing.T) {
 	}
 }
 
-// FuzzNames: whatever valid Kubernetes names come in, the PV name, volume ID and label values
-// are valid and stable.
+// TestFastValidators: the loops that replace regexps on the hot path agree with the regexps
+// (apimachinery's validators and Datera's pattern).
+func TestFastValidators(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	const chars = "az09AZ-._/ ~ü"
+	volumeID := regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_.-]{2,63}$`)
+	clusterID := regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_.-]{0,31}$`)
+	check := func(s string) {
+		assert.Equal(t, len(validation.IsDNS1123Subdomain(s)) == 0, isDNS1123Subdomain(s), "subdomain %q", s)
+		assert.Equal(t, len(validation.IsValidLabelValue(s)) == 0, isLabelValue(s), "label value %q", s)
+		assert.Equal(t, volumeID.MatchString(s), ValidVolumeID(s), "volume ID %q", s)
+		assert.Equal(t, clusterID.MatchString(s), validClusterID(s), "cluster ID %q", s)
+	}
+	for _, s := range []string{"", "a", "a.b", "a..b", ".a", "a.", "-a", "a-", "a-.b", "A", "a_b", "_ab", "abc",
+		strings.Repeat("a", 63), strings.Repeat("a", 64), strings.Repeat("a", 253), strings.Repeat("a.", 126) + "a", strings.Repeat("a", 254)} {
+		check(s)
+	}
+	for range 20000 {
+		b := make([]byte, r.IntN(70))
+		for i := range b {
+			b[i] = chars[r.IntN(len(chars))]
+		}
+		check(string(b))
+	}
+}
+
+// FuzzNames: the fast validators agree with the regexps on any string; and whatever valid
+// Kubernetes names come in, the PV name, volume ID and label values are valid.
 func FuzzNames(f *testing.F) {
 	f.Add("pf", "shop", "data-web-0")
 	f.Add("", "1shop", strings.Repeat("c", 253))
 	f.Add(strings.Repeat("k", 32), strings.Repeat("n", 63), strings.Repeat("a.", 126)+"b")
+	volumeIDRE := regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_.-]{2,63}$`)
 	f.Fuzz(func(t *testing.T, cid, ns, claim string) {
+		for _, s := range []string{cid, ns, claim} {
+			if (len(validation.IsDNS1123Subdomain(s)) == 0) != isDNS1123Subdomain(s) ||
+				(len(validation.IsValidLabelValue(s)) == 0) != isLabelValue(s) || volumeIDRE.MatchString(s) != ValidVolumeID(s) {
+				t.Fatalf("fast validators disagree with the regexps on %q", s)
+			}
+		}
 		if len(validation.IsDNS1123Label(ns)) > 0 || len(validation.IsDNS1123Subdomain(claim)) > 0 {
 			return
 		}
@@ -213,7 +247,7 @@ func FuzzNames(f *testing.F) {
 		}
 		id, err := VolumeID(cid, ns, claim)
 		if err != nil {
-			if clusterIDPattern.MatchString(cid) || cid == "" {
+			if validClusterID(cid) || cid == "" {
 				t.Fatalf("VolumeID(%q, %q, %q): %v", cid, ns, claim, err)
 			}
 			return

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
+	sigsjson "sigs.k8s.io/json"
 )
 
 // Apply returns a copy of the StatefulSet with every planned template pinned: storageClassName
@@ -65,33 +66,35 @@ func (p Plan) Patch(raw []byte, sts *appsv1.StatefulSet) ([]byte, error) {
 	if len(p.Templates) == 0 {
 		return nil, nil
 	}
-	templates, err := rawTemplates(raw)
+	var doc rawStatefulSet
+	strict, err := sigsjson.UnmarshalStrict(raw, &doc, sigsjson.DisallowDuplicateFields)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("statefulset: %w", err)
+	}
+	if len(strict) > 0 {
+		// A patch applier keeps the last of duplicate members; decoders differ. The
+		// apiserver never sends them, so refuse rather than guess.
+		return nil, fmt.Errorf("statefulset: %w", strict[0])
+	}
+	var templates []*rawTemplate
+	if doc.Spec != nil {
+		templates = doc.Spec.VolumeClaimTemplates
 	}
 	var ops []patchOp
 	for _, tp := range p.Templates {
 		if tp.Index >= len(templates) {
 			return nil, fmt.Errorf("statefulset: spec.volumeClaimTemplates[%d] is not in the object", tp.Index)
 		}
-		base := "/spec/volumeClaimTemplates/" + strconv.Itoa(tp.Index)
-		// Maps, not structs: member names must match exactly, as for the patch applier.
-		var t, meta, spec map[string]json.RawMessage
-		if json.Unmarshal(templates[tp.Index], &t) != nil || json.Unmarshal(t["metadata"], &meta) != nil || meta == nil ||
-			json.Unmarshal(t["spec"], &spec) != nil || spec == nil {
+		t := templates[tp.Index]
+		if t == nil || t.Metadata == nil || t.Spec == nil {
 			return nil, fmt.Errorf("statefulset: spec.volumeClaimTemplates[%d] lacks metadata or spec objects", tp.Index)
 		}
-		if cur, ok := rawString(spec["storageClassName"]); !ok || cur != tp.Class.Name {
+		base := "/spec/volumeClaimTemplates/" + strconv.Itoa(tp.Index)
+		if cur, ok := t.Spec.StorageClassName.(string); !ok || cur != tp.Class.Name {
 			ops = append(ops, patchOp{"add", base + "/spec/storageClassName", tp.Class.Name})
 		}
-
 		want := recordedAnnotations(tp, sts.Name)
-		var have map[string]json.RawMessage
-		if a := meta["annotations"]; len(a) > 0 {
-			if err := json.Unmarshal(a, &have); err != nil {
-				return nil, fmt.Errorf("statefulset: spec.volumeClaimTemplates[%d].metadata.annotations: %w", tp.Index, err)
-			}
-		}
+		have := t.Metadata.Annotations
 		if _, ok := have[BetaClassAnnotation]; ok {
 			want[BetaClassAnnotation] = tp.Class.Name
 		}
@@ -105,7 +108,7 @@ func (p Plan) Patch(raw []byte, sts *appsv1.StatefulSet) ([]byte, error) {
 		}
 		sort.Strings(keys)
 		for _, k := range keys {
-			if cur, ok := rawString(have[k]); !ok || cur != want[k] {
+			if cur, ok := have[k].(string); !ok || cur != want[k] {
 				ops = append(ops, patchOp{"add", base + "/metadata/annotations/" + escapePointer(k), want[k]})
 			}
 		}
@@ -120,37 +123,22 @@ func (p Plan) Patch(raw []byte, sts *appsv1.StatefulSet) ([]byte, error) {
 	return b, nil
 }
 
-// rawTemplates returns the elements of spec.volumeClaimTemplates of a raw StatefulSet, read
-// with exact (case-sensitive) member names, as a JSON Patch applier reads them.
-func rawTemplates(raw []byte) ([]json.RawMessage, error) {
-	var top, spec map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &top); err != nil {
-		return nil, fmt.Errorf("statefulset: %w", err)
-	}
-	if s, ok := top["spec"]; ok {
-		if err := json.Unmarshal(s, &spec); err != nil {
-			return nil, fmt.Errorf("statefulset: spec: %w", err)
-		}
-	}
-	var templates []json.RawMessage
-	if t, ok := spec["volumeClaimTemplates"]; ok {
-		if err := json.Unmarshal(t, &templates); err != nil {
-			return nil, fmt.Errorf("statefulset: spec.volumeClaimTemplates: %w", err)
-		}
-	}
-	return templates, nil
+// rawStatefulSet is the part of a StatefulSet's JSON the patch is written against. It is
+// decoded with sigs.k8s.io/json: member names match exactly (encoding/json would also match
+// "Spec" or "SPEC"), as they must for the paths of a JSON Patch.
+type rawStatefulSet struct {
+	Spec *struct {
+		VolumeClaimTemplates []*rawTemplate `json:"volumeClaimTemplates"`
+	} `json:"spec"`
 }
 
-// rawString decodes a JSON string; ok is false for anything else (absent, null, non-string).
-func rawString(v json.RawMessage) (string, bool) {
-	if len(v) == 0 || v[0] != '"' {
-		return "", false
-	}
-	var s string
-	if err := json.Unmarshal(v, &s); err != nil {
-		return "", false
-	}
-	return s, true
+type rawTemplate struct {
+	Metadata *struct {
+		Annotations map[string]any `json:"annotations"` // nil when absent or null
+	} `json:"metadata"`
+	Spec *struct {
+		StorageClassName any `json:"storageClassName"`
+	} `json:"spec"`
 }
 
 var pointerEscaper = strings.NewReplacer("~", "~0", "/", "~1")

@@ -160,6 +160,7 @@ func TestPatchRawMismatch(t *testing.T) {
 		"templates not an array":   `{"spec":{"volumeClaimTemplates":{}}}`,
 		"not JSON":                 `{`,
 		"metadata in another case": `{"spec":{"volumeClaimTemplates":[{"Metadata":{"name":"pv-claim"},"spec":{}}]}}`,
+		"duplicate members":        `{"spec":{"volumeClaimTemplates":[{"metadata":{"name":"pv-claim"},"spec":{}}]},"spec":{}}`,
 	} {
 		t.Run(name, func(t *testing.T) {
 			p, err := plan.Patch([]byte(raw), sts)

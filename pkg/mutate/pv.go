@@ -49,9 +49,9 @@ func (cv ClaimVolume) PersistentVolume(cfg Config) (*corev1.PersistentVolume, er
 		"replica":         strconv.Itoa(o.Replica),
 		"backstoreServer": o.BackstoreServer,
 	}
-	for k, v := range map[string]string{OptTemplate: o.Template, OptPlacementMode: o.PlacementMode, OptIPPool: o.IPPool, OptTenant: o.Tenant} {
-		if v != "" {
-			opts[k] = v
+	for _, kv := range [...][2]string{{OptTemplate, o.Template}, {OptPlacementMode, o.PlacementMode}, {OptIPPool, o.IPPool}, {OptTenant, o.Tenant}} {
+		if kv[1] != "" {
+			opts[kv[0]] = kv[1]
 		}
 	}
 	if o.MaxIOPS > 0 {
@@ -96,7 +96,7 @@ func (cv ClaimVolume) PersistentVolume(cfg Config) (*corev1.PersistentVolume, er
 // LabelValue returns s when it is a valid label value, else a truncated form with a stable
 // hash (StatefulSet names may be longer than the 63 characters a label value allows).
 func LabelValue(s string) string {
-	if len(validation.IsValidLabelValue(s)) == 0 {
+	if isLabelValue(s) {
 		return s
 	}
 	suffix := "-" + hashSuffix(s)
@@ -107,7 +107,7 @@ func LabelValue(s string) string {
 	for len(head) > 0 && !isAlnum(head[len(head)-1]) {
 		head = head[:len(head)-1]
 	}
-	if v := head + suffix; len(validation.IsValidLabelValue(v)) == 0 {
+	if v := head + suffix; isLabelValue(v) {
 		return v
 	}
 	return suffix[1:] // s had characters no label value may hold (or none to keep): the hash alone
