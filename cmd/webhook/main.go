@@ -15,11 +15,13 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/petfabric/petfabric/pkg/mutate"
+	"github.com/petfabric/petfabric/pkg/reconcile"
 	"github.com/petfabric/petfabric/pkg/webhook"
 )
 
@@ -44,6 +46,12 @@ func run(args []string) error {
 		createBudget = fs.Duration("create-budget", 4*time.Second, "time an admission call may spend creating PVs (cut to the apiserver's timeout)")
 		concurrency  = fs.Int("create-concurrency", 16, "PV creates in flight per admission call")
 		logLevel     = fs.String("log-level", "info", "debug, info, warn or error")
+		reconcileOn  = fs.Bool("reconcile", true, "run the leader-elected reconcile loop (missed ordinals, orphans, reclaim Delete)")
+		leaseNS      = fs.String("lease-namespace", os.Getenv("POD_NAMESPACE"), "namespace of the reconcile loop's leader-election Lease")
+		identity     = fs.String("identity", os.Getenv("POD_NAME"), "this replica's leader-election identity (default: host name)")
+		orphanGrace  = fs.Duration("orphan-grace", 5*time.Minute, "how long an unbound petfabric PV may stay Available before the loop deletes it as an orphan")
+		resync       = fs.Duration("resync", time.Minute, "how often the loop re-checks every StatefulSet and PV")
+		dateraCA     = fs.String("datera-ca-file", "", "CA bundle to verify the Datera management API's TLS certificate")
 		defaults     = keyValues{}
 	)
 	fs.Var(defaults, "default", "option default key=value (repeatable): replica, fsType, backstoreServer, secretName, secretNamespace, …")
@@ -63,10 +71,38 @@ func run(args []string) error {
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
+	mutateCfg := mutate.Config{ClusterID: *clusterID, DefaultClass: *defaultClass, Defaults: defaults}
+	reg := prometheus.NewRegistry()
+	var background func(context.Context) error
+	if *reconcileOn {
+		if *identity == "" {
+			if *identity, err = os.Hostname(); err != nil {
+				return fmt.Errorf("--identity not set and no host name: %w", err)
+			}
+		}
+		var caPEM []byte
+		if *dateraCA != "" {
+			if caPEM, err = os.ReadFile(*dateraCA); err != nil {
+				return fmt.Errorf("--datera-ca-file: %w", err)
+			}
+		}
+		loop, err := reconcile.New(reconcile.Options{
+			Client: client, Mutate: mutateCfg,
+			LeaseNamespace: *leaseNS, Identity: *identity,
+			OrphanGrace: *orphanGrace, Resync: *resync,
+			DateraCACertPEM: caPEM, Metrics: reg, Logger: log,
+		})
+		if err != nil {
+			return fmt.Errorf("reconcile loop: %w", err)
+		}
+		background = loop.Run
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	return webhook.Run(ctx, client, webhook.RunConfig{
-		Mutate:       mutate.Config{ClusterID: *clusterID, DefaultClass: *defaultClass, Defaults: defaults},
+		Mutate:       mutateCfg,
+		Registry:     reg,
+		Background:   background,
 		Listen:       *listen,
 		HealthListen: *healthListen,
 		CertFile:     *certFile,

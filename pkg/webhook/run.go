@@ -36,6 +36,8 @@ type RunConfig struct {
 	ShutdownGrace time.Duration
 	// Background runs next to the servers once caches synced (the reconcile loop); nil: none.
 	Background func(ctx context.Context) error
+	// Registry serves /metrics; share it with Background's metrics. Nil: a new one.
+	Registry *prometheus.Registry
 	Logger     *slog.Logger
 	// Ready, if set, is called with the listeners' addresses once serving (tests use it).
 	Ready func(tlsAddr, healthAddr string)
@@ -53,7 +55,10 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg RunConfig) error 
 	if cfg.CertReload == 0 {
 		cfg.CertReload = 10 * time.Second
 	}
-	reg := prometheus.NewRegistry()
+	reg := cfg.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reloads := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "petfabric_webhook_certificate_reloads_total", Help: "Serving certificate reloads by result.",
@@ -123,12 +128,16 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg RunConfig) error 
 	if cfg.Ready != nil {
 		cfg.Ready(tlsLn.Addr().String(), healthLn.Addr().String())
 	}
+	background := make(chan struct{})
 	if cfg.Background != nil {
 		go func() {
+			defer close(background)
 			if err := cfg.Background(ctx); err != nil && ctx.Err() == nil {
 				errs <- fmt.Errorf("reconcile loop: %w", err)
 			}
 		}()
+	} else {
+		close(background)
 	}
 
 	var runErr error
@@ -142,6 +151,13 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg RunConfig) error 
 	defer stop()
 	if err := admission.Shutdown(shutdownCtx); err != nil {
 		runErr = errors.Join(runErr, fmt.Errorf("admission server shutdown: %w", err))
+	}
+	cancel() // stops Background too, e.g. after a server error
+	// Wait for the loop to release its leader lease, so a successor takes over at once.
+	select {
+	case <-background:
+	case <-shutdownCtx.Done():
+		runErr = errors.Join(runErr, errors.New("reconcile loop did not stop within the shutdown grace period"))
 	}
 	_ = healthSrv.Shutdown(shutdownCtx)
 	return runErr

@@ -76,7 +76,7 @@ func TestReconcileEndToEnd(t *testing.T) {
 	// The webhook ran and was registered with failurePolicy Ignore; now it is down.
 	w := startWebhook(t, c, cfg)
 	registerWebhook(ctx, t, c, w, admissionregistrationv1.Ignore)
-	w.stop()
+	w.Stop(t)
 	recWaitDown(t, w.URL)
 
 	mainReg := prometheus.NewRegistry()

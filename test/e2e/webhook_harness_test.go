@@ -43,15 +43,16 @@ type runningWebhook struct {
 	URL   string // https://127.0.0.1:port
 	CAPEM []byte
 	stop  context.CancelFunc
-	done  chan error
+	done  chan struct{} // closed when Run has returned; err holds its result
+	err   error
 }
 
-// Stop shuts the webhook down gracefully and waits for it.
+// Stop shuts the webhook down gracefully and waits for it. Safe to call more than once.
 func (w *runningWebhook) Stop(t testing.TB) {
 	w.stop()
 	select {
-	case err := <-w.done:
-		require.NoError(t, err)
+	case <-w.done:
+		require.NoError(t, w.err)
 	case <-time.After(40 * time.Second):
 		t.Fatal("webhook did not shut down")
 	}
@@ -81,13 +82,16 @@ func startWebhook(t testing.TB, c *cluster.Cluster, cfg mutate.Config, opts ...f
 		o(&rc)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	w := &runningWebhook{CAPEM: ca.CertPEM, stop: cancel, done: make(chan error, 1)}
-	go func() { w.done <- webhook.Run(ctx, c.Client, rc) }()
+	w := &runningWebhook{CAPEM: ca.CertPEM, stop: cancel, done: make(chan struct{})}
+	go func() {
+		w.err = webhook.Run(ctx, c.Client, rc)
+		close(w.done)
+	}()
 	select {
 	case addr := <-ready:
 		w.URL = "https://" + addr
-	case err := <-w.done:
-		t.Fatalf("webhook exited at start: %v", err)
+	case <-w.done:
+		t.Fatalf("webhook exited at start: %v", w.err)
 	case <-time.After(30 * time.Second):
 		t.Fatal("webhook did not become ready")
 	}
