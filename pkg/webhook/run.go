@@ -38,7 +38,7 @@ type RunConfig struct {
 	Background func(ctx context.Context) error
 	// Registry serves /metrics; share it with Background's metrics. Nil: a new one.
 	Registry *prometheus.Registry
-	Logger     *slog.Logger
+	Logger   *slog.Logger
 	// Ready, if set, is called with the listeners' addresses once serving (tests use it).
 	Ready func(tlsAddr, healthAddr string)
 }
