@@ -23,14 +23,30 @@ func decodeArgs(b []byte, a *args) error {
 		return p.errorf("ExtenderArgs must be a JSON object")
 	}
 	var pod, nodes, names []byte
-	if err := p.object(func(key []byte, start, end int) error {
+	var list *rawNodeList
+	if err := p.members(func(key []byte) error {
+		start := p.i
+		var err error
+		switch {
+		case keyIs(key, "Nodes") && p.i < len(b) && b[p.i] == '{':
+			// Split the NodeList into items and read their names in this same pass.
+			list, err = p.nodeList()
+		default:
+			err = p.value()
+		}
+		if err != nil {
+			return err
+		}
 		switch {
 		case keyIs(key, "Pod"):
-			pod = b[start:end]
+			pod = b[start:p.i]
 		case keyIs(key, "Nodes"):
-			nodes = b[start:end]
+			nodes = b[start:p.i]
+			if b[start] != '{' {
+				list = nil
+			}
 		case keyIs(key, "NodeNames"):
-			names = b[start:end]
+			names = b[start:p.i]
 		}
 		return nil
 	}); err != nil {
@@ -47,10 +63,15 @@ func decodeArgs(b []byte, a *args) error {
 		}
 	}
 	if nodes != nil && !isNull(nodes) {
-		if nodes[0] != '{' {
+		if nodes[0] != '{' || list == nil {
 			return errors.New("field Nodes must be a NodeList object")
 		}
-		a.Nodes = nodes
+		for i, n := range list.names {
+			if n == "" {
+				return fmt.Errorf("field Nodes.items[%d] has no metadata.name", i)
+			}
+		}
+		a.Nodes, a.list = nodes, list
 	}
 	if names != nil && !isNull(names) {
 		spans, err := stringSpans(names)
@@ -147,7 +168,7 @@ func (p *jparser) value() error {
 	}
 	switch c := p.b[p.i]; {
 	case c == '{':
-		return p.object(nil)
+		return p.members(p.anyValue)
 	case c == '[':
 		return p.array()
 	case c == '"':
@@ -166,8 +187,9 @@ func (p *jparser) value() error {
 	}
 }
 
-// object validates an object; each member's key and value span go to member (may be nil).
-func (p *jparser) object(member func(key []byte, start, end int) error) error {
+// members validates an object starting at p.i ('{'). For each member it calls fn with
+// p.i at the value; fn must consume exactly that value (p.value() or a parser of its own).
+func (p *jparser) members(fn func(key []byte) error) error {
 	p.depth++
 	if p.depth > maxDepth {
 		return p.errorf("nested too deeply")
@@ -195,14 +217,11 @@ func (p *jparser) object(member func(key []byte, start, end int) error) error {
 		}
 		p.i++
 		p.ws()
-		vs := p.i
-		if err := p.value(); err != nil {
-			return err
+		if p.i >= len(p.b) {
+			return p.errorf("unexpected end of input")
 		}
-		if member != nil {
-			if err := member(key, vs, p.i); err != nil {
-				return err
-			}
+		if err := fn(key); err != nil {
+			return err
 		}
 		p.ws()
 		if p.i >= len(p.b) {
@@ -219,6 +238,118 @@ func (p *jparser) object(member func(key []byte, start, end int) error) error {
 			return p.errorf("expected ',' or '}' in object")
 		}
 	}
+}
+
+func (p *jparser) anyValue([]byte) error { return p.value() }
+
+// elements validates an array starting at p.i ('['), calling fn with p.i at each
+// element; fn must consume it.
+func (p *jparser) elements(fn func() error) error {
+	p.depth++
+	if p.depth > maxDepth {
+		return p.errorf("nested too deeply")
+	}
+	p.i++ // '['
+	p.ws()
+	if p.i < len(p.b) && p.b[p.i] == ']' {
+		p.i++
+		p.depth--
+		return nil
+	}
+	for {
+		p.ws()
+		if p.i >= len(p.b) {
+			return p.errorf("unexpected end of input")
+		}
+		if err := fn(); err != nil {
+			return err
+		}
+		p.ws()
+		if p.i >= len(p.b) {
+			return p.errorf("unterminated array")
+		}
+		switch p.b[p.i] {
+		case ',':
+			p.i++
+		case ']':
+			p.i++
+			p.depth--
+			return nil
+		default:
+			return p.errorf("expected ',' or ']' in array")
+		}
+	}
+}
+
+// stringValue consumes a string value and returns it decoded.
+func (p *jparser) stringValue() (string, error) {
+	start := p.i
+	escaped, err := p.str()
+	if err != nil {
+		return "", err
+	}
+	if !escaped {
+		return string(p.b[start+1 : p.i-1]), nil
+	}
+	var s string
+	if err := json.Unmarshal(p.b[start:p.i], &s); err != nil {
+		return "", err
+	}
+	return s, nil
+}
+
+// nodeList parses a v1.NodeList at p.i ('{'): items stay raw byte spans, and each item's
+// metadata.name is read on the way.
+func (p *jparser) nodeList() (*rawNodeList, error) {
+	l := &rawNodeList{}
+	err := p.members(func(key []byte) error {
+		start := p.i
+		switch {
+		case keyIs(key, "items") && p.b[p.i] == '[':
+			return p.elements(func() error {
+				itemStart := p.i
+				if p.b[p.i] != '{' {
+					return p.errorf("Nodes.items[%d] is not an object", len(l.Items))
+				}
+				name := ""
+				err := p.members(func(k []byte) error {
+					if !keyIs(k, "metadata") || p.b[p.i] != '{' {
+						return p.value()
+					}
+					return p.members(func(k2 []byte) error {
+						if !keyIs(k2, "name") || p.b[p.i] != '"' {
+							return p.value()
+						}
+						var err error
+						name, err = p.stringValue()
+						return err
+					})
+				})
+				if err != nil {
+					return err
+				}
+				l.Items = append(l.Items, p.b[itemStart:p.i])
+				l.names = append(l.names, name)
+				return nil
+			})
+		case keyIs(key, "kind") && p.b[p.i] == '"':
+			var err error
+			l.Kind, err = p.stringValue()
+			return err
+		case keyIs(key, "apiVersion") && p.b[p.i] == '"':
+			var err error
+			l.APIVersion, err = p.stringValue()
+			return err
+		case keyIs(key, "metadata"):
+			if err := p.value(); err != nil {
+				return err
+			}
+			l.Metadata = p.b[start:p.i]
+			return nil
+		}
+		return p.value()
+	})
+	return l, err
 }
 
 func (p *jparser) array() error {

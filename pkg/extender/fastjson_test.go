@@ -1,6 +1,7 @@
 package extender
 
 import (
+	"bytes"
 	"encoding/json"
 	"testing"
 
@@ -21,6 +22,7 @@ func validates(b []byte) bool {
 var jsonSeeds = []string{
 	`{}`, `[]`, `""`, `0`, `-0.5e+10`, `true`, `null`, `{"a":[1,2,{"b":"\u00e9\n"}]}`,
 	`{"Pod":{"metadata":{"name":"p"}},"NodeNames":["a","b\u0063"]}`,
+	`{"Nodes":{"kind":"NodeList","items":[{"metadata":{"name":"a"}},{"metadata":{"name":"b\n"}}]}}`,
 	`{"a":}`, `[1,]`, `01`, `1.`, `"\x"`, "\"\x01\"", `{"a" 1}`, `nul`, `[`, `"\ud800"`, "\"\xff\"", ` {} `, `{} x`,
 }
 
@@ -39,6 +41,24 @@ func FuzzValidator(f *testing.F) {
 		if got, want := validates(b), json.Valid(b); got != want {
 			t.Fatalf("validator says %v, json.Valid says %v for %q", got, want, b)
 		}
+		// decodeArgs never accepts invalid JSON, never panics, and the node items and
+		// names it reports lie inside the document.
+		var a args
+		if decodeArgs(b, &a) == nil {
+			if !json.Valid(b) {
+				t.Fatalf("decodeArgs accepted invalid JSON %q", b)
+			}
+			if a.list != nil {
+				for _, it := range a.list.Items {
+					if !json.Valid(it) || !bytes.Contains(b, it) {
+						t.Fatalf("bad item span %q", it)
+					}
+				}
+			}
+			if _, err := a.nodeNames(); a.namesGiven && err != nil {
+				t.Fatalf("validated names do not decode: %v", err)
+			}
+		}
 	})
 }
 
@@ -49,12 +69,19 @@ func TestDecodeArgs(t *testing.T) {
 		names   []string
 		pod     string
 		nodes   string
+		list    *rawNodeList
 		wantErr string
 	}{
 		{name: "names", in: `{"Pod":{"metadata":{"name":"p","namespace":"n"}},"Nodes":null,"NodeNames":["a","b\u002dc"]}`, names: []string{"a", "b-c"}, pod: "p"},
 		{name: "lower-case keys, last duplicate wins", in: `{"pod":{"metadata":{"name":"x"}},"POD":{"metadata":{"name":"y"}},"nodenames":[]}`, names: []string{}, pod: "y"},
 		{name: "escaped key", in: `{"Node\u004eames":["z"]}`, names: []string{"z"}},
 		{name: "nodes raw", in: `{"Nodes":{"items":[{"metadata":{"name":"a"}}]}}`, nodes: `{"items":[{"metadata":{"name":"a"}}]}`},
+		{
+			name:  "node list parts",
+			in:    `{"Nodes":{"kind":"NodeList","apiVersion":"v1","metadata":{"resourceVersion":"9"},"items":[{"spec":{"x":[{"metadata":{"name":"decoy"}}]},"metadata":{"labels":{"name":"l"},"name":"n\u0031"}}, {"metadata":{"name":"n2"}}]}}`,
+			nodes: `{"kind":"NodeList","apiVersion":"v1","metadata":{"resourceVersion":"9"},"items":[{"spec":{"x":[{"metadata":{"name":"decoy"}}]},"metadata":{"labels":{"name":"l"},"name":"n\u0031"}}, {"metadata":{"name":"n2"}}]}`,
+			list:  &rawNodeList{Kind: "NodeList", APIVersion: "v1", names: []string{"n1", "n2"}},
+		},
 		{name: "unknown keys ignored", in: `{"Extra":[1,{"x":null}],"NodeNames":["a"]}`, names: []string{"a"}},
 		{name: "not an object", in: `[]`, wantErr: "must be a JSON object"},
 		{name: "trailing data", in: `{} {}`, wantErr: "data after the top-level object"},
@@ -86,6 +113,15 @@ func TestDecodeArgs(t *testing.T) {
 				assert.Equal(t, tc.pod, a.Pod.Name)
 			}
 			assert.Equal(t, tc.nodes, string(a.Nodes))
+			if tc.list != nil {
+				require.NotNil(t, a.list)
+				assert.Equal(t, tc.list.Kind, a.list.Kind)
+				assert.Equal(t, tc.list.APIVersion, a.list.APIVersion)
+				assert.Equal(t, tc.list.names, a.list.names)
+				assert.JSONEq(t, `{"resourceVersion":"9"}`, string(a.list.Metadata))
+				require.Len(t, a.list.Items, 2)
+				assert.Equal(t, `{"metadata":{"name":"n2"}}`, string(a.list.Items[1]))
+			}
 		})
 	}
 }

@@ -190,13 +190,8 @@ func (h *handler) decideFilter(ctx context.Context, a *args) (*filterResult, str
 			return res, "error"
 		}
 	} else {
-		list, err := parseNodeList(a.Nodes)
-		if err != nil {
-			res.err = err.Error()
-			return res, "error"
-		}
-		res.list = list
-		names = list.names
+		res.list = a.list
+		names = a.list.names
 	}
 	var d placement.Decision
 	now := h.now()
@@ -254,12 +249,7 @@ func (h *handler) prioritize(w http.ResponseWriter, r *http.Request) {
 			hosts[i] = a.namesRaw[sp[0]:sp[1]]
 		}
 	case a.hasNodes():
-		list, err := parseNodeList(a.Nodes)
-		if err != nil {
-			h.fail(w, "prioritize", start, &requestError{http.StatusBadRequest, err.Error()})
-			return
-		}
-		names = list.names
+		names = a.list.names
 		hosts = make([][]byte, len(names))
 		for i, n := range names {
 			hosts[i] = appendString(nil, n)

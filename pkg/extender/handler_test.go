@@ -280,7 +280,8 @@ func TestFilterBadRequests(t *testing.T) {
 			name: "Datera PV without volumeID", body: mustJSON(t, extenderv1.ExtenderArgs{Pod: claimPod("db-9", "broken"), NodeNames: &names}),
 			code: 200, errorHas: `pod shop/db-9: PersistentVolume pv-broken uses driver datera/iscsi but lacks option "volumeID" or "backstoreServer"`,
 		},
-		{name: "node without name", body: []byte(`{"Pod":{"metadata":{"name":"p","namespace":"shop"},"spec":{"volumes":[{"name":"d","persistentVolumeClaim":{"claimName":"data-db-0"}}]}},"Nodes":{"items":[{"metadata":{}}]}}`), code: 200, errorHas: "has no metadata.name"},
+		{name: "node without name", body: []byte(`{"Pod":{"metadata":{"name":"p","namespace":"shop"},"spec":{"volumes":[{"name":"d","persistentVolumeClaim":{"claimName":"data-db-0"}}]}},"Nodes":{"items":[{"metadata":{}}]}}`), code: 400, bodyHas: "Nodes.items[0] has no metadata.name"},
+		{name: "node not an object", body: []byte(`{"Nodes":{"items":[7]}}`), code: 400, bodyHas: "Nodes.items[0] is not an object"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -30,6 +30,8 @@ type args struct {
 	namesRaw   []byte
 	nameSpans  [][2]int
 	namesGiven bool
+	// list is Nodes split into items, with their names (set when Nodes is given).
+	list *rawNodeList
 }
 
 // nodeNames decodes the NodeNames elements.
@@ -57,33 +59,6 @@ type rawNodeList struct {
 	Metadata   json.RawMessage `json:"metadata,omitempty"`
 	Items      []json.RawMessage
 	names      []string
-}
-
-// nodeMeta is the only part of a Node the extender reads.
-type nodeMeta struct {
-	Metadata struct {
-		Name string `json:"name"`
-	} `json:"metadata"`
-}
-
-// parseNodeList splits a raw NodeList into items and reads each item's name.
-func parseNodeList(raw json.RawMessage) (*rawNodeList, error) {
-	var l rawNodeList
-	if err := json.Unmarshal(raw, &l); err != nil {
-		return nil, fmt.Errorf("field Nodes is not a NodeList: %w", err)
-	}
-	l.names = make([]string, len(l.Items))
-	for i, it := range l.Items {
-		var m nodeMeta
-		if err := json.Unmarshal(it, &m); err != nil {
-			return nil, fmt.Errorf("field Nodes.items[%d] is not a Node: %w", i, err)
-		}
-		if m.Metadata.Name == "" {
-			return nil, fmt.Errorf("field Nodes.items[%d] has no metadata.name", i)
-		}
-		l.names[i] = m.Metadata.Name
-	}
-	return &l, nil
 }
 
 // filterResult is extenderv1.ExtenderFilterResult with raw Nodes. It is written by hand
