@@ -429,7 +429,7 @@ func TestSlowStoreDefers(t *testing.T) {
 	assert.Contains(t, resp.Warnings[0], "pre-created 2 of 6 PersistentVolumes within the admission deadline")
 	assert.Len(t, f.pvs.names(), 2)
 	assert.Equal(t, 4.0, testutil.ToFloat64(f.srv.metrics.pvPending))
-	assert.Less(t, took, 1500*time.Millisecond, "the budget (300ms), not the apiserver timeout, bounds the call")
+	assert.Less(t, took, 1400*time.Millisecond, "the budget (300ms), not the apiserver's timeout (1.5s after the margin), bounds the call")
 	assert.GreaterOrEqual(t, took, 300*time.Millisecond)
 }
 
@@ -447,7 +447,9 @@ func TestBudgetFromTimeout(t *testing.T) {
 	assert.True(t, resp.Allowed)
 	require.Len(t, resp.Warnings, 1)
 	assert.Contains(t, resp.Warnings[0], "pre-created 0 of 4")
-	assert.InDelta(t, 1500, took.Milliseconds(), 400)
+	// 1.5 s: neither the 10 s budget nor the 100 ms floor (slack for a loaded machine).
+	assert.GreaterOrEqual(t, took, 1450*time.Millisecond)
+	assert.Less(t, took, 3*time.Second)
 
 	for q, want := range map[string]time.Duration{
 		"":             10 * time.Second,
@@ -471,7 +473,9 @@ func TestBudgetFromTimeout(t *testing.T) {
 	resp = checkReview(t, w, req.UID)
 	assert.False(t, resp.Allowed)
 	assert.Equal(t, int32(http.StatusInternalServerError), resp.Result.Code)
-	assert.InDelta(t, 500, time.Since(start).Milliseconds(), 300)
+	took = time.Since(start)
+	assert.GreaterOrEqual(t, took, 450*time.Millisecond)
+	assert.Less(t, took, 2*time.Second)
 }
 
 // TestConcurrentRequests runs creates, scale-ups and claim creates for overlapping claims at
