@@ -6,7 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,14 +35,19 @@ func (s *Server) admitStatefulSet(r *http.Request, req *admissionv1.AdmissionReq
 	if sts.Namespace == "" {
 		sts.Namespace = req.Namespace
 	}
-	var old *appsv1.StatefulSet
+	fresh := []ordinals{ordinalsOf(&sts)}
 	if req.Operation == admissionv1.Update {
-		old = &appsv1.StatefulSet{}
-		if err := json.Unmarshal(req.OldObject.Raw, old); err != nil {
+		var old appsv1.StatefulSet
+		if err := json.Unmarshal(req.OldObject.Raw, &old); err != nil {
 			return denied(http.StatusBadRequest, "petfabric: decode old StatefulSet: "+err.Error())
 		}
+		// Templates are immutable after CREATE: an UPDATE matters only when it adds ordinals,
+		// and one that adds none (an image rollout, a scale-down) is never refused.
+		if fresh = ordinalsOf(&sts).minus(ordinalsOf(&old)); count(fresh) == 0 {
+			return allowed()
+		}
 	}
-	plan, resp := s.plan(&sts, old != nil)
+	plan, resp := s.plan(&sts, req.Operation == admissionv1.Update)
 	if resp != nil || len(plan.Templates) == 0 {
 		return orAllowed(resp)
 	}
@@ -53,12 +58,11 @@ func (s *Server) admitStatefulSet(r *http.Request, req *admissionv1.AdmissionReq
 			return errored(http.StatusInternalServerError, fmt.Errorf("petfabric: %w", err))
 		}
 	}
-	ordinals := newOrdinals(&sts, old)
 	out := patched(patch)
-	if isDryRun(req) || len(ordinals) == 0 {
+	if isDryRun(req) || count(fresh) == 0 {
 		return out
 	}
-	return s.ensureOrdinals(r, plan, ordinals, out)
+	return s.ensureOrdinals(r, plan, fresh, out)
 }
 
 // admitScale: `kubectl scale` changes replicas through the scale subresource, whose object is
@@ -89,15 +93,18 @@ func (s *Server) admitScale(r *http.Request, req *admissionv1.AdmissionRequest) 
 	old.Spec.Replicas = &oldScale.Spec.Replicas
 	next := sts.DeepCopy()
 	next.Spec.Replicas = &scale.Spec.Replicas
+	fresh := ordinalsOf(next).minus(ordinalsOf(old))
+	if count(fresh) == 0 {
+		return allowed()
+	}
 	plan, resp := s.plan(next, true)
 	if resp != nil || len(plan.Templates) == 0 {
 		return orAllowed(resp)
 	}
-	ordinals := newOrdinals(next, old)
-	if isDryRun(req) || len(ordinals) == 0 {
+	if isDryRun(req) {
 		return allowed()
 	}
-	return s.ensureOrdinals(r, plan, ordinals, allowed())
+	return s.ensureOrdinals(r, plan, fresh, allowed())
 }
 
 // admitClaim guarantees, for every Datera-bound claim, that its PV exists before the claim is
@@ -136,7 +143,7 @@ func (s *Server) admitClaim(r *http.Request, req *admissionv1.AdmissionRequest) 
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.budget(r))
 	defer cancel()
-	if err := s.ensurePV(ctx, pv, cv); err != nil {
+	if err := s.ensurePV(ctx, pv, cv, true); err != nil {
 		return s.failure(err)
 	}
 	return allowed()
@@ -169,8 +176,10 @@ func (e *ConflictError) Error() string {
 }
 
 // ensurePV creates the PV; AlreadyExists for the same claim is success (a retry, the other
-// hook, or the reconcile loop got there first).
-func (s *Server) ensurePV(ctx context.Context, pv *corev1.PersistentVolume, cv mutate.ClaimVolume) error {
+// hook, or the reconcile loop got there first). With rebind — the claim itself is being
+// created — a Released Retain PV of this claim is released for it: the same claim name always
+// maps to the same volume, so a re-created StatefulSet finds its data again.
+func (s *Server) ensurePV(ctx context.Context, pv *corev1.PersistentVolume, cv mutate.ClaimVolume, rebind bool) error {
 	err := s.pvs.Create(ctx, pv)
 	if err == nil {
 		s.metrics.pvCreated.Inc()
@@ -190,13 +199,33 @@ func (s *Server) ensurePV(ctx context.Context, pv *corev1.PersistentVolume, cv m
 		}
 		return &ConflictError{PV: pv.Name, Claim: cv.Namespace + "/" + cv.Claim, Holder: holder}
 	}
+	if rebind && releasedForReuse(existing) {
+		// Drop the old claim's UID; the PV controller then binds the PV to the new claim of
+		// the same name. The update carries the resourceVersion we read: if anything changed
+		// it since (the reconcile loop, an admin), it fails and nothing is lost.
+		existing.Spec.ClaimRef = &corev1.ObjectReference{Kind: "PersistentVolumeClaim", APIVersion: "v1", Namespace: cv.Namespace, Name: cv.Claim}
+		if err := s.pvs.Update(ctx, existing); err != nil {
+			return fmt.Errorf("release persistentvolume %s for re-created claim %s/%s: %w", existing.Name, cv.Namespace, cv.Claim, err)
+		}
+		s.log.Info("released Retain PV for its re-created claim", "pv", existing.Name, "claim", cv.Namespace+"/"+cv.Claim)
+	}
 	return nil
 }
 
+// releasedForReuse: a petfabric PV with reclaim policy Retain whose claim was deleted. (A
+// Delete-policy PV is the reconcile loop's to delete, together with its Datera volume.)
+func releasedForReuse(pv *corev1.PersistentVolume) bool {
+	return pv.Labels[mutate.LabelManagedBy] == mutate.ManagedByValue &&
+		pv.Spec.PersistentVolumeReclaimPolicy == corev1.PersistentVolumeReclaimRetain &&
+		pv.Status.Phase == corev1.VolumeReleased &&
+		pv.Spec.ClaimRef != nil && pv.Spec.ClaimRef.UID != ""
+}
+
 // ensureOrdinals creates the PVs of the given ordinals in parallel within the admission
-// budget. A conflict denies the request; ordinals not reached in time are left to the PVC
-// hook (which runs before each claim is stored) and the reconcile loop, with a warning.
-func (s *Server) ensureOrdinals(r *http.Request, plan mutate.Plan, ordinals []int, resp *admissionv1.AdmissionResponse) *admissionv1.AdmissionResponse {
+// budget, at most maxCreates per call. A conflict denies the request; what is not reached in
+// time (or beyond the cap) is left to the PVC hook (which runs before each claim is stored)
+// and the reconcile loop, with a warning.
+func (s *Server) ensureOrdinals(r *http.Request, plan mutate.Plan, fresh []ordinals, resp *admissionv1.AdmissionResponse) *admissionv1.AdmissionResponse {
 	ctx, cancel := context.WithTimeout(r.Context(), s.budget(r))
 	defer cancel()
 	var (
@@ -204,49 +233,67 @@ func (s *Server) ensureOrdinals(r *http.Request, plan mutate.Plan, ordinals []in
 		mu             sync.Mutex
 		firstErr       error
 	)
+	fail := func(err error) {
+		mu.Lock()
+		if firstErr == nil {
+			firstErr = err
+		}
+		mu.Unlock()
+		cancel() // stop early: the request is denied anyway
+	}
 	g := new(errgroup.Group)
 	g.SetLimit(s.concurrency)
-	total := 0
-	for _, tp := range plan.Templates {
-		for _, n := range ordinals {
-			total++
-			cv := plan.Ordinal(tp, n)
-			g.Go(func() error {
-				if ctx.Err() != nil {
-					deferred.Add(1)
-					return nil
+	total := count(fresh) * int64(len(plan.Templates))
+	launched := int64(0)
+launch:
+	for _, rng := range fresh {
+		for n := rng.lo; n < rng.hi; n++ {
+			for _, tp := range plan.Templates {
+				if launched == s.maxCreates || ctx.Err() != nil {
+					break launch
 				}
-				pv, err := cv.PersistentVolume(s.cfg)
-				if err == nil {
-					err = s.ensurePV(ctx, pv, cv)
-				}
-				switch {
-				case err == nil:
-					done.Add(1)
-				case ctx.Err() != nil && !isConflict(err):
-					deferred.Add(1)
-				default:
-					mu.Lock()
-					if firstErr == nil {
-						firstErr = err
+				launched++
+				cv := plan.Ordinal(tp, int(n))
+				g.Go(func() error {
+					// errgroup does not carry panics back, and a panic here would end the
+					// process: turn it into this request's error.
+					defer func() {
+						if p := recover(); p != nil {
+							s.log.Error("PV creation panicked", "claim", cv.Namespace+"/"+cv.Claim, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+							fail(fmt.Errorf("internal error in petfabric webhook: %v", p))
+						}
+					}()
+					if ctx.Err() != nil {
+						deferred.Add(1)
+						return nil
 					}
-					mu.Unlock()
-					cancel() // stop early: the request is denied anyway
-				}
-				return nil
-			})
+					pv, err := cv.PersistentVolume(s.cfg)
+					if err == nil {
+						err = s.ensurePV(ctx, pv, cv, false)
+					}
+					switch {
+					case err == nil:
+						done.Add(1)
+					case ctx.Err() != nil && !isConflict(err):
+						deferred.Add(1)
+					default:
+						fail(err)
+					}
+					return nil
+				})
+			}
 		}
 	}
 	_ = g.Wait()
 	if firstErr != nil {
 		return s.failure(firstErr)
 	}
-	if d := deferred.Load(); d > 0 {
+	if d := deferred.Load() + total - launched; d > 0 {
 		s.metrics.pvPending.Add(float64(d))
 		resp.Warnings = append(resp.Warnings, fmt.Sprintf(
-			"petfabric: pre-created %d of %d PersistentVolumes within the admission deadline; the rest are created before each claim (PVC hook) and by the reconcile loop",
+			"petfabric: pre-created %d of %d PersistentVolumes within the admission call; the rest are created before each claim (PVC hook) and by the reconcile loop",
 			done.Load(), total))
-		s.log.Info("PV creation deferred past the admission deadline", "statefulset", plan.Namespace+"/"+plan.StatefulSet, "created", done.Load(), "deferred", d)
+		s.log.Info("PV creation deferred past the admission call", "statefulset", plan.Namespace+"/"+plan.StatefulSet, "created", done.Load(), "deferred", d)
 	}
 	return resp
 }
@@ -277,39 +324,43 @@ func (s *Server) budget(r *http.Request) time.Duration {
 	return max(b, 100*time.Millisecond)
 }
 
-// newOrdinals are the ordinals of sts that old (nil on CREATE) did not have.
-func newOrdinals(sts, old *appsv1.StatefulSet) []int {
-	have := ordinalSet(old)
-	var out []int
-	for _, n := range ordinalRange(sts) {
-		if !slices.Contains(have, n) {
-			out = append(out, n)
-		}
-	}
-	return out
-}
+// ordinals is the half-open range [lo, hi) of a StatefulSet's ordinals. Ranges, never
+// slices: replicas is whatever int32 the user sent (mutating admission runs before validation).
+type ordinals struct{ lo, hi int64 }
 
-func ordinalSet(sts *appsv1.StatefulSet) []int {
-	if sts == nil {
-		return nil
-	}
-	return ordinalRange(sts)
-}
-
-func ordinalRange(sts *appsv1.StatefulSet) []int {
-	replicas := int32(1)
+func ordinalsOf(sts *appsv1.StatefulSet) ordinals {
+	replicas := int64(1)
 	if sts.Spec.Replicas != nil {
-		replicas = *sts.Spec.Replicas
+		replicas = max(int64(*sts.Spec.Replicas), 0)
 	}
-	start := int32(0)
+	start := int64(0)
 	if sts.Spec.Ordinals != nil {
-		start = sts.Spec.Ordinals.Start
+		start = int64(sts.Spec.Ordinals.Start)
 	}
-	out := make([]int, 0, max(replicas, 0))
-	for i := range replicas {
-		out = append(out, int(start+i))
+	return ordinals{start, start + replicas}
+}
+
+// minus is o without old: at most two ranges.
+func (o ordinals) minus(old ordinals) []ordinals {
+	if old.hi <= o.lo || old.lo >= o.hi || old.lo >= old.hi {
+		return []ordinals{o}
+	}
+	var out []ordinals
+	if o.lo < old.lo {
+		out = append(out, ordinals{o.lo, old.lo})
+	}
+	if old.hi < o.hi {
+		out = append(out, ordinals{old.hi, o.hi})
 	}
 	return out
+}
+
+func count(rs []ordinals) int64 {
+	var n int64
+	for _, r := range rs {
+		n += max(r.hi-r.lo, 0)
+	}
+	return n
 }
 
 func isDryRun(req *admissionv1.AdmissionRequest) bool { return req.DryRun != nil && *req.DryRun }

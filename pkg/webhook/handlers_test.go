@@ -426,7 +426,7 @@ func TestSlowStoreDefers(t *testing.T) {
 	assert.True(t, resp.Allowed)
 	assert.NotEmpty(t, resp.Patch, "the templates are still pinned")
 	require.Len(t, resp.Warnings, 1)
-	assert.Contains(t, resp.Warnings[0], "pre-created 2 of 6 PersistentVolumes within the admission deadline")
+	assert.Contains(t, resp.Warnings[0], "pre-created 2 of 6 PersistentVolumes within the admission call")
 	assert.Len(t, f.pvs.names(), 2)
 	assert.Equal(t, 4.0, testutil.ToFloat64(f.srv.metrics.pvPending))
 	assert.Less(t, took, 1400*time.Millisecond, "the budget (300ms), not the apiserver's timeout (1.5s after the margin), bounds the call")

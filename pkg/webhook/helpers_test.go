@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -103,6 +104,7 @@ func (l *staticLookup) put(s *appsv1.StatefulSet) {
 // beforeCreate, when set, runs first and may block (honouring ctx) or fail.
 type memPVs struct {
 	beforeCreate func(ctx context.Context, pv *corev1.PersistentVolume) error
+	beforeGet    func(pv *corev1.PersistentVolume) // may alter the copy Get returns
 	creates      atomic.Int64 // successful creates
 
 	mu  sync.Mutex
@@ -134,7 +136,28 @@ func (m *memPVs) Get(_ context.Context, name string) (*corev1.PersistentVolume, 
 	if !ok {
 		return nil, apierrors.NewNotFound(corev1.Resource("persistentvolumes"), name)
 	}
-	return pv.DeepCopy(), nil
+	out := pv.DeepCopy()
+	if m.beforeGet != nil {
+		m.beforeGet(out)
+	}
+	return out, nil
+}
+
+// Update replaces a stored PV, with the apiserver's optimistic concurrency on resourceVersion.
+func (m *memPVs) Update(_ context.Context, pv *corev1.PersistentVolume) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	cur, ok := m.pvs[pv.Name]
+	if !ok {
+		return apierrors.NewNotFound(corev1.Resource("persistentvolumes"), pv.Name)
+	}
+	if cur.ResourceVersion != pv.ResourceVersion {
+		return apierrors.NewConflict(corev1.Resource("persistentvolumes"), pv.Name, fmt.Errorf("resourceVersion %q is stale", pv.ResourceVersion))
+	}
+	next := pv.DeepCopy()
+	next.ResourceVersion = pv.ResourceVersion + "1"
+	m.pvs[pv.Name] = next
+	return nil
 }
 
 func (m *memPVs) names() []string {

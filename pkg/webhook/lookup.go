@@ -28,10 +28,12 @@ type Lookup interface {
 	StatefulSet(ctx context.Context, namespace, name string) (*appsv1.StatefulSet, error)
 }
 
-// PVStore creates and reads PersistentVolumes.
+// PVStore creates, reads and updates PersistentVolumes.
 type PVStore interface {
 	Create(ctx context.Context, pv *corev1.PersistentVolume) error
 	Get(ctx context.Context, name string) (*corev1.PersistentVolume, error)
+	// Update writes pv, failing with Conflict when its resourceVersion is stale.
+	Update(ctx context.Context, pv *corev1.PersistentVolume) error
 }
 
 // ClusterLookup answers from informer caches, so an admission call does no API round trip
@@ -118,6 +120,12 @@ type APIPVStore struct{ Client kubernetes.Interface }
 // Create creates a PV.
 func (s APIPVStore) Create(ctx context.Context, pv *corev1.PersistentVolume) error {
 	_, err := s.Client.CoreV1().PersistentVolumes().Create(ctx, pv, metav1.CreateOptions{FieldManager: "petfabric-webhook"})
+	return err
+}
+
+// Update writes a PV (optimistic concurrency through its resourceVersion).
+func (s APIPVStore) Update(ctx context.Context, pv *corev1.PersistentVolume) error {
+	_, err := s.Client.CoreV1().PersistentVolumes().Update(ctx, pv, metav1.UpdateOptions{FieldManager: "petfabric-webhook"})
 	return err
 }
 

@@ -33,6 +33,9 @@ type Options struct {
 	CreateBudget time.Duration
 	// Concurrency is how many PV creates run at once. Default 16.
 	Concurrency int
+	// MaxCreatesPerCall caps the PVs one admission call creates (a 10,000-replica scale-up
+	// must not become 10,000 creates in one call). Default 512.
+	MaxCreatesPerCall int
 	Logger      *slog.Logger
 	Registerer  prometheus.Registerer
 }
@@ -44,6 +47,7 @@ type Server struct {
 	pvs          PVStore
 	createBudget time.Duration
 	concurrency  int
+	maxCreates   int64
 	log          *slog.Logger
 	metrics      *metrics
 }
@@ -56,12 +60,15 @@ func New(o Options) *Server {
 	if o.Concurrency == 0 {
 		o.Concurrency = 16
 	}
+	if o.MaxCreatesPerCall == 0 {
+		o.MaxCreatesPerCall = 512
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
 	return &Server{
 		cfg: o.Mutate, lookup: o.Lookup, pvs: o.PVs,
-		createBudget: o.CreateBudget, concurrency: o.Concurrency,
+		createBudget: o.CreateBudget, concurrency: o.Concurrency, maxCreates: int64(o.MaxCreatesPerCall),
 		log: o.Logger, metrics: newMetrics(o.Registerer),
 	}
 }

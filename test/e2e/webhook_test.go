@@ -101,6 +101,30 @@ func TestWebhookEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("a re-created StatefulSet finds its Retain PVs (and data) again", func(t *testing.T) {
+		require.NoError(t, cs.AppsV1().StatefulSets("shop").Delete(ctx, "web", metav1.DeleteOptions{}))
+		for n := range 5 {
+			require.NoError(t, cs.CoreV1().PersistentVolumeClaims("shop").Delete(ctx, fmt.Sprintf("data-web-%d", n), metav1.DeleteOptions{}))
+		}
+		// kubelet (kwok) is gone with the pods; the PV controller then releases the PVs.
+		require.Eventually(t, func() bool {
+			for n := range 5 {
+				if getPV(ctx, t, cs, "shop", fmt.Sprintf("data-web-%d", n)).Status.Phase != corev1.VolumeReleased {
+					return false
+				}
+			}
+			return true
+		}, time.Minute, 250*time.Millisecond, "PVs must turn Released")
+		_, err := cs.AppsV1().StatefulSets("shop").Create(ctx, statefulSet("shop", "web", 5, ptr.To("datera-gold")), metav1.CreateOptions{})
+		require.NoError(t, err)
+		waitClaimsBound(ctx, t, cs, "shop", "data", "web", 5)
+		waitRunning(ctx, t, cs, "shop", "app=web", 5)
+		for n := range 5 {
+			pv := getPV(ctx, t, cs, "shop", fmt.Sprintf("data-web-%d", n))
+			assert.Equal(t, pvUIDs[pv.Name], pv.UID, "%s is the same PV (same volume ID %s)", pv.Name, pv.Spec.FlexVolume.Options["volumeID"])
+		}
+	})
+
 	t.Run("kubectl apply --dry-run=server creates nothing", func(t *testing.T) {
 		before := countPVs(ctx, t, cs)
 		out, err := c.KubectlInput(`

@@ -16,20 +16,19 @@ import (
 	"github.com/petfabric/petfabric/pkg/mutate"
 )
 
-// Tests of bugs in the non-test files of this package, reported to the lead and skipped until
-// fixed (the first two would crash or exhaust the test binary while the bug is there).
+// Regression tests of bugs found in review of this package (all fixed): each describes the bug
+// and the behaviour now expected.
 
-// TestBugHugeReplicas: replicas is an int32 the apiserver has not validated yet (mutating
-// admission runs first; it has no upper bound anyway). handlers.go materialises every ordinal
+// TestRegressionHugeReplicas: replicas is an int32 the apiserver has not validated yet (mutating
+// admission runs first; it has no upper bound anyway). handlers.go materialised every ordinal
 // (ordinalRange: make([]int, 0, replicas), newOrdinals appends to another slice) before even
-// looking at dryRun, and newOrdinals is quadratic (slices.Contains per ordinal) on UPDATE.
+// looking at dryRun, and newOrdinals was quadratic (slices.Contains per ordinal) on UPDATE.
 // Measured: dryRun CREATE with 2^24 replicas allocates 861 MiB; UPDATE 20000→40000 takes
 // 0.43 s of CPU; 2^31-1 replicas is an OOM kill of the webhook — by any user who may create a
 // StatefulSet with a Datera template. Expected: ordinals computed as ranges ([start,
 // start+replicas) minus the old range), PV pre-creation capped per admission call (the rest
 // deferred with the warning), constant memory.
-func TestBugHugeReplicas(t *testing.T) {
-	t.Skip("bug: pkg/webhook/handlers.go ordinalRange/newOrdinals materialise and compare every ordinal (OOM at replicas 2^31-1, quadratic on UPDATE) — reported")
+func TestRegressionHugeReplicas(t *testing.T) {
 	f := newFixture(t, func(o *Options) { o.CreateBudget = 200 * time.Millisecond })
 	sts := statefulSet("shop", "web", 2147483647, dateraTemplate("data", "datera-gold", "1Gi"))
 	var m0, m1 runtime.MemStats
@@ -53,14 +52,13 @@ func TestBugHugeReplicas(t *testing.T) {
 	assert.Less(t, m1.TotalAlloc-m0.TotalAlloc, uint64(256<<20))
 }
 
-// TestBugPanicInPVCreate: ensureOrdinals runs each PV create in an errgroup goroutine;
+// TestRegressionPanicInPVCreate: ensureOrdinals runs each PV create in an errgroup goroutine;
 // errgroup (x/sync v0.19.0) does not propagate panics, and admitSafely's recover only covers
 // the request goroutine, so a panic in PersistentVolume() or in the PVStore (a client-go bug,
 // a nil map in a future change) kills the whole webhook process — every replica, on the same
 // input — instead of answering an Errored review. Expected: recover in the goroutine, turn it
 // into an error (500, "internal error in petfabric webhook").
-func TestBugPanicInPVCreate(t *testing.T) {
-	t.Skip("bug: pkg/webhook/handlers.go ensureOrdinals: a panic inside g.Go is not recovered and crashes the process — reported")
+func TestRegressionPanicInPVCreate(t *testing.T) {
 	f := newFixture(t)
 	f.pvs.beforeCreate = func(context.Context, *corev1.PersistentVolume) error { panic("store exploded") }
 	resp := f.admit(t, PathStatefulSets, stsRequest(t, admissionv1.Create, statefulSet("shop", "web", 2, dateraTemplate("data", "datera-gold", "1Gi")), nil))
@@ -69,15 +67,14 @@ func TestBugPanicInPVCreate(t *testing.T) {
 	assert.Contains(t, resp.Result.Message, "internal error in petfabric webhook")
 }
 
-// TestBugUpdateDeniedWithoutNewOrdinals: admitStatefulSet runs mutate.Decide on every UPDATE
+// TestRegressionUpdateDeniedWithoutNewOrdinals: admitStatefulSet runs mutate.Decide on every UPDATE
 // and denies on its error before checking whether the update adds ordinals at all. When the
 // decision became invalid after CREATE (here: the webhook's default credentials Secret was
 // removed from its configuration; likewise a default class or backstore change), every
 // UPDATE of such a StatefulSet is denied with 422 — image rollouts and scale-downs included,
 // which need no PV. Expected: compute the new ordinals first and allow when there are none;
 // deny only when PVs are actually needed.
-func TestBugUpdateDeniedWithoutNewOrdinals(t *testing.T) {
-	t.Skip("bug: pkg/webhook/handlers.go admitStatefulSet denies UPDATEs that add no ordinals when Decide fails — reported")
+func TestRegressionUpdateDeniedWithoutNewOrdinals(t *testing.T) {
 	old := newFixture(t)
 	stored := pinned(t, old, statefulSet("shop", "web", 3, dateraTemplate("data", "datera-gold", "1Gi")))
 
