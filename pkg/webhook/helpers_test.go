@@ -105,7 +105,7 @@ func (l *staticLookup) put(s *appsv1.StatefulSet) {
 type memPVs struct {
 	beforeCreate func(ctx context.Context, pv *corev1.PersistentVolume) error
 	beforeGet    func(pv *corev1.PersistentVolume) // may alter the copy Get returns
-	creates      atomic.Int64 // successful creates
+	creates      atomic.Int64                      // successful creates
 
 	mu  sync.Mutex
 	pvs map[string]*corev1.PersistentVolume

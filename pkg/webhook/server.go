@@ -36,8 +36,8 @@ type Options struct {
 	// MaxCreatesPerCall caps the PVs one admission call creates (a 10,000-replica scale-up
 	// must not become 10,000 creates in one call). Default 512.
 	MaxCreatesPerCall int
-	Logger      *slog.Logger
-	Registerer  prometheus.Registerer
+	Logger            *slog.Logger
+	Registerer        prometheus.Registerer
 }
 
 // Server handles admission reviews.
