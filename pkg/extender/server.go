@@ -1,7 +1,7 @@
 // Package extender is the HTTP side of petfabric's kube-scheduler extender: the informer
 // cache of claims, volumes and node report Leases (Cache), the filter/prioritize handler
 // (NewHandler, decisions in pkg/placement), TLS with hot certificate reload
-// (CertReloader), metrics, and Run, which wires them into an HTTPS server for the
+// (pkg/servingtls), metrics, and Run, which wires them into an HTTPS server for the
 // scheduler plus a plain server for /healthz, /readyz and /metrics.
 package extender
 
@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/petfabric/petfabric/pkg/placement"
+	"github.com/petfabric/petfabric/pkg/servingtls"
 )
 
 // Config configures Run.
@@ -66,7 +67,9 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg Config) error {
 		cfg.ShutdownTimeout = 10 * time.Second
 	}
 	metrics := NewMetrics()
-	certs, err := NewCertReloader(cfg.CertFile, cfg.KeyFile, cfg.ClientCAFile, log, metrics)
+	certs, err := servingtls.NewCertReloader(cfg.CertFile, cfg.KeyFile, cfg.ClientCAFile, log, func(result string) {
+		metrics.reloads.WithLabelValues(result).Inc()
+	})
 	if err != nil {
 		return fmt.Errorf("extender TLS: %w", err)
 	}
