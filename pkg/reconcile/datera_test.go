@@ -2,11 +2,6 @@ package reconcile
 
 import (
 	"context"
-	"fmt"
-	"math/rand/v2"
-	"net"
-	"net/http/httptest"
-	"strconv"
 	"testing"
 	"time"
 
@@ -28,21 +23,7 @@ func simulator(t *testing.T) (*fake.Server, string) {
 	t.Helper()
 	sim, err := fake.New(fake.Options{})
 	require.NoError(t, err)
-	for range 50 {
-		ip := fmt.Sprintf("127.%d.%d.%d", 1+rand.IntN(250), rand.IntN(256), 1+rand.IntN(254))
-		l, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(datera.HTTPPort)))
-		if err != nil {
-			continue
-		}
-		srv := httptest.NewUnstartedServer(sim)
-		srv.Listener.Close()
-		srv.Listener = l
-		srv.Start()
-		t.Cleanup(srv.Close)
-		return sim, l.Addr().String()
-	}
-	t.Fatal("no free loopback address for port 7717")
-	return nil, ""
+	return sim, fake.ServeBackstore(t, sim)
 }
 
 func credentials(user, pass string) *corev1.Secret {
