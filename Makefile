@@ -64,7 +64,7 @@ gotest:
 ## measured in the same run). The e2e ones start their own control plane, so their iteration
 ## counts are fixed instead of grown by the benchmark loop.
 bench:
-	PETFABRIC_STRICT=1 $(GO) test -run '^$$' -bench . -benchmem ./pkg/... ./cmd/...
+	PETFABRIC_STRICT=1 $(GO) test -p 1 -run '^$$' -bench . -benchmem ./pkg/... ./cmd/...
 	PETFABRIC_STRICT=1 $(GO) test -run '^$$' -bench RoundTrip -cpu 1 ./pkg/datera/
 	PETFABRIC_STRICT=1 $(GO) test -run '^$$' -bench StatefulSetCreate -benchtime 100x ./test/e2e/
 	PETFABRIC_STRICT=1 $(GO) test -run '^$$' -bench ClaimsBound100 -benchtime 1x -timeout 20m ./test/e2e/
