@@ -30,6 +30,15 @@ const (
 	OptSecretNamespace = "secretNamespace"
 )
 
+// annotationKey maps each option key to its template annotation, built once.
+var annotationKey = func() map[string]string {
+	m := make(map[string]string, len(optionKeys))
+	for _, k := range optionKeys {
+		m[k] = AnnotationPrefix + k
+	}
+	return m
+}()
+
 // optionKeys are every key a user may set, in a stable order.
 var optionKeys = []string{
 	OptReplica, OptFSType, OptSize, OptTemplate, OptPlacementMode, OptMaxIOPS, OptMaxBW,
@@ -80,36 +89,38 @@ func (e *ValidationError) Error() string {
 	return fmt.Sprintf("%s: invalid value %q: %s", e.Field, e.Value, e.Allowed)
 }
 
-// source says where a resolved value came from, for error messages.
-type source struct{ field string }
 
 // resolveOptions merges annotations > class parameters > defaults and validates the result.
 // fieldPrefix names the template in errors.
 func resolveOptions(annotations, classParams, defaults map[string]string, classField, annField string) (Options, error) {
-	raw := map[string]string{}
-	from := map[string]source{}
+	raw := make(map[string]string, len(optionKeys))
 	for _, k := range optionKeys {
-		if AdminOnly(k) && annotations[AnnotationPrefix+k] != "" {
-			return Options{}, &ValidationError{Field: fmt.Sprintf("%s[%s%s]", annField, AnnotationPrefix, k), Value: annotations[AnnotationPrefix+k],
+		ann := annotations[annotationKey[k]]
+		if AdminOnly(k) && ann != "" {
+			return Options{}, &ValidationError{Field: fmt.Sprintf("%s[%s]", annField, annotationKey[k]), Value: ann,
 				Allowed: "no such annotation: " + k + " is set only by the StorageClass parameters or the webhook configuration"}
 		}
 		switch {
-		case annotations[AnnotationPrefix+k] != "":
-			raw[k] = annotations[AnnotationPrefix+k]
-			from[k] = source{fmt.Sprintf("%s[%s%s]", annField, AnnotationPrefix, k)}
+		case ann != "":
+			raw[k] = ann
 		case classParams[k] != "":
 			raw[k] = classParams[k]
-			from[k] = source{fmt.Sprintf("%s.parameters[%s]", classField, k)}
 		case defaults[k] != "":
 			raw[k] = defaults[k]
-			from[k] = source{"webhook default " + k}
 		}
 	}
 	o := Options{raw: raw}
+	// bad names where the offending value came from, by the same precedence; built only on
+	// failure, since admission of a valid template is the hot path.
 	bad := func(k, allowed string) error {
-		f := from[k].field
-		if f == "" {
-			f = k
+		f := k
+		switch {
+		case annotations[annotationKey[k]] != "":
+			f = fmt.Sprintf("%s[%s]", annField, annotationKey[k])
+		case classParams[k] != "":
+			f = fmt.Sprintf("%s.parameters[%s]", classField, k)
+		case defaults[k] != "":
+			f = "webhook default " + k
 		}
 		return &ValidationError{Field: f, Value: raw[k], Allowed: allowed}
 	}
