@@ -89,7 +89,6 @@ func (e *ValidationError) Error() string {
 	return fmt.Sprintf("%s: invalid value %q: %s", e.Field, e.Value, e.Allowed)
 }
 
-
 // resolveOptions merges annotations > class parameters > defaults and validates the result.
 // fieldPrefix names the template in errors.
 func resolveOptions(annotations, classParams, defaults map[string]string, classField, annField string) (Options, error) {
