@@ -15,6 +15,6 @@
 //     retried with per-item exponential backoff and never forgotten.
 //
 // Every delete carries a UID + resourceVersion precondition, so a PV that changed since it was
-// judged (e.g. just got bound) is never deleted. Retain-policy PVs are never deleted. Events go
+// judged (e.g. just got bound) is never deleted. A Released Retain PV is never deleted. Events go
 // to the StatefulSet (and to the PV for per-volume outcomes); metrics to a Prometheus registerer.
 package reconcile

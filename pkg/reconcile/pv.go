@@ -33,14 +33,17 @@ func (c *controller) syncPV(ctx context.Context, name string) (time.Duration, er
 	if pv.DeletionTimestamp != nil || pv.Labels[mutate.LabelManagedBy] != mutate.ManagedByValue {
 		return 0, nil
 	}
-	// Retain means retain: such PVs are never deleted, whatever their phase.
-	if pv.Spec.PersistentVolumeReclaimPolicy != corev1.PersistentVolumeReclaimDelete {
-		return 0, nil
-	}
 	switch pv.Status.Phase {
 	case corev1.VolumeAvailable:
+		// Whatever the reclaim policy: an orphan's deletion removes only the PV object, never
+		// a Datera volume, and the deterministic volumeID lets a later PV find any data again.
+		// (Classes default to Retain, so a Delete-only rule would never clean anything up.)
 		return c.syncAvailable(ctx, pv)
 	case corev1.VolumeReleased, corev1.VolumeFailed:
+		// Retain means retain: a PV that served a claim is deleted only under Delete.
+		if pv.Spec.PersistentVolumeReclaimPolicy != corev1.PersistentVolumeReclaimDelete {
+			return 0, nil
+		}
 		return c.syncReleased(ctx, pv)
 	}
 	return 0, nil

@@ -57,7 +57,9 @@ func TestOrphans(t *testing.T) {
 		{name: "claim template gone from a re-created StatefulSet: deleted", pv: managedPV(t, web, del, 0, corev1.VolumeAvailable, old),
 			sts: statefulSet("web", 3, claimTemplate("logs", ptr.To(testClass))), wantDelete: true},
 		{name: "bound: kept", pv: managedPV(t, web, del, 1, corev1.VolumeBound, old)},
-		{name: "Retain: kept", pv: managedPV(t, web, ret, 1, corev1.VolumeAvailable, old)},
+		// An Available orphan never served a claim: only the PV object goes, whatever the policy.
+		{name: "Retain orphan: deleted (the PV only)", pv: managedPV(t, web, ret, 1, corev1.VolumeAvailable, old), wantDelete: true},
+		{name: "Retain and Released: kept", pv: managedPV(t, web, ret, 1, corev1.VolumeReleased, old)},
 		{name: "its claim exists and may still bind: kept", pv: managedPV(t, web, del, 4, corev1.VolumeAvailable, old),
 			sts: statefulSet("web", 3), extra: []runtime.Object{pending("data-web-4")}},
 		{name: "its claim exists but is bound to another PV: deleted", pv: managedPV(t, web, del, 4, corev1.VolumeAvailable, old),
