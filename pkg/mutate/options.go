@@ -30,6 +30,25 @@ const (
 	OptSecretNamespace = "secretNamespace"
 )
 
+// ClassParamBackstore is DESIGN.md's StorageClass parameter name for the Datera management
+// endpoint; it is accepted as an alias of backstoreServer (the PV option's name).
+const ClassParamBackstore = "backstore"
+
+// withBackstoreAlias returns the class parameters with "backstore" read as backstoreServer
+// when the latter is not set (the map is copied only then).
+func withBackstoreAlias(params map[string]string) map[string]string {
+	alias := params[ClassParamBackstore]
+	if alias == "" || params[OptBackstoreServer] != "" {
+		return params
+	}
+	out := make(map[string]string, len(params))
+	for k, v := range params {
+		out[k] = v
+	}
+	out[OptBackstoreServer] = alias
+	return out
+}
+
 // annotationKey maps each option key to its template annotation, built once.
 var annotationKey = func() map[string]string {
 	m := make(map[string]string, len(optionKeys))
@@ -92,6 +111,8 @@ func (e *ValidationError) Error() string {
 // resolveOptions merges annotations > class parameters > defaults and validates the result.
 // fieldPrefix names the template in errors.
 func resolveOptions(annotations, classParams, defaults map[string]string, classField, annField string) (Options, error) {
+	declared := classParams
+	classParams = withBackstoreAlias(classParams)
 	raw := make(map[string]string, len(optionKeys))
 	for _, k := range optionKeys {
 		ann := annotations[annotationKey[k]]
@@ -116,6 +137,8 @@ func resolveOptions(annotations, classParams, defaults map[string]string, classF
 		switch {
 		case annotations[annotationKey[k]] != "":
 			f = fmt.Sprintf("%s[%s]", annField, annotationKey[k])
+		case k == OptBackstoreServer && declared[k] == "" && declared[ClassParamBackstore] != "":
+			f = fmt.Sprintf("%s.parameters[%s]", classField, ClassParamBackstore)
 		case classParams[k] != "":
 			f = fmt.Sprintf("%s.parameters[%s]", classField, k)
 		case defaults[k] != "":
