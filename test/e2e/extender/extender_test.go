@@ -71,6 +71,15 @@ type env struct {
 // the control plane, then serves the extender on that listener with the cluster's client.
 func start(t *testing.T, nodeCacheCapable bool, nodes ...string) *env {
 	t.Helper()
+	return startWith(t, runInProcess, nodeCacheCapable, nodes...)
+}
+
+// extenderRunner starts the extender for a cluster on the given listeners and stops it when
+// the test ends.
+type extenderRunner func(t *testing.T, c *cluster.Cluster, api, health net.Listener, certFile, keyFile, caFile string)
+
+func startWith(t *testing.T, run extenderRunner, nodeCacheCapable bool, nodes ...string) *env {
+	t.Helper()
 	needControlPlane(t)
 	ca, err := testpki.NewCA("petfabric-extender-e2e-ca")
 	require.NoError(t, err)
@@ -110,32 +119,7 @@ func start(t *testing.T, nodeCacheCapable bool, nodes ...string) *env {
 		}}},
 	})
 
-	logFile, err := os.Create(filepath.Join(c.Dir, "extender.log"))
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- extender.Run(ctx, c.Client, extender.Config{
-			Namespace: releaseNS, Listener: api, HealthListener: health,
-			CertFile: certFile, KeyFile: keyFile, ClientCAFile: caFile,
-			Log: slog.New(slog.NewJSONHandler(logFile, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			require.NoError(t, err)
-		case <-time.After(20 * time.Second):
-			t.Error("extender did not stop")
-		}
-		_ = logFile.Close()
-		if t.Failed() {
-			if b, err := os.ReadFile(logFile.Name()); err == nil {
-				t.Logf("extender log (tail):\n%s", tail(string(b), 30))
-			}
-		}
-	})
+	run(t, c, api, health, certFile, keyFile, caFile)
 	e := &env{c: c, client: c.Client, ctx: context.Background(), backstore: backstore}
 	require.NoError(t, wait.PollUntilContextTimeout(e.ctx, 50*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
 		resp, err := httpGet("http://" + health.Addr().String() + "/readyz")
@@ -429,4 +413,35 @@ func httpGet(url string) (string, error) {
 	defer func() { _ = resp.Body.Close() }()
 	b, err := io.ReadAll(resp.Body)
 	return string(b), err
+}
+
+// runInProcess runs pkg/extender.Run (what cmd/extender runs) in this process.
+func runInProcess(t *testing.T, c *cluster.Cluster, api, health net.Listener, certFile, keyFile, caFile string) {
+	t.Helper()
+	logFile, err := os.Create(filepath.Join(c.Dir, "extender.log"))
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- extender.Run(ctx, c.Client, extender.Config{
+			Namespace: releaseNS, Listener: api, HealthListener: health,
+			CertFile: certFile, KeyFile: keyFile, ClientCAFile: caFile,
+			Log: slog.New(slog.NewJSONHandler(logFile, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			require.NoError(t, err)
+		case <-time.After(20 * time.Second):
+			t.Error("extender did not stop")
+		}
+		_ = logFile.Close()
+		if t.Failed() {
+			if b, err := os.ReadFile(logFile.Name()); err == nil {
+				t.Logf("extender log (tail):\n%s", tail(string(b), 30))
+			}
+		}
+	})
 }

@@ -1,0 +1,115 @@
+package extendere2e
+
+import (
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/petfabric/petfabric/pkg/iscsi/probetest"
+	"github.com/petfabric/petfabric/pkg/placement"
+	"github.com/petfabric/petfabric/test/cluster"
+)
+
+// TestBuiltBinariesPlacePod runs the shipped programs, configured by their flags as the
+// DaemonSet and Deployment run them: `flex agent` probes a real tgtd portal and writes its
+// Lease, the built `extender` serves the real kube-scheduler over mTLS, and a pod with a
+// Datera volume lands on the probed node. Both exit cleanly on SIGTERM.
+func TestBuiltBinariesPlacePod(t *testing.T) {
+	const initiator = "iqn.2024-01.io.petfabric.e2e:probed-bin"
+	tgt := probetest.Start(t)
+	tgt.AddTarget(probetest.TargetOptions{IQN: "iqn.2024-01.io.petfabric.e2e:vol-bin", Initiators: []string{initiator}})
+	bins := buildBinaries(t, "extender", "flex")
+
+	e := startWith(t, func(t *testing.T, c *cluster.Cluster, api, health net.Listener, certFile, keyFile, caFile string) {
+		apiAddr, healthAddr := api.Addr().String(), health.Addr().String()
+		// The binary binds the addresses itself.
+		api.Close()
+		health.Close()
+		runBinary(t, c, bins["extender"], "--kubeconfig="+c.Kubeconfig, "--namespace="+releaseNS,
+			"--listen="+apiAddr, "--health-listen="+healthAddr,
+			"--tls-cert-file="+certFile, "--tls-key-file="+keyFile, "--client-ca-file="+caFile)
+	}, true, "probed", "silent")
+	e.backstore = "127.0.0.1:7717"
+
+	dir := t.TempDir()
+	backstores := filepath.Join(dir, "backstores.json")
+	require.NoError(t, os.WriteFile(backstores, []byte(`{"backstores": {"127.0.0.1:7717": {"portals": ["`+tgt.Portal+`"]}}}`), 0o600))
+	runBinary(t, e.c, bins["flex"], "agent", "--kubeconfig="+e.c.Kubeconfig, "--node=probed", "--namespace="+releaseNS,
+		"--initiator="+initiator, "--backstores="+backstores, "--state-dir="+filepath.Join(dir, "state"),
+		"--interval=500ms", "--ttl=30s", "--metrics-listen=127.0.0.1:0")
+
+	require.NoError(t, wait.PollUntilContextTimeout(e.ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		l, err := e.client.CoordinationV1().Leases(releaseNS).Get(ctx, placement.LeaseName("probed"), metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		nr, ok := placement.NodeReportFromLease(l)
+		return ok && nr.Err == nil && nr.Report.Backstores["127.0.0.1:7717"].Portals[tgt.Portal].OK, nil
+	}), "the agent binary never reported the tgtd portal reachable")
+
+	e.volume(t, "bin", "pf-bin", nil, true)
+	e.pod(t, "bin", "bin")
+	require.Equal(t, "probed", e.waitScheduled(t, "bin"))
+}
+
+// buildBinaries builds the named cmd/ programs once per test into a temp dir.
+func buildBinaries(t *testing.T, names ...string) map[string]string {
+	t.Helper()
+	dir := t.TempDir()
+	out := map[string]string{}
+	for _, n := range names {
+		out[n] = filepath.Join(dir, n)
+		b, err := exec.Command("go", "build", "-o", out[n], "github.com/petfabric/petfabric/cmd/"+n).CombinedOutput()
+		require.NoError(t, err, "build cmd/%s: %s", n, b)
+	}
+	return out
+}
+
+// runBinary starts a program with its output in the cluster dir; when the test ends it sends
+// SIGTERM and requires a clean exit (printing the log when the test failed).
+func runBinary(t *testing.T, c *cluster.Cluster, bin string, args ...string) {
+	t.Helper()
+	name := filepath.Base(bin)
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		name += "-" + args[0] // the mode, e.g. flex-agent
+	}
+	logPath := filepath.Join(c.Dir, name+".log")
+	logFile, err := os.Create(logPath)
+	require.NoError(t, err)
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	require.NoError(t, cmd.Start())
+	var once sync.Once
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		once.Do(func() {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case err := <-exited:
+				require.NoError(t, err, "%s must exit cleanly on SIGTERM", bin)
+			case <-time.After(30 * time.Second):
+				_ = cmd.Process.Kill()
+				t.Errorf("%s did not exit within 30s of SIGTERM", bin)
+			}
+			logFile.Close()
+			if t.Failed() {
+				if b, err := os.ReadFile(logPath); err == nil {
+					t.Logf("%s log (tail):\n%s", name, tail(string(b), 30))
+				}
+			}
+		})
+	})
+}
