@@ -336,29 +336,16 @@ func (s *Server) getPerf(c *call) result {
 }
 
 func (s *Server) createPerf(c *call) result {
-	ai, si, vol, aerr := s.lookupVolume(c)
-	if aerr != nil {
-		return fail(aerr)
-	}
-	var b perfBody
-	if err := decodeJSON(c.r, &b); err != nil {
-		return fail(err)
-	}
-	var v checks
-	v.perf("performance_policy", &b)
-	if err := v.err(); err != nil {
-		return fail(err)
-	}
-	if vol.perf != nil {
-		return fail(conflict("performance_policy of volume %s already exists", vol.name))
-	}
-	vol.perf = &perfPolicy{}
-	applyPerf(vol.perf, &b)
-	vp := s.siPath(ai, si) + "/volumes/" + vol.name
-	return ok(vp+"/performance_policy", renderPerf(vp, vol.perf))
+	return s.writePerf(c, true)
 }
 
 func (s *Server) updatePerf(c *call) result {
+	return s.writePerf(c, false)
+}
+
+// writePerf is POST (create: the policy must not exist yet) and PUT (update: it must exist)
+// of a volume's performance_policy; both validate the body the same way.
+func (s *Server) writePerf(c *call, create bool) result {
 	ai, si, vol, aerr := s.lookupVolume(c)
 	if aerr != nil {
 		return fail(aerr)
@@ -372,7 +359,12 @@ func (s *Server) updatePerf(c *call) result {
 	if err := v.err(); err != nil {
 		return fail(err)
 	}
-	if vol.perf == nil {
+	switch {
+	case create && vol.perf != nil:
+		return fail(conflict("performance_policy of volume %s already exists", vol.name))
+	case create:
+		vol.perf = &perfPolicy{}
+	case vol.perf == nil:
 		return fail(notFound("performance_policy of volume %s does not exist", vol.name))
 	}
 	applyPerf(vol.perf, &b)

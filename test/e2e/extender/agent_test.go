@@ -43,14 +43,7 @@ func TestAgentReportReachesScheduler(t *testing.T) {
 	t.Cleanup(func() { cancel(); <-done })
 
 	// The agent's Lease, as the apiserver stores it.
-	require.NoError(t, wait.PollUntilContextTimeout(e.ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		l, err := e.client.CoordinationV1().Leases(releaseNS).Get(ctx, placement.LeaseName("probed"), metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		nr, ok := placement.NodeReportFromLease(l)
-		return ok && nr.Err == nil && nr.Report.Backstores["127.0.0.1:7717"].Portals[tgt.Portal].OK, nil
-	}), "the agent never reported the tgtd portal reachable")
+	e.waitPortalReported(t, "probed", "127.0.0.1:7717", tgt.Portal, true)
 
 	e.volume(t, "first", "pf-first", nil, true)
 	e.pod(t, "first", "first")
@@ -60,18 +53,25 @@ func TestAgentReportReachesScheduler(t *testing.T) {
 	// scheduler hears it from the extender.
 	tgt.SetState("offline")
 	e.volume(t, "second", "pf-second", nil, true)
-	require.NoError(t, wait.PollUntilContextTimeout(e.ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		l, err := e.client.CoordinationV1().Leases(releaseNS).Get(ctx, placement.LeaseName("probed"), metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		nr, ok := placement.NodeReportFromLease(l)
-		return ok && nr.Err == nil && !nr.Report.Backstores["127.0.0.1:7717"].Portals[tgt.Portal].OK, nil
-	}))
+	e.waitPortalReported(t, "probed", "127.0.0.1:7717", tgt.Portal, false)
 	e.pod(t, "second", "second")
 	msg := e.failedScheduling(t, "second",
 		"node probed: portal "+tgt.Portal+" unreachable: login rejected during login",
 		"node silent: no reachability report")
 	t.Logf("FailedScheduling: %s", msg)
 	e.requireUnscheduled(t, "second")
+}
+
+// waitPortalReported waits until node's report Lease, as the apiserver stores it, says the
+// portal of backstore is reachable (ok) or not.
+func (e *env) waitPortalReported(t *testing.T, node, backstore, portal string, ok bool) {
+	t.Helper()
+	require.NoError(t, wait.PollUntilContextTimeout(e.ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		l, err := e.client.CoordinationV1().Leases(releaseNS).Get(ctx, placement.LeaseName(node), metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		nr, valid := placement.NodeReportFromLease(l)
+		return valid && nr.Err == nil && nr.Report.Backstores[backstore].Portals[portal].OK == ok, nil
+	}), "node %s never reported portal %s with ok=%v", node, portal, ok)
 }

@@ -1,7 +1,6 @@
 package extendere2e
 
 import (
-	"context"
 	"net"
 	"os"
 	"os/exec"
@@ -13,11 +12,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/petfabric/petfabric/pkg/iscsi/probetest"
-	"github.com/petfabric/petfabric/pkg/placement"
 	"github.com/petfabric/petfabric/test/cluster"
 )
 
@@ -49,14 +45,7 @@ func TestBuiltBinariesPlacePod(t *testing.T) {
 		"--initiator="+initiator, "--backstores="+backstores, "--state-dir="+filepath.Join(dir, "state"),
 		"--interval=500ms", "--ttl=30s", "--metrics-listen=127.0.0.1:0")
 
-	require.NoError(t, wait.PollUntilContextTimeout(e.ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		l, err := e.client.CoordinationV1().Leases(releaseNS).Get(ctx, placement.LeaseName("probed"), metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		nr, ok := placement.NodeReportFromLease(l)
-		return ok && nr.Err == nil && nr.Report.Backstores["127.0.0.1:7717"].Portals[tgt.Portal].OK, nil
-	}), "the agent binary never reported the tgtd portal reachable")
+	e.waitPortalReported(t, "probed", "127.0.0.1:7717", tgt.Portal, true)
 
 	e.volume(t, "bin", "pf-bin", nil, true)
 	e.pod(t, "bin", "bin")
