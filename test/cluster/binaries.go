@@ -7,6 +7,9 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"testing"
+
+	"github.com/petfabric/petfabric/internal/testenv"
 )
 
 // Binaries are the paths of the pinned programs the harness runs.
@@ -121,4 +124,17 @@ func (b Binaries) check() error {
 		}
 	}
 	return nil
+}
+
+// RequireBinaries skips the test (by hand) or fails it (under make test, PETFABRIC_STRICT=1)
+// when the pinned control-plane binaries have not been built.
+func RequireBinaries(t testing.TB) {
+	t.Helper()
+	b, err := DefaultBinaries()
+	if err != nil {
+		t.Fatalf("locate pinned binaries: %v", err)
+	}
+	if _, err := os.Stat(b.KubeAPIServer); err != nil {
+		testenv.Missing(t, "pinned control-plane binaries ("+b.KubeAPIServer+")")
+	}
 }

@@ -30,20 +30,9 @@ import (
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
 	"k8s.io/utils/ptr"
 
-	"github.com/petfabric/petfabric/internal/testenv"
 	"github.com/petfabric/petfabric/internal/testpki"
 	"github.com/petfabric/petfabric/test/cluster"
 )
-
-// requireBinaries skips (or fails under make test) when the pinned tools are not built.
-func requireBinaries(t *testing.T) {
-	t.Helper()
-	b, err := cluster.DefaultBinaries()
-	require.NoError(t, err)
-	if _, err := os.Stat(b.KubeAPIServer); err != nil {
-		testenv.Missing(t, "pinned control-plane binaries ("+b.KubeAPIServer+")")
-	}
-}
 
 func kwokNodes(names ...string) []cluster.NodeSpec {
 	var nodes []cluster.NodeSpec
@@ -56,7 +45,7 @@ func kwokNodes(names ...string) []cluster.NodeSpec {
 // Test 1: pre-bound PVs bind to the claims the StatefulSet controller creates, and the pods
 // are scheduled onto kwok nodes and report Running.
 func TestStatefulSetWithPreBoundPVsRuns(t *testing.T) {
-	requireBinaries(t)
+	cluster.RequireBinaries(t)
 	c := cluster.Start(t, cluster.Options{Nodes: kwokNodes("node-a", "node-b")})
 	t.Logf("control plane ready in %s", c.StartupTime)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -114,7 +103,7 @@ func TestStatefulSetWithPreBoundPVsRuns(t *testing.T) {
 
 // Test 2: a scheduler extender served by the test over TLS rejects one node; no pod lands there.
 func TestSchedulerExtenderRejectsNode(t *testing.T) {
-	requireBinaries(t)
+	cluster.RequireBinaries(t)
 	const rejected = "node-b"
 	var filterCalls atomic.Int32
 	mux := http.NewServeMux()
@@ -172,7 +161,7 @@ func TestSchedulerExtenderRejectsNode(t *testing.T) {
 // Test 3: a mutating webhook served by the test over TLS (clientConfig.url, test CA) is called
 // by the apiserver and its JSONPatch is applied.
 func TestMutatingWebhookPatchApplied(t *testing.T) {
-	requireBinaries(t)
+	cluster.RequireBinaries(t)
 	var calls atomic.Int32
 	mux := http.NewServeMux()
 	mux.HandleFunc("/mutate", func(w http.ResponseWriter, r *http.Request) {
@@ -237,7 +226,7 @@ func TestMutatingWebhookPatchApplied(t *testing.T) {
 
 // Test 4: bad setup names what failed and where.
 func TestBadSetupIsReportedClearly(t *testing.T) {
-	requireBinaries(t)
+	cluster.RequireBinaries(t)
 	good, err := cluster.DefaultBinaries()
 	require.NoError(t, err)
 
@@ -289,7 +278,7 @@ func TestNoProcessLeftBehind(t *testing.T) {
 		}
 		return
 	}
-	requireBinaries(t)
+	cluster.RequireBinaries(t)
 	for _, mode := range []string{"panic", "fatal", "timeout"} {
 		t.Run(mode, func(t *testing.T) {
 			dir := t.TempDir()

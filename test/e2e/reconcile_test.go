@@ -46,7 +46,7 @@ import (
 //  3. leader election: of two reconcilers on one Lease only the leader acts; cancelling it
 //     hands over and the other acts.
 func TestReconcileEndToEnd(t *testing.T) {
-	needControlPlane(t)
+	cluster.RequireBinaries(t)
 	c := cluster.Start(t, cluster.Options{Nodes: kwokNodes(2)})
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()

@@ -26,7 +26,7 @@ import (
 // create the webhook is called for but that names no Datera class (round trip only). The
 // three are interleaved so machine noise hits all alike; ratio = webhook p50 / baseline p50.
 func BenchmarkStatefulSetCreate(b *testing.B) {
-	needControlPlane(b)
+	cluster.RequireBinaries(b)
 	c := cluster.Start(b, cluster.Options{})
 	ctx := context.Background()
 	cs := c.Client
@@ -69,7 +69,7 @@ func BenchmarkStatefulSetCreate(b *testing.B) {
 // PVs, and with 100 hand-made pre-bound PVs created before the clock starts (DESIGN.md's
 // baseline). FailedScheduling events per run show what the PV controller's pace costs.
 func BenchmarkClaimsBound100(b *testing.B) {
-	needControlPlane(b)
+	cluster.RequireBinaries(b)
 	const pets = 100
 	c := cluster.Start(b, cluster.Options{Nodes: kwokNodes(50)})
 	ctx := context.Background()

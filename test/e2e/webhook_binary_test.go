@@ -28,7 +28,7 @@ import (
 // configures it: it must become ready, mutate and pre-create PVs through the apiserver, run
 // the reconcile loop (its metrics show), and exit cleanly on SIGTERM.
 func TestWebhookBinary(t *testing.T) {
-	needControlPlane(t)
+	cluster.RequireBinaries(t)
 	bin := filepath.Join(t.TempDir(), "webhook")
 	build := exec.Command("go", "build", "-o", bin, "github.com/petfabric/petfabric/cmd/webhook")
 	out, err := build.CombinedOutput()

@@ -20,22 +20,11 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/ptr"
 
-	"github.com/petfabric/petfabric/internal/testenv"
 	"github.com/petfabric/petfabric/internal/testpki"
 	"github.com/petfabric/petfabric/pkg/mutate"
 	"github.com/petfabric/petfabric/pkg/webhook"
 	"github.com/petfabric/petfabric/test/cluster"
 )
-
-// needControlPlane skips (by hand) or fails (make test) when the pinned binaries are missing.
-func needControlPlane(t testing.TB) {
-	t.Helper()
-	b, err := cluster.DefaultBinaries()
-	require.NoError(t, err)
-	if _, err := os.Stat(b.KubeAPIServer); err != nil {
-		testenv.Missing(t, "pinned control-plane binaries ("+b.KubeAPIServer+")")
-	}
-}
 
 // runningWebhook is the real webhook server (pkg/webhook.Run, as cmd/webhook runs it) serving
 // a test cluster from this process over TLS on 127.0.0.1.

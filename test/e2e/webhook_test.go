@@ -25,7 +25,7 @@ import (
 // TestWebhookEndToEnd drives the real apiserver, StatefulSet and PV controllers and scheduler
 // against the real webhook server: every user-facing path of issue 4 in one control plane.
 func TestWebhookEndToEnd(t *testing.T) {
-	needControlPlane(t)
+	cluster.RequireBinaries(t)
 	c := cluster.Start(t, cluster.Options{Nodes: kwokNodes(3)})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

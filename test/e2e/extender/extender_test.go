@@ -34,7 +34,6 @@ import (
 	schedconfigv1 "k8s.io/kube-scheduler/config/v1"
 	"k8s.io/utils/ptr"
 
-	"github.com/petfabric/petfabric/internal/testenv"
 	"github.com/petfabric/petfabric/internal/testpki"
 	"github.com/petfabric/petfabric/pkg/extender"
 	"github.com/petfabric/petfabric/pkg/placement"
@@ -49,15 +48,6 @@ const (
 	portalB   = "10.1.1.6:3260"
 	class     = "datera-e2e"
 )
-
-func needControlPlane(t testing.TB) {
-	t.Helper()
-	b, err := cluster.DefaultBinaries()
-	require.NoError(t, err)
-	if _, err := os.Stat(b.KubeAPIServer); err != nil {
-		testenv.Missing(t, "pinned control-plane binaries ("+b.KubeAPIServer+")")
-	}
-}
 
 // env is a control plane whose kube-scheduler calls an in-process extender.
 type env struct {
@@ -80,7 +70,7 @@ type extenderRunner func(t *testing.T, c *cluster.Cluster, api, health net.Liste
 
 func startWith(t *testing.T, run extenderRunner, nodeCacheCapable bool, nodes ...string) *env {
 	t.Helper()
-	needControlPlane(t)
+	cluster.RequireBinaries(t)
 	ca, err := testpki.NewCA("petfabric-extender-e2e-ca")
 	require.NoError(t, err)
 	serving, err := ca.Serving([]net.IP{net.ParseIP("127.0.0.1")})
