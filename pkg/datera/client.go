@@ -64,6 +64,7 @@ func New(cfg Config) (*Client, error) {
 		tr.MaxIdleConnsPerHost = 16
 		hc = &http.Client{Transport: tr}
 	}
+	hc = refusingRedirects(hc)
 
 	c := &Client{
 		base:        base,
@@ -96,6 +97,17 @@ func New(cfg Config) (*Client, error) {
 	}
 	c.log = c.log.With("component", "datera", "endpoint", base.String(), "tenant", c.tenant)
 	return c, nil
+}
+
+// refusingRedirects returns a copy of hc that never follows a redirect. net/http would
+// re-send a 307/308's body (the login's username and password) and every header it does not
+// know to be sensitive (Auth-Token among them) to whatever host the Location names, https→http
+// included. The copy shares hc's Transport, Jar and Timeout; the caller's client is left as
+// it was. The 3xx response itself reaches attempt, which turns it into an ErrRedirect.
+func refusingRedirects(hc *http.Client) *http.Client {
+	cp := *hc
+	cp.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return &cp
 }
 
 func tlsConfig(cfg Config) (*tls.Config, error) {

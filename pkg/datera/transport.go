@@ -16,6 +16,10 @@ import (
 	"time"
 )
 
+// ErrRedirect: the server answered with a redirect. The client never follows one: it would
+// carry the login body or the session token to another host.
+var ErrRedirect = errors.New("datera: redirect refused")
+
 // request is one logical API call; do turns it into one or more HTTP attempts.
 type request struct {
 	method string
@@ -160,6 +164,12 @@ func (c *Client) attempt(ctx context.Context, r request, payload []byte, token s
 		return 0, nil, err
 	}
 	defer resp.Body.Close()
+	if err := redirectError(resp); err != nil {
+		c.log.DebugContext(ctx, "datera request", "method", r.method, "path", r.path, "attempt", n,
+			"status", resp.StatusCode, "duration", time.Since(start), "error", err)
+		// Permanent: the next attempt would meet the same redirect.
+		return 0, nil, &permanentError{err}
+	}
 	b, err := readBody(resp.Body, c.maxResponse)
 	c.log.DebugContext(ctx, "datera request", "method", r.method, "path", r.path, "attempt", n,
 		"status", resp.StatusCode, "duration", time.Since(start))
@@ -171,6 +181,20 @@ func (c *Client) attempt(ctx context.Context, r request, payload []byte, token s
 		return 0, nil, err
 	}
 	return resp.StatusCode, b, nil
+}
+
+// redirectError turns a redirect (a 3xx with a Location; the client's CheckRedirect hands it
+// back unfollowed) into an ErrRedirect that names the status and where it pointed.
+func redirectError(resp *http.Response) error {
+	if resp.StatusCode < 300 || resp.StatusCode > 399 || resp.Header.Get("Location") == "" {
+		return nil
+	}
+	loc := resp.Header.Get("Location")
+	if u, err := resp.Location(); err == nil {
+		loc = u.Redacted() // no userinfo password in errors and logs
+	}
+	return fmt.Errorf("%w: HTTP %d %s to Location %q: the client sends credentials only to the configured endpoint; configure the address the API answers on",
+		ErrRedirect, resp.StatusCode, http.StatusText(resp.StatusCode), loc)
 }
 
 // permanentError is a failure of one attempt that retrying cannot cure.
