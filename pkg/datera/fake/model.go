@@ -238,7 +238,12 @@ func (s *Server) renderAccess(siPath string, si *storageInstance) map[string]any
 // unfiltered trips additionalProperties:false (research §6.9).
 func (s *Server) renderACL(tenantPath, siPath string, si *storageInstance) map[string]any {
 	ins := make([]any, 0, len(si.acl))
-	for _, p := range si.acl {
+	order := si.acl
+	if s.opts.ACLNewestFirst {
+		order = slices.Clone(si.acl)
+		slices.Reverse(order)
+	}
+	for _, p := range order {
 		entry := map[string]any{"path": p}
 		if in := s.resolveInitiatorPath(tenantPath, p); in != nil {
 			entry["id"], entry["name"], entry["tenant"] = in.id, in.name, in.tenant

@@ -20,6 +20,7 @@ const (
 	errInvalidRequest   = "InvalidRequestError"
 	errValidationFailed = "ValidationFailedError"
 	errAuthFailed       = "AuthFailedError"
+	errPermission       = "PermissionDeniedError"
 	errInternal         = "InternalError"
 )
 
@@ -28,6 +29,7 @@ const (
 var errorCodes = map[string]int{
 	errInternal:         1,
 	errAuthFailed:       2,
+	errPermission:       3,
 	errNotFound:         4,
 	errConflict:         9,
 	errInvalidRequest:   10,
@@ -72,6 +74,10 @@ func validationFailed(details ...string) *apiError {
 
 func authFailed(msg string) *apiError {
 	return &apiError{status: http.StatusUnauthorized, name: errAuthFailed, message: msg}
+}
+
+func permissionDenied(format string, args ...any) *apiError {
+	return &apiError{status: http.StatusForbidden, name: errPermission, message: fmt.Sprintf(format, args...)}
 }
 
 func internalError(format string, args ...any) *apiError {

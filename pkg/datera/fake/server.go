@@ -16,6 +16,15 @@ import (
 type Options struct {
 	// Users maps user names to passwords. Default: {"admin": "password"}.
 	Users map[string]string
+	// UserTenants confines users to a tenant: a user listed here may only address that tenant
+	// and its sub-tenants (a request naming any other tenant in its "tenant" header is refused
+	// with 403 PermissionDeniedError), as a Datera tenant administrator is. Users not listed
+	// are system administrators and may address every tenant.
+	UserTenants map[string]string
+	// ACLNewestFirst makes every ACL read list initiators newest grant first instead of in
+	// grant order. The API documents no order for acl_policy.initiators, so tests use this to
+	// show that a client does not depend on one.
+	ACLNewestFirst bool
 	// Tenants lists sub-tenants to create besides /root, e.g. "/root/team-a".
 	Tenants []string
 	// Portals are the access IPs reported for every available storage_instance. Real Datera
@@ -117,6 +126,14 @@ func New(opts Options) (*Server, error) {
 	for _, t := range opts.Tenants {
 		if err := s.addTenant(t); err != nil {
 			return nil, err
+		}
+	}
+	for u, t := range opts.UserTenants {
+		if _, known := opts.Users[u]; !known {
+			return nil, fmt.Errorf("fake: UserTenants names user %q, which is not in Users", u)
+		}
+		if s.tenants[t] == nil {
+			return nil, fmt.Errorf("fake: UserTenants confines %q to tenant %q, which does not exist", u, t)
 		}
 	}
 	for _, p := range opts.IPPools {
@@ -333,6 +350,9 @@ func (s *Server) serve(c *call, auth, expireSession bool, h handlerFunc) result 
 		if !ok || !s.now().Before(ss.expires) {
 			delete(s.sessions, key)
 			return fail(authFailed(msgInvalidSession))
+		}
+		if home, confined := s.opts.UserTenants[ss.user]; confined && c.tenantPath != home && !strings.HasPrefix(c.tenantPath, home+"/") {
+			return fail(permissionDenied("user %s may not access tenant %s", ss.user, c.tenantPath))
 		}
 		t := s.tenants[c.tenantPath]
 		if t == nil {
