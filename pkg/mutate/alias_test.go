@@ -26,13 +26,13 @@ func TestBackstoreClassParameterAlias(t *testing.T) {
 				params[k] = v
 			}
 			before := len(params)
-			o, err := resolveOptions(nil, params, nil, "storageclass gold", "spec.volumeClaimTemplates[0].metadata.annotations")
+			o, err := resolveOptions(nil, params, nil, "storageclass gold", "spec.volumeClaimTemplates[0].metadata.annotations", 1)
 			require.NoError(t, err)
 			assert.Equal(t, tc.want, o.BackstoreServer)
 			assert.Len(t, params, before, "the class's own parameter map is not modified")
 		})
 	}
-	_, err := resolveOptions(nil, map[string]string{"backstore": "no-port", "secretName": "c", "secretNamespace": "n"}, nil, "storageclass gold", "a")
+	_, err := resolveOptions(nil, map[string]string{"backstore": "no-port", "secretName": "c", "secretNamespace": "n"}, nil, "storageclass gold", "a", 1)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "storageclass gold.parameters[backstore]", "the error names the parameter the admin wrote")
 }

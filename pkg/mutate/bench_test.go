@@ -14,13 +14,13 @@ func BenchmarkDecidePatchPVs(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			sts := stsFromJSON(b, raw)
-			if _, err := Decide(testCfg, Input{StatefulSet: sts, Classes: classes}); err != nil {
+			if _, err := Decide(testCfg, Input{NamespaceUID: testNSUID, StatefulSet: sts, Classes: classes}); err != nil {
 				b.Fatal(err)
 			}
 		}
 	})
 	sts := stsFromJSON(b, raw)
-	plan, err := Decide(testCfg, Input{StatefulSet: sts, Classes: classes})
+	plan, err := Decide(testCfg, Input{NamespaceUID: testNSUID, StatefulSet: sts, Classes: classes})
 	if err != nil || len(plan.Templates) != 3 {
 		b.Fatal(err, len(plan.Templates))
 	}

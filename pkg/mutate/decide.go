@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/petfabric/petfabric/pkg/datera"
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
 const (
@@ -55,6 +56,23 @@ type Config struct {
 	DefaultClass string
 	// Defaults are option values used when neither the template nor the class sets them.
 	Defaults map[string]string
+	// MaxOrdinals is the per-StatefulSet ceiling on Datera-backed ordinals: no PV is ever made
+	// for an ordinal >= MaxOrdinals, and the webhook denies a StatefulSet whose ordinals reach
+	// past it. Zero or less means DefaultMaxOrdinals.
+	MaxOrdinals int
+}
+
+// DefaultMaxOrdinals is the ordinal ceiling when Config.MaxOrdinals is not set: far above any
+// real StatefulSet of pets, far below what one user could make the webhook and the reconcile
+// loop create (replicas is an int32).
+const DefaultMaxOrdinals = 1000
+
+// OrdinalCeiling is MaxOrdinals, or DefaultMaxOrdinals when it is not set.
+func (c Config) OrdinalCeiling() int {
+	if c.MaxOrdinals <= 0 {
+		return DefaultMaxOrdinals
+	}
+	return c.MaxOrdinals
 }
 
 // Class is a Datera StorageClass as the decisions need it.
@@ -87,6 +105,9 @@ type Input struct {
 	// already names a Datera class. On UPDATE the templates are immutable, so a template the
 	// webhook did not pin at CREATE can never get a Datera claim: PVs for it could never bind.
 	PinnedOnly bool
+	// NamespaceUID is the UID of the StatefulSet's namespace. Every PV records it as its owner,
+	// so a namespace deleted and re-created under the same name is a different owner.
+	NamespaceUID string
 }
 
 // TemplatePlan is the decision for one Datera-bound claim template.
@@ -97,18 +118,21 @@ type TemplatePlan struct {
 	Options     Options
 	RequestGiB  int64 // the template's storage request, rounded up to GiB
 	AccessModes []corev1.PersistentVolumeAccessMode
+	// AccessMode is the PV option pvoptions.OptAccessMode: ReadOnlyMany when the template asks
+	// for exactly [ReadOnlyMany], else ReadWriteOnce (one node at a time).
+	AccessMode string
 }
 
-// SizeGiB is the volume size: the override when set, else the request.
-func (t TemplatePlan) SizeGiB() int64 {
-	return max(t.Options.SizeGiB, t.RequestGiB)
-}
+// SizeGiB is the volume size: the claim's storage request, which is what ResourceQuota
+// counts. No option makes a volume larger than its claim asked for.
+func (t TemplatePlan) SizeGiB() int64 { return t.RequestGiB }
 
 // Plan is the decision for one StatefulSet.
 type Plan struct {
-	Namespace   string
-	StatefulSet string
-	Templates   []TemplatePlan // only the Datera-bound ones, in template order
+	Namespace    string
+	NamespaceUID string
+	StatefulSet  string
+	Templates    []TemplatePlan // only the Datera-bound ones, in template order
 }
 
 // Decide finds the Datera-bound claim templates of a StatefulSet and resolves their options.
@@ -119,7 +143,7 @@ type Plan struct {
 // An invalid option is an error naming the field and the allowed values.
 func Decide(cfg Config, in Input) (Plan, error) {
 	sts := in.StatefulSet
-	p := Plan{Namespace: sts.Namespace, StatefulSet: sts.Name}
+	p := Plan{Namespace: sts.Namespace, NamespaceUID: in.NamespaceUID, StatefulSet: sts.Name}
 	if sts.Labels[InjectLabel] == "disabled" {
 		return p, nil
 	}
@@ -221,6 +245,11 @@ func planTemplate(cfg Config, i int, t *corev1.PersistentVolumeClaim, class Clas
 	if len(tp.AccessModes) == 0 {
 		tp.AccessModes = []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}
 	}
+	mode, err := accessModeOf(tp.AccessModes, field)
+	if err != nil {
+		return tp, err
+	}
+	tp.AccessMode = mode
 	req, ok := t.Spec.Resources.Requests[corev1.ResourceStorage]
 	if !ok || req.Sign() <= 0 {
 		return tp, &ValidationError{Field: field + ".spec.resources.requests.storage", Value: req.String(), Allowed: "a positive storage request"}
@@ -231,16 +260,30 @@ func planTemplate(cfg Config, i int, t *corev1.PersistentVolumeClaim, class Clas
 	}
 	tp.RequestGiB = roundUpGiB(req)
 	opts, err := resolveOptions(t.Annotations, class.Parameters, cfg.Defaults,
-		"storageclass "+class.Name, field+".metadata.annotations")
+		"storageclass "+class.Name, field+".metadata.annotations", tp.RequestGiB)
 	if err != nil {
 		return tp, err
 	}
-	if opts.SizeGiB != 0 && opts.SizeGiB < tp.RequestGiB {
-		return tp, &ValidationError{Field: field + ".metadata.annotations[petfabric.io/size]", Value: opts.raw[OptSize],
-			Allowed: fmt.Sprintf("at least the storage request (%d GiB): a smaller volume could not bind the claim", tp.RequestGiB)}
-	}
 	tp.Options = opts
 	return tp, nil
+}
+
+// accessModeOf maps a template's access modes to the PV's accessMode option. ReadWriteMany is
+// refused: the volume is a local filesystem on one LUN, and two nodes mounting it read-write
+// corrupt it. Exactly [ReadOnlyMany] is ReadOnlyMany (any number of nodes, every mount
+// read-only); everything else (ReadWriteOnce, ReadWriteOncePod, or ReadWriteOnce together with
+// ReadOnlyMany) is ReadWriteOnce: one node at a time.
+func accessModeOf(modes []corev1.PersistentVolumeAccessMode, field string) (string, error) {
+	for _, m := range modes {
+		if m == corev1.ReadWriteMany {
+			return "", &ValidationError{Field: field + ".spec.accessModes", Value: string(m),
+				Allowed: "ReadWriteOnce, ReadWriteOncePod or ReadOnlyMany: a Datera volume holds a local filesystem, which two nodes must never mount read-write"}
+		}
+	}
+	if len(modes) == 1 && modes[0] == corev1.ReadOnlyMany {
+		return pvoptions.AccessReadOnlyMany, nil
+	}
+	return pvoptions.AccessReadWriteOnce, nil
 }
 
 const giB = int64(1) << 30

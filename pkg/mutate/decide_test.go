@@ -79,7 +79,7 @@ var decideCases = []struct {
 	{
 		name: "mixed templates, namespace not opted in", fixture: "mixed.yaml", nsLabels: notOptedIn,
 		want: []wantTemplate{
-			{0, "data", "datera-gold", 2, withDefaults(map[string]string{OptReplica: "5", OptFSType: "xfs", OptPlacementMode: "hybrid", OptMaxIOPS: "1000", OptBackstoreServer: "tlx170.tlx.daterainc.com:7717"})},
+			{0, "data", "datera-gold", 2, withDefaults(map[string]string{OptReplica: "2", OptFSType: "xfs", OptPlacementMode: "hybrid", OptMaxIOPS: "1000", OptBackstoreServer: "tlx170.tlx.daterainc.com:7717"})},
 			{2, "cache", "datera-silver", 2, silver},
 			{4, "wal", "datera-silver", 1, silver},
 		},
@@ -87,7 +87,7 @@ var decideCases = []struct {
 	{
 		name: "mixed templates, opted-in namespace: the classless one gets the default class too", fixture: "mixed.yaml", nsLabels: optedIn,
 		want: []wantTemplate{
-			{0, "data", "datera-gold", 2, withDefaults(map[string]string{OptReplica: "5", OptFSType: "xfs", OptPlacementMode: "hybrid", OptMaxIOPS: "1000", OptBackstoreServer: "tlx170.tlx.daterainc.com:7717"})},
+			{0, "data", "datera-gold", 2, withDefaults(map[string]string{OptReplica: "2", OptFSType: "xfs", OptPlacementMode: "hybrid", OptMaxIOPS: "1000", OptBackstoreServer: "tlx170.tlx.daterainc.com:7717"})},
 			{2, "cache", "datera-silver", 2, silver},
 			{4, "wal", "datera-silver", 1, silver},
 			{5, "archive", "datera", 3, plain},
@@ -112,7 +112,7 @@ func TestDecideFixtures(t *testing.T) {
 	for _, tc := range decideCases {
 		t.Run(tc.name, func(t *testing.T) {
 			sts, _ := loadCase(t, tc.fixture, tc.stsLabel)
-			plan, err := Decide(testCfg, Input{StatefulSet: sts, NamespaceLabels: tc.nsLabels, Classes: classes})
+			plan, err := Decide(testCfg, Input{NamespaceUID: testNSUID, StatefulSet: sts, NamespaceLabels: tc.nsLabels, Classes: classes})
 			require.NoError(t, err)
 			assert.Equal(t, sts.Namespace, plan.Namespace)
 			assert.Equal(t, sts.Name, plan.StatefulSet)
@@ -140,7 +140,7 @@ func TestPatchFixtures(t *testing.T) {
 	for _, tc := range decideCases {
 		t.Run(tc.name, func(t *testing.T) {
 			sts, raw := loadCase(t, tc.fixture, tc.stsLabel)
-			in := Input{StatefulSet: sts, NamespaceLabels: tc.nsLabels, Classes: classes}
+			in := Input{NamespaceUID: testNSUID, StatefulSet: sts, NamespaceLabels: tc.nsLabels, Classes: classes}
 			plan, err := Decide(testCfg, in)
 			require.NoError(t, err)
 			patch, err := plan.Patch(raw, sts)
@@ -195,7 +195,7 @@ func TestPatchFixtures(t *testing.T) {
 			assert.Equal(t, a, b)
 
 			// Idempotence: deciding on the patched object again gives the same plan and no patch.
-			again, err := Decide(testCfg, Input{StatefulSet: patched, NamespaceLabels: tc.nsLabels, Classes: classes})
+			again, err := Decide(testCfg, Input{NamespaceUID: testNSUID, StatefulSet: patched, NamespaceLabels: tc.nsLabels, Classes: classes})
 			require.NoError(t, err)
 			assert.Equal(t, plan.Templates, again.Templates)
 			p2, err := again.Patch(patchedRaw, patched)
@@ -205,7 +205,7 @@ func TestPatchFixtures(t *testing.T) {
 			// UPDATE: the stored (patched) templates are all pinned, whatever the namespace's
 			// labels are by then.
 			for _, ns := range []map[string]string{tc.nsLabels, notOptedIn} {
-				upd, err := Decide(testCfg, Input{StatefulSet: patched, NamespaceLabels: ns, Classes: classes, PinnedOnly: true})
+				upd, err := Decide(testCfg, Input{NamespaceUID: testNSUID, StatefulSet: patched, NamespaceLabels: ns, Classes: classes, PinnedOnly: true})
 				require.NoError(t, err)
 				assert.Equal(t, plan.Templates, upd.Templates)
 			}
@@ -219,7 +219,7 @@ func TestPatchFixtures(t *testing.T) {
 func TestPinnedOnly(t *testing.T) {
 	classes := loadClasses(t)
 	sts, _ := loadSTS(t, "mixed.yaml")
-	plan, err := Decide(testCfg, Input{StatefulSet: sts, NamespaceLabels: optedIn, Classes: classes, PinnedOnly: true})
+	plan, err := Decide(testCfg, Input{NamespaceUID: testNSUID, StatefulSet: sts, NamespaceLabels: optedIn, Classes: classes, PinnedOnly: true})
 	require.NoError(t, err)
 	var names []string
 	for _, tp := range plan.Templates {
@@ -232,7 +232,7 @@ func TestPinnedOnly(t *testing.T) {
 	// A beta annotation that disagrees with storageClassName decides for the PV controller.
 	tpl := &sts.Spec.VolumeClaimTemplates[0]
 	tpl.Annotations[BetaClassAnnotation] = "standard"
-	plan, err = Decide(testCfg, Input{StatefulSet: sts, NamespaceLabels: optedIn, Classes: classes, PinnedOnly: true})
+	plan, err = Decide(testCfg, Input{NamespaceUID: testNSUID, StatefulSet: sts, NamespaceLabels: optedIn, Classes: classes, PinnedOnly: true})
 	require.NoError(t, err)
 	require.Len(t, plan.Templates, 1)
 	assert.Equal(t, "cache", plan.Templates[0].Name)
@@ -267,7 +267,7 @@ func TestLegacyBetaAnnotation(t *testing.T) {
 				tpl.Annotations = map[string]string{BetaClassAnnotation: *tc.beta}
 			}
 			raw := mustJSON(t, sts)
-			plan, err := Decide(testCfg, Input{StatefulSet: sts, NamespaceLabels: tc.nsLabels, Classes: classes})
+			plan, err := Decide(testCfg, Input{NamespaceUID: testNSUID, StatefulSet: sts, NamespaceLabels: tc.nsLabels, Classes: classes})
 			require.NoError(t, err)
 			if tc.wantClass == "" {
 				assert.Empty(t, plan.Templates)
@@ -290,7 +290,7 @@ func TestDefaultClassMissing(t *testing.T) {
 	classes := loadClasses(t)
 	delete(classes, "datera")
 	sts, _ := loadSTS(t, "cockroachdb.yaml")
-	_, err := Decide(testCfg, Input{StatefulSet: sts, NamespaceLabels: optedIn, Classes: classes})
+	_, err := Decide(testCfg, Input{NamespaceUID: testNSUID, StatefulSet: sts, NamespaceLabels: optedIn, Classes: classes})
 	var ve *ValidationError
 	require.ErrorAs(t, err, &ve)
 	assert.Equal(t, "spec.volumeClaimTemplates[0]", ve.Field)
@@ -299,7 +299,7 @@ func TestDefaultClassMissing(t *testing.T) {
 	// No default configured: classless templates are simply not Datera's.
 	cfg := testCfg
 	cfg.DefaultClass = ""
-	plan, err := Decide(cfg, Input{StatefulSet: sts, NamespaceLabels: optedIn, Classes: loadClasses(t)})
+	plan, err := Decide(cfg, Input{NamespaceUID: testNSUID, StatefulSet: sts, NamespaceLabels: optedIn, Classes: loadClasses(t)})
 	require.NoError(t, err)
 	assert.Empty(t, plan.Templates)
 }
@@ -313,22 +313,24 @@ func TestOptionPrecedence(t *testing.T) {
 		l    layer
 		want string
 	}{
-		{OptReplica, layer{"5", "2", "1"}, "5"},
+		{OptReplica, layer{"1", "2", "3"}, "1"},
 		{OptReplica, layer{"", "2", "1"}, "2"},
 		{OptReplica, layer{"", "", "1"}, "1"},
 		{OptFSType, layer{"ext3", "ext4", "xfs"}, "ext3"},
 		{OptFSType, layer{"", "ext4", "xfs"}, "ext4"},
 		{OptFSType, layer{"", "", "ext4"}, "ext4"},
-		{OptSize, layer{"200", "150", "120"}, "200"},
-		{OptSize, layer{"", "150", "120"}, "150"},
-		{OptSize, layer{"", "", "120"}, "120"},
+		// size is accepted up to the request (100 GiB here) and never changes the size.
+		{OptSize, layer{"100", "50", "20"}, "100"},
+		{OptSize, layer{"", "50", "20"}, "50"},
+		{OptSize, layer{"", "", "20"}, "20"},
+		// Choices: a template may pick the class's value or one of its allowed* list.
 		{OptTemplate, layer{"tpl_a", "tpl_b", "tpl_c"}, "tpl_a"},
 		{OptTemplate, layer{"", "tpl_b", "tpl_c"}, "tpl_b"},
 		{OptPlacementMode, layer{"all_flash", "hybrid", "single_flash"}, "all_flash"},
 		{OptPlacementMode, layer{"", "", "single_flash"}, "single_flash"},
 		{OptMaxIOPS, layer{"100", "200", "300"}, "100"},
 		{OptMaxIOPS, layer{"", "200", "300"}, "200"},
-		{OptMaxBW, layer{"0", "200", "300"}, "0"},
+		{OptMaxBW, layer{"0", "0", "300"}, "0"},
 		{OptMaxBW, layer{"", "", "300"}, "300"},
 		{OptIPPool, layer{"pool_a", "pool_b", "pool_c"}, "pool_a"},
 		{OptIPPool, layer{"", "pool_b", "pool_c"}, "pool_b"},
@@ -352,6 +354,9 @@ func TestOptionPrecedence(t *testing.T) {
 			if tc.l.class != "" {
 				params[tc.key] = tc.l.class
 			}
+			if list, ok := allowedListParam[tc.key]; ok && tc.l.ann != "" {
+				params[list] = tc.l.ann // the admin allows the value the template picks
+			}
 			classes := map[string]Class{"c": {Name: "c", Parameters: params, ReclaimPolicy: corev1.PersistentVolumeReclaimRetain}}
 			sts, _ := loadSTS(t, "test-petset.yaml")
 			tpl := &sts.Spec.VolumeClaimTemplates[0]
@@ -359,7 +364,7 @@ func TestOptionPrecedence(t *testing.T) {
 			if tc.l.ann != "" {
 				tpl.Annotations = map[string]string{AnnotationPrefix + tc.key: tc.l.ann}
 			}
-			plan, err := Decide(cfg, Input{StatefulSet: sts, Classes: classes})
+			plan, err := Decide(cfg, Input{NamespaceUID: testNSUID, StatefulSet: sts, Classes: classes})
 			require.NoError(t, err)
 			require.Len(t, plan.Templates, 1)
 			assert.Equal(t, tc.want, plan.Templates[0].Options.Raw()[tc.key])
@@ -373,10 +378,9 @@ func TestOptionPrecedence(t *testing.T) {
 				assert.Equal(t, tc.want, fv.SecretRef.Name)
 			case OptSecretNamespace:
 				assert.Equal(t, tc.want, fv.SecretRef.Namespace)
-			case OptSize:
-				assert.Equal(t, tc.want, fv.Options["size"])
-				q := resource.MustParse(tc.want + "Gi")
-				assert.Equal(t, q.Value(), pv.Spec.Capacity.Storage().Value())
+			case OptSize: // the request, whatever the option says
+				assert.Equal(t, "100", fv.Options["size"])
+				assert.Equal(t, int64(100)<<30, pv.Spec.Capacity.Storage().Value())
 			case OptMaxBW, OptMaxIOPS:
 				if tc.want == "0" { // 0 = unlimited: the option is left out
 					assert.NotContains(t, fv.Options, tc.key)
@@ -393,12 +397,11 @@ func TestOptionPrecedence(t *testing.T) {
 		classes := map[string]Class{"c": {Name: "c"}}
 		sts, _ := loadSTS(t, "test-petset.yaml")
 		sts.Spec.VolumeClaimTemplates[0].Spec.StorageClassName = ptr.To("c")
-		plan, err := Decide(testCfg, Input{StatefulSet: sts, Classes: classes})
+		plan, err := Decide(testCfg, Input{NamespaceUID: testNSUID, StatefulSet: sts, Classes: classes})
 		require.NoError(t, err)
 		o := plan.Templates[0].Options
 		assert.Equal(t, 3, o.Replica)
 		assert.Equal(t, "xfs", o.FSType)
-		assert.Equal(t, int64(0), o.SizeGiB)
 		assert.Equal(t, int64(100), plan.Templates[0].SizeGiB())
 	})
 }
@@ -427,18 +430,41 @@ func TestInvalidOptions(t *testing.T) {
 		{name: "replica 0 from the webhook default names the default", defaults: withDefaults(map[string]string{"replica": "0"}),
 			wantField: "webhook default replica", wantMsg: []string{"from 1 to 5"}},
 		{name: "non-numeric size", ann: map[string]string{"petfabric.io/size": "ten"},
-			wantField: ann + "[petfabric.io/size]", wantMsg: []string{`"ten"`, "a whole number of GiB from 1 to 32768"}},
+			wantField: ann + "[petfabric.io/size]", wantMsg: []string{`"ten"`, "a whole number of GiB from 1 to the claim's storage request (100 GiB)"}},
 		{name: "size with a unit", ann: map[string]string{"petfabric.io/size": "200Gi"},
 			wantField: ann + "[petfabric.io/size]", wantMsg: []string{"a whole number of GiB"}},
-		{name: "size above Datera's maximum", ann: map[string]string{"petfabric.io/size": "32769"},
-			wantField: ann + "[petfabric.io/size]", wantMsg: []string{"from 1 to 32768"}},
-		{name: "size below the request", ann: map[string]string{"petfabric.io/size": "50"},
-			wantField: ann + "[petfabric.io/size]", wantMsg: []string{"at least the storage request (100 GiB)"}},
+		// Security: the size is the request, which ResourceQuota counts.
+		{name: "size above the request (quota bypass)", ann: map[string]string{"petfabric.io/size": "32768"},
+			wantField: ann + "[petfabric.io/size]", wantMsg: []string{"to the claim's storage request (100 GiB)", "ResourceQuota"}},
+		{name: "size above the request from the class", class: map[string]string{"size": "101"},
+			wantField: "storageclass c.parameters[size]", wantMsg: []string{"(100 GiB)"}},
+		// Security: a template gets no more than the admin's class grants.
+		{name: "replica above the class's", ann: map[string]string{"petfabric.io/replica": "5"}, class: map[string]string{"replica": "2"},
+			wantField: ann + "[petfabric.io/replica]", wantMsg: []string{"at most 2", "storageclass c.parameters[replica]"}},
+		{name: "replica above the webhook default's", ann: map[string]string{"petfabric.io/replica": "4"}, defaults: withDefaults(map[string]string{"replica": "3"}),
+			wantField: ann + "[petfabric.io/replica]", wantMsg: []string{"at most 3", "webhook default replica"}},
+		{name: "unlimited maxIops under a capped class", ann: map[string]string{"petfabric.io/maxIops": "0"}, class: map[string]string{"maxIops": "1000"},
+			wantField: ann + "[petfabric.io/maxIops]", wantMsg: []string{"from 1 to 1000", "0 would be unlimited"}},
+		{name: "maxIops above the class's", ann: map[string]string{"petfabric.io/maxIops": "1001"}, class: map[string]string{"maxIops": "1000"},
+			wantField: ann + "[petfabric.io/maxIops]", wantMsg: []string{"from 1 to 1000"}},
+		{name: "maxBW above the class's", ann: map[string]string{"petfabric.io/maxBW": "9999"}, class: map[string]string{"maxBW": "5000"},
+			wantField: ann + "[petfabric.io/maxBW]", wantMsg: []string{"from 1 to 5000"}},
+		{name: "template the class does not offer", ann: map[string]string{"petfabric.io/template": "huge"}, class: map[string]string{"template": "small", "allowedTemplates": "medium, large"},
+			wantField: ann + "[petfabric.io/template]", wantMsg: []string{"one of small, medium, large", "allowedTemplates"}},
+		{name: "template on a class that offers none", ann: map[string]string{"petfabric.io/template": "huge"},
+			wantField: ann + "[petfabric.io/template]", wantMsg: []string{"allows no template choice", "allowedTemplates"}},
+		{name: "ipPool the class does not offer", ann: map[string]string{"petfabric.io/ipPool": "tenant_b"}, class: map[string]string{"ipPool": "tenant_a"},
+			wantField: ann + "[petfabric.io/ipPool]", wantMsg: []string{"one of tenant_a", "allowedIPPools"}},
+		{name: "placementMode the class does not offer", ann: map[string]string{"petfabric.io/placementMode": "all_flash"}, class: map[string]string{"placementMode": "hybrid"},
+			wantField: ann + "[petfabric.io/placementMode]", wantMsg: []string{"one of hybrid", "allowedPlacementModes"}},
+		{name: "ReadWriteMany", mutate: func(s *appsv1.StatefulSet) {
+			s.Spec.VolumeClaimTemplates[0].Spec.AccessModes = []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce, corev1.ReadWriteMany}
+		}, wantField: "spec.volumeClaimTemplates[0].spec.accessModes", wantMsg: []string{`"ReadWriteMany"`, "never mount read-write"}},
 		{name: "unknown fsType", ann: map[string]string{"petfabric.io/fsType": "btrfs"},
 			wantField: ann + "[petfabric.io/fsType]", wantMsg: []string{`"btrfs"`, "one of xfs, ext4, ext3"}},
-		{name: "bad placementMode", ann: map[string]string{"petfabric.io/placementMode": "fast"},
+		{name: "bad placementMode", ann: map[string]string{"petfabric.io/placementMode": "fast"}, class: map[string]string{"allowedPlacementModes": "fast"},
 			wantField: ann + "[petfabric.io/placementMode]", wantMsg: []string{`"fast"`, "one of hybrid, single_flash, all_flash"}},
-		{name: "bad template name", ann: map[string]string{"petfabric.io/template": "a b"},
+		{name: "bad template name", ann: map[string]string{"petfabric.io/template": "a b"}, class: map[string]string{"allowedTemplates": "a b"},
 			wantField: ann + "[petfabric.io/template]", wantMsg: []string{"app_template name"}},
 		{name: "negative maxIops", ann: map[string]string{"petfabric.io/maxIops": "-1"},
 			wantField: ann + "[petfabric.io/maxIops]", wantMsg: []string{"from 0 to 10000000"}},
@@ -446,7 +472,7 @@ func TestInvalidOptions(t *testing.T) {
 			wantField: ann + "[petfabric.io/maxIops]", wantMsg: []string{"from 0 to 10000000"}},
 		{name: "maxBW above Datera's maximum", ann: map[string]string{"petfabric.io/maxBW": "10240001"},
 			wantField: ann + "[petfabric.io/maxBW]", wantMsg: []string{"KiB/s from 0 to 10240000"}},
-		{name: "bad ipPool", ann: map[string]string{"petfabric.io/ipPool": "x"},
+		{name: "bad ipPool", ann: map[string]string{"petfabric.io/ipPool": "x"}, class: map[string]string{"allowedIPPools": "x"},
 			wantField: ann + "[petfabric.io/ipPool]", wantMsg: []string{"ip_pool"}},
 		{name: "missing backstoreServer", defaults: map[string]string{OptSecretName: "s", OptSecretNamespace: "n"},
 			wantField: "storageclass c.parameters[backstoreServer]", wantMsg: []string{"host:port of the Datera management API", "set by the class or the webhook"}},
@@ -509,7 +535,7 @@ func TestInvalidOptions(t *testing.T) {
 			if tc.mutate != nil {
 				tc.mutate(sts)
 			}
-			plan, err := Decide(cfg, Input{StatefulSet: sts, Classes: classes})
+			plan, err := Decide(cfg, Input{NamespaceUID: testNSUID, StatefulSet: sts, Classes: classes})
 			var ve *ValidationError
 			require.ErrorAs(t, err, &ve, "plan: %+v", plan)
 			assert.Equal(t, tc.wantField, ve.Field)
@@ -528,7 +554,7 @@ func TestInvalidOnlyForDateraTemplates(t *testing.T) {
 	logs := &sts.Spec.VolumeClaimTemplates[1]
 	logs.Annotations = map[string]string{"petfabric.io/replica": "99", "petfabric.io/backstoreServer": "x"}
 	logs.Spec.VolumeMode = ptr.To(corev1.PersistentVolumeBlock)
-	_, err := Decide(testCfg, Input{StatefulSet: sts, Classes: loadClasses(t)})
+	_, err := Decide(testCfg, Input{NamespaceUID: testNSUID, StatefulSet: sts, Classes: loadClasses(t)})
 	require.NoError(t, err)
 }
 
@@ -543,7 +569,7 @@ func TestClassFromStorageClass(t *testing.T) {
 	assert.Equal(t, []string{"noatime"}, classes["datera-silver"].MountOptions)
 
 	sts, _ := loadSTS(t, "mixed.yaml")
-	plan, err := Decide(testCfg, Input{StatefulSet: sts, NamespaceLabels: optedIn, Classes: classes})
+	plan, err := Decide(testCfg, Input{NamespaceUID: testNSUID, StatefulSet: sts, NamespaceLabels: optedIn, Classes: classes})
 	require.NoError(t, err)
 	assert.Equal(t, []string{"datera", "datera-gold", "datera-silver"}, plan.ClassNames())
 }
@@ -553,7 +579,7 @@ func TestClassFromStorageClass(t *testing.T) {
 func TestDecideErrorsAreValidationErrors(t *testing.T) {
 	sts, _ := loadSTS(t, "test-petset.yaml")
 	sts.Spec.VolumeClaimTemplates[0].Annotations = map[string]string{"petfabric.io/replica": "9"}
-	_, err := Decide(testCfg, Input{StatefulSet: sts, Classes: loadClasses(t)})
+	_, err := Decide(testCfg, Input{NamespaceUID: testNSUID, StatefulSet: sts, Classes: loadClasses(t)})
 	var ve *ValidationError
 	assert.True(t, errors.As(err, &ve))
 	// The format other packages' tests rely on.

@@ -27,6 +27,9 @@ var testCfg = Config{
 	},
 }
 
+// testNSUID is the namespace UID of every test StatefulSet.
+const testNSUID = "6f1c2a7e-0000-4000-8000-00000000beef"
+
 var (
 	optedIn    = map[string]string{InjectLabel: "enabled"}
 	notOptedIn = map[string]string{"kubernetes.io/metadata.name": "x"}

@@ -7,7 +7,10 @@ import (
 	"strconv"
 	"strings"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
 // validClusterID: ^[a-zA-Z_][a-zA-Z0-9_.-]{0,31}$, which leaves room in the 64-character
@@ -104,18 +107,44 @@ func ParseOrdinal(claimName, template, statefulSet string) (int, bool) {
 	return n, true
 }
 
-// PVName is the PersistentVolume name for a claim: datera-<namespace>-<claim> when that is a
-// valid DNS subdomain of at most 253 characters, else a truncated form with a stable hash of
-// the full name. Deterministic, so a re-created StatefulSet finds its PVs (and data) again.
-func PVName(namespace, claim string) string {
+// PVName is the PersistentVolume name for a claim: pvoptions.PVName, datera-<namespace>.<claim>
+// (hashed when long). Injective: a namespace cannot contain '.', so the first '.' splits the
+// two, and no namespace can squat another namespace's PV name with a look-alike claim.
+// Deterministic, so a re-created StatefulSet finds its PVs (and data) again.
+func PVName(namespace, claim string) string { return pvoptions.PVName(namespace, claim) }
+
+// LegacyPVName is the name contract version 1 gave a claim's PV, datera-<namespace>-<claim>
+// (hashed when long). It is not injective ("team"+"a-data-db-0" and "team-a"+"data-db-0"
+// share it), so it is never used for a new PV. PVs of that name still exist after an upgrade;
+// they are found by their claimRef (PVClaimIndexFunc), never by this name alone.
+func LegacyPVName(namespace, claim string) string {
 	full := "datera-" + namespace + "-" + claim
 	if isDNS1123Subdomain(full) {
 		return full
 	}
-	// Namespace and claim names are DNS labels/subdomains already, so only length can fail.
 	suffix := "-" + hashSuffix(namespace+"/"+claim)
 	head := strings.TrimRight(full[:validation.DNS1123SubdomainMaxLength-len(suffix)], "-.")
 	return head + suffix
+}
+
+// PVClaimIndex is the name of the PV informer index by claimRef (PVClaimIndexFunc).
+const PVClaimIndex = "petfabric.io/claim"
+
+// ClaimKey is the PVClaimIndex key of a claim: <namespace>/<name>.
+func ClaimKey(namespace, claim string) string { return namespace + "/" + claim }
+
+// PVClaimIndexFunc is a cache.IndexFunc: a PV's spec.claimRef as ClaimKey (none when the PV
+// is not pre-bound or bound). Looking a claim's PV up through it finds the PV whatever its
+// name (contract version 1 or 2), so an upgrade never makes a second PV for a claim.
+func PVClaimIndexFunc(obj any) ([]string, error) {
+	pv, ok := obj.(*corev1.PersistentVolume)
+	if !ok {
+		return nil, fmt.Errorf("PVClaimIndexFunc: %T is not a *PersistentVolume", obj)
+	}
+	if ref := pv.Spec.ClaimRef; ref != nil && ref.Name != "" {
+		return []string{ClaimKey(ref.Namespace, ref.Name)}, nil
+	}
+	return nil, nil
 }
 
 // VolumeID is the Datera app_instance name for a claim: <clusterID>_<namespace>_<claim>

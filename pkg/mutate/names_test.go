@@ -8,7 +8,10 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
 func TestClaimNameAndParseOrdinal(t *testing.T) {
@@ -28,26 +31,48 @@ func TestClaimNameAndParseOrdinal(t *testing.T) {
 	assert.Equal(t, 3, n)
 }
 
+// TestPVName: the PV name is the shared contract's (pvoptions.PVName), injective: the
+// look-alike pair of issue 9 maps to two names.
 func TestPVName(t *testing.T) {
-	assert.Equal(t, "datera-shop-data-web-0", PVName("shop", "data-web-0"))
+	assert.Equal(t, "datera-shop.data-web-0", PVName("shop", "data-web-0"))
+	assert.Equal(t, pvoptions.PVName("shop", "data-web-0"), PVName("shop", "data-web-0"))
+	assert.NotEqual(t, PVName("team", "a-data-db-0"), PVName("team-a", "data-db-0"))
+	assert.Equal(t, LegacyPVName("team", "a-data-db-0"), LegacyPVName("team-a", "data-db-0"), "the version 1 name was not injective")
+}
+
+// TestLegacyPVName: the version 1 name, still computed to recognise old PVs.
+func TestLegacyPVName(t *testing.T) {
+	assert.Equal(t, "datera-shop-data-web-0", LegacyPVName("shop", "data-web-0"))
 
 	// At the limit: kept as is.
 	claim := strings.Repeat("c", 253-len("datera-ns-"))
-	assert.Equal(t, "datera-ns-"+claim, PVName("ns", claim))
+	assert.Equal(t, "datera-ns-"+claim, LegacyPVName("ns", claim))
 
 	// One over: truncated, with a hash of the full name; still valid and deterministic.
 	long := claim + "d"
-	name := PVName("ns", long)
+	name := LegacyPVName("ns", long)
 	assert.Len(t, name, 253)
 	assert.Empty(t, validation.IsDNS1123Subdomain(name))
-	assert.Equal(t, name, PVName("ns", long))
-	assert.NotEqual(t, name, PVName("ns", claim+"e"), "claims differing only past the cut get different PVs")
-	assert.NotEqual(t, name, PVName("nt", long))
+	assert.Equal(t, name, LegacyPVName("ns", long))
+	assert.NotEqual(t, name, LegacyPVName("ns", claim+"e"), "claims differing only past the cut get different PVs")
+	assert.NotEqual(t, name, LegacyPVName("nt", long))
 
 	// A cut that lands on "." or "-" does not leave it before the hash.
 	dotted := strings.Repeat("a", 253-len("datera-ns-")-11) + ".-.b" + strings.Repeat("c", 10)
-	name = PVName("ns", dotted)
+	name = LegacyPVName("ns", dotted)
 	assert.Empty(t, validation.IsDNS1123Subdomain(name), name)
+}
+
+// TestPVClaimIndexFunc: PVs are found by their claimRef, whatever their name.
+func TestPVClaimIndexFunc(t *testing.T) {
+	keys, err := PVClaimIndexFunc(&corev1.PersistentVolume{Spec: corev1.PersistentVolumeSpec{ClaimRef: &corev1.ObjectReference{Namespace: "shop", Name: "data-web-0"}}})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"shop/data-web-0"}, keys)
+	keys, err = PVClaimIndexFunc(&corev1.PersistentVolume{})
+	require.NoError(t, err)
+	assert.Empty(t, keys)
+	_, err = PVClaimIndexFunc("not a PV")
+	assert.Error(t, err)
 }
 
 func TestVolumeID(t *testing.T) {
@@ -153,10 +178,8 @@ func TestNamesProperties(t *testing.T) {
 		pv := PVName(ns, claim)
 		assert.Empty(t, validation.IsDNS1123Subdomain(pv), "%s → %s", key, pv)
 		assert.Equal(t, pv, PVName(ns, claim))
-		if other, ok := seenPV[pv]; ok && other != key {
-			// Only the contract's untruncated form can be shared (see the report on
-			// "datera-<namespace>-<pvc>"); truncated forms carry a hash.
-			assert.Equal(t, "datera-"+ns+"-"+claim, pv, "hashed PV name shared by %s and %s", key, other)
+		if other, ok := seenPV[pv]; ok {
+			assert.Equal(t, key, other, "PV name %s shared", pv)
 		}
 		seenPV[pv] = key
 

@@ -15,9 +15,12 @@ import (
 // (adminOnlyKeys), which only the class or the webhook may set. Values are strings because
 // FlexVolume options are map[string]string.
 const (
-	OptReplica         = "replica"
-	OptFSType          = "fsType"
-	OptSize            = "size" // GiB; only as an override not smaller than the request
+	OptReplica = "replica"
+	OptFSType  = "fsType"
+	// OptSize is accepted for old manifests only when it is at most the claim's request, and
+	// never changes the size: a volume is as large as its claim's request (what ResourceQuota
+	// counts), no larger.
+	OptSize            = "size"
 	OptTemplate        = "template"
 	OptPlacementMode   = "placementMode"
 	OptMaxIOPS         = "maxIops"
@@ -30,7 +33,23 @@ const (
 	OptSecretNamespace = "secretNamespace"
 )
 
-// ClassParamBackstore is DESIGN.md's StorageClass parameter name for the Datera management
+// Class-only parameters that widen what a template annotation may choose. Each is a
+// comma-separated list; a template may ask for the class's own value or one on the list, and
+// for nothing else. Without the parameter the class's value (if any) is the only one.
+const (
+	ClassParamAllowedTemplates      = "allowedTemplates"
+	ClassParamAllowedIPPools        = "allowedIPPools"
+	ClassParamAllowedPlacementModes = "allowedPlacementModes"
+)
+
+// allowedListParam is the class parameter listing the extra values of a choice option.
+var allowedListParam = map[string]string{
+	OptTemplate:      ClassParamAllowedTemplates,
+	OptIPPool:        ClassParamAllowedIPPools,
+	OptPlacementMode: ClassParamAllowedPlacementModes,
+}
+
+// ClassParamBackstore is the design's StorageClass parameter name for the Datera management
 // endpoint; it is accepted as an alias of backstoreServer (the PV option's name).
 const ClassParamBackstore = "backstore"
 
@@ -83,7 +102,6 @@ var (
 type Options struct {
 	Replica         int
 	FSType          string
-	SizeGiB         int64 // override; 0 = from the request
 	Template        string
 	PlacementMode   string
 	MaxIOPS         int64
@@ -108,9 +126,11 @@ func (e *ValidationError) Error() string {
 	return fmt.Sprintf("%s: invalid value %q: %s", e.Field, e.Value, e.Allowed)
 }
 
-// resolveOptions merges annotations > class parameters > defaults and validates the result.
-// fieldPrefix names the template in errors.
-func resolveOptions(annotations, classParams, defaults map[string]string, classField, annField string) (Options, error) {
+// resolveOptions merges annotations > class parameters > defaults and validates the result,
+// including that no annotation asks for more than the admin grants (capByGrant) and that no
+// size exceeds the claim's request (requestGiB). classField and annField name the class and
+// the template's annotations in errors.
+func resolveOptions(annotations, classParams, defaults map[string]string, classField, annField string, requestGiB int64) (Options, error) {
 	declared := classParams
 	classParams = withBackstoreAlias(classParams)
 	raw := make(map[string]string, len(optionKeys))
@@ -156,10 +176,10 @@ func resolveOptions(annotations, classParams, defaults map[string]string, classF
 	}
 	if v, ok := raw[OptSize]; ok {
 		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n < datera.MinSizeGiB || n > datera.MaxSizeGiB {
-			return o, bad(OptSize, fmt.Sprintf("a whole number of GiB from %d to %d", datera.MinSizeGiB, datera.MaxSizeGiB))
+		if err != nil || n < datera.MinSizeGiB || n > requestGiB {
+			return o, bad(OptSize, fmt.Sprintf("a whole number of GiB from %d to the claim's storage request (%d GiB): the volume size is the request, "+
+				"which is what ResourceQuota counts; raise spec.resources.requests.storage instead, or drop %s%s", datera.MinSizeGiB, requestGiB, AnnotationPrefix, OptSize))
 		}
-		o.SizeGiB = n
 	}
 	o.Template = raw[OptTemplate]
 	if o.Template != "" && !ValidVolumeID(o.Template) {
@@ -195,7 +215,85 @@ func resolveOptions(annotations, classParams, defaults map[string]string, classF
 		return o, &ValidationError{Field: classField + ".parameters[secretName, secretNamespace]", Value: o.SecretNamespace + "/" + o.SecretName,
 			Allowed: "the Datera credentials Secret must be named by the class or the webhook"}
 	}
+	if err := capByGrant(o, annotations, classParams, defaults, classField, bad); err != nil {
+		return o, err
+	}
 	return o, nil
+}
+
+// capByGrant checks the options a template annotation set against what the admin grants: the
+// class parameter, else the webhook default. A user may lower replica, maxIops and maxBW
+// (0 = unlimited counts as more than any limit) but not raise them above a grant, and may pick
+// template, ipPool and placementMode only from the class's own value and its allowed* list —
+// these select Datera-side resources (an app_template can carry any size and policy; an ip
+// pool is a network, possibly another tenant's; all_flash costs more than hybrid). fsType is
+// free: the filesystem is the user's own and the choice is from a fixed safe set.
+func capByGrant(o Options, annotations, classParams, defaults map[string]string, classField string, bad func(k, allowed string) error) error {
+	grant := func(k string) (value, source string, ok bool) {
+		if v := classParams[k]; v != "" {
+			return v, fmt.Sprintf("%s.parameters[%s]", classField, k), true
+		}
+		if v := defaults[k]; v != "" {
+			return v, "webhook default " + k, true
+		}
+		return "", "", false
+	}
+	userSet := func(k string) bool { return annotations[annotationKey[k]] != "" }
+
+	if userSet(OptReplica) {
+		if g, src, ok := grant(OptReplica); ok {
+			n, err := strconv.Atoi(g)
+			if err != nil {
+				return &ValidationError{Field: src, Value: g, Allowed: "an integer replica count"}
+			}
+			if o.Replica > n {
+				return bad(OptReplica, fmt.Sprintf("at most %d, the replica count %s grants", n, src))
+			}
+		}
+	}
+	for _, k := range []string{OptMaxIOPS, OptMaxBW} {
+		if !userSet(k) {
+			continue
+		}
+		g, src, ok := grant(k)
+		if !ok {
+			continue
+		}
+		limit, err := strconv.ParseInt(g, 10, 64)
+		if err != nil || limit < 0 {
+			return &ValidationError{Field: src, Value: g, Allowed: "a whole number (0 = unlimited)"}
+		}
+		v := o.MaxIOPS
+		if k == OptMaxBW {
+			v = o.MaxBW
+		}
+		if limit > 0 && (v == 0 || v > limit) {
+			return bad(k, fmt.Sprintf("from 1 to %d, the limit %s grants (0 would be unlimited)", limit, src))
+		}
+	}
+	for _, k := range []string{OptTemplate, OptIPPool, OptPlacementMode} {
+		if !userSet(k) {
+			continue
+		}
+		want := annotations[annotationKey[k]]
+		var allowed []string
+		if g, _, ok := grant(k); ok {
+			allowed = append(allowed, g)
+		}
+		for _, v := range strings.Split(classParams[allowedListParam[k]], ",") {
+			if v = strings.TrimSpace(v); v != "" && !slices.Contains(allowed, v) {
+				allowed = append(allowed, v)
+			}
+		}
+		if slices.Contains(allowed, want) {
+			continue
+		}
+		if len(allowed) == 0 {
+			return bad(k, fmt.Sprintf("nothing: %s allows no %s choice (an admin lists the allowed values in the class parameter %s)", classField, k, allowedListParam[k]))
+		}
+		return bad(k, fmt.Sprintf("one of %s (what %s allows; an admin lists more in the class parameter %s)", strings.Join(allowed, ", "), classField, allowedListParam[k]))
+	}
+	return nil
 }
 
 // Raw returns the resolved option strings.

@@ -13,7 +13,7 @@ import (
 
 // Apply returns a copy of the StatefulSet with every planned template pinned: storageClassName
 // set to its Datera class, a legacy beta annotation rewritten to match (the PV controller
-// would otherwise prefer it), and the resolved options (except the admin-only ones) plus
+// would otherwise prefer it), and the resolved options (except the admin-only ones and size) plus
 // petfabric.io/statefulset and petfabric.io/claim-template recorded as annotations, which
 // every claim inherits.
 func (p Plan) Apply(sts *appsv1.StatefulSet) *appsv1.StatefulSet {
@@ -39,7 +39,8 @@ func (p Plan) Apply(sts *appsv1.StatefulSet) *appsv1.StatefulSet {
 func recordedAnnotations(tp TemplatePlan, statefulSet string) map[string]string {
 	out := make(map[string]string, len(tp.Options.raw)+2)
 	for k, v := range tp.Options.raw {
-		if !AdminOnly(k) {
+		// size is not an option any more (the request is the size): not recorded.
+		if !AdminOnly(k) && k != OptSize {
 			out[AnnotationPrefix+k] = v
 		}
 	}

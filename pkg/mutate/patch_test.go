@@ -37,7 +37,7 @@ const rawWithUnknownFields = `{
 func TestPatchOnlyTouchesOwnedMembers(t *testing.T) {
 	raw := []byte(rawWithUnknownFields)
 	sts := stsFromJSON(t, raw)
-	plan, err := Decide(testCfg, Input{StatefulSet: sts, Classes: loadClasses(t)})
+	plan, err := Decide(testCfg, Input{NamespaceUID: testNSUID, StatefulSet: sts, Classes: loadClasses(t)})
 	require.NoError(t, err)
 	require.Len(t, plan.Templates, 3)
 	patch, err := plan.Patch(raw, sts)
@@ -106,7 +106,7 @@ func TestPatchOnlyTouchesOwnedMembers(t *testing.T) {
 
 	// Idempotent on the patched bytes.
 	sts2 := stsFromJSON(t, out)
-	plan2, err := Decide(testCfg, Input{StatefulSet: sts2, Classes: loadClasses(t)})
+	plan2, err := Decide(testCfg, Input{NamespaceUID: testNSUID, StatefulSet: sts2, Classes: loadClasses(t)})
 	require.NoError(t, err)
 	p2, err := plan2.Patch(out, sts2)
 	require.NoError(t, err)
@@ -118,7 +118,7 @@ func TestPatchOnlyTouchesOwnedMembers(t *testing.T) {
 func TestPatchRepairsDrift(t *testing.T) {
 	sts, raw := loadSTS(t, "test-petset.yaml")
 	classes := loadClasses(t)
-	plan, err := Decide(testCfg, Input{StatefulSet: sts, Classes: classes})
+	plan, err := Decide(testCfg, Input{NamespaceUID: testNSUID, StatefulSet: sts, Classes: classes})
 	require.NoError(t, err)
 	patch, err := plan.Patch(raw, sts)
 	require.NoError(t, err)
@@ -133,7 +133,7 @@ func TestPatchRepairsDrift(t *testing.T) {
 	// The typed object cannot hold a number annotation; decide on what it can hold.
 	ann[AnnotationPrefix+OptFSType] = "xfs"
 	sts2 := stsFromJSON(t, mustJSON(t, obj))
-	plan2, err := Decide(testCfg, Input{StatefulSet: sts2, Classes: classes})
+	plan2, err := Decide(testCfg, Input{NamespaceUID: testNSUID, StatefulSet: sts2, Classes: classes})
 	require.NoError(t, err)
 	p2, err := plan2.Patch(drifted, sts2)
 	require.NoError(t, err)
@@ -149,7 +149,7 @@ func TestPatchRepairsDrift(t *testing.T) {
 // encoding/json matches case-insensitively) give an error, never a patch that fails to apply.
 func TestPatchRawMismatch(t *testing.T) {
 	sts, _ := loadSTS(t, "test-petset.yaml")
-	plan, err := Decide(testCfg, Input{StatefulSet: sts, Classes: loadClasses(t)})
+	plan, err := Decide(testCfg, Input{NamespaceUID: testNSUID, StatefulSet: sts, Classes: loadClasses(t)})
 	require.NoError(t, err)
 	for name, raw := range map[string]string{
 		"no spec":                  `{"metadata":{"name":"test-petset"}}`,

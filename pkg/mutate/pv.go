@@ -8,6 +8,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
 // AnnClaim on a PV records the full namespace/name of the claim it is pre-bound to.
@@ -16,38 +18,61 @@ const AnnClaim = "petfabric.io/claim"
 // ClaimVolume is everything needed to write the PV of one claim; both the StatefulSet path
 // (per ordinal) and the PVC path build one, so both produce the identical PV.
 type ClaimVolume struct {
-	Namespace   string
-	Claim       string
-	StatefulSet string // "" for a claim not made from a StatefulSet template
-	Template    string
-	Ordinal     int // -1 when StatefulSet is ""
-	Class       Class
-	Options     Options
-	SizeGiB     int64
-	AccessModes []corev1.PersistentVolumeAccessMode
+	Namespace    string
+	NamespaceUID string // the owner: required, so a re-created namespace is another owner
+	Claim        string
+	StatefulSet  string // "" for a claim not made from a StatefulSet template
+	Template     string
+	Ordinal      int // -1 when StatefulSet is ""
+	Class        Class
+	Options      Options
+	SizeGiB      int64
+	AccessModes  []corev1.PersistentVolumeAccessMode
+	AccessMode   string // pvoptions.AccessReadWriteOnce or AccessReadOnlyMany
 }
 
 // Ordinal returns the ClaimVolume of one ordinal of a planned template.
 func (p Plan) Ordinal(tp TemplatePlan, ordinal int) ClaimVolume {
 	return ClaimVolume{
-		Namespace: p.Namespace, Claim: ClaimName(tp.Name, p.StatefulSet, ordinal),
+		Namespace: p.Namespace, NamespaceUID: p.NamespaceUID, Claim: ClaimName(tp.Name, p.StatefulSet, ordinal),
 		StatefulSet: p.StatefulSet, Template: tp.Name, Ordinal: ordinal,
-		Class: tp.Class, Options: tp.Options, SizeGiB: tp.SizeGiB(), AccessModes: tp.AccessModes,
+		Class: tp.Class, Options: tp.Options, SizeGiB: tp.SizeGiB(), AccessModes: tp.AccessModes, AccessMode: tp.AccessMode,
 	}
 }
 
-// PersistentVolume is the pre-bound FlexVolume PV for the claim, per the DESIGN.md contract.
+// Owner is who the claim's volume belongs to.
+func (cv ClaimVolume) Owner(cfg Config) pvoptions.Owner {
+	return pvoptions.Owner{ClusterID: cfg.ClusterID, Namespace: cv.Namespace, Claim: cv.Claim, NamespaceUID: cv.NamespaceUID}
+}
+
+// PersistentVolume is the pre-bound FlexVolume PV for the claim (PV contract version 2: the
+// version 1 options plus accessMode and the owner). It fails without a cluster ID or a
+// namespace UID: a PV that does not say whose it is could be handed to the wrong owner.
 func (cv ClaimVolume) PersistentVolume(cfg Config) (*corev1.PersistentVolume, error) {
+	if cfg.ClusterID == "" {
+		return nil, fmt.Errorf("claim %s/%s: no cluster id: the webhook derives one from the kube-system namespace UID unless --cluster-id is set", cv.Namespace, cv.Claim)
+	}
+	if cv.NamespaceUID == "" {
+		return nil, fmt.Errorf("claim %s/%s: the UID of namespace %s is not known, so the PV could not record its owner", cv.Namespace, cv.Claim, cv.Namespace)
+	}
+	mode, err := pvoptions.ParseAccessMode(cv.AccessMode)
+	if err != nil {
+		return nil, fmt.Errorf("claim %s/%s: %w", cv.Namespace, cv.Claim, err)
+	}
 	volumeID, err := VolumeID(cfg.ClusterID, cv.Namespace, cv.Claim)
 	if err != nil {
 		return nil, err
 	}
 	o := cv.Options
 	opts := map[string]string{
-		"volumeID":        volumeID,
-		"size":            strconv.FormatInt(cv.SizeGiB, 10),
-		"replica":         strconv.Itoa(o.Replica),
-		"backstoreServer": o.BackstoreServer,
+		"volumeID":              volumeID,
+		"size":                  strconv.FormatInt(cv.SizeGiB, 10),
+		"replica":               strconv.Itoa(o.Replica),
+		"backstoreServer":       o.BackstoreServer,
+		pvoptions.OptAccessMode: mode,
+	}
+	for k, v := range cv.Owner(cfg).Options() {
+		opts[k] = v
 	}
 	for _, kv := range [...][2]string{{OptTemplate, o.Template}, {OptPlacementMode, o.PlacementMode}, {OptIPPool, o.IPPool}, {OptTenant, o.Tenant}} {
 		if kv[1] != "" {
@@ -115,46 +140,6 @@ func LabelValue(s string) string {
 
 func isAlnum(b byte) bool {
 	return b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z' || b >= '0' && b <= '9'
-}
-
-// PlanClaim decides the PV of a claim at PVC CREATE: Datera-bound when its storageClassName
-// (or legacy beta annotation) names a Datera class. Options come from the claim's annotations
-// (the webhook recorded them on its template) > class parameters > defaults. ok is false for
-// claims petfabric does not serve.
-func PlanClaim(cfg Config, pvc *corev1.PersistentVolumeClaim, classes map[string]Class) (cv ClaimVolume, ok bool, err error) {
-	className := ""
-	if pvc.Spec.StorageClassName != nil {
-		className = *pvc.Spec.StorageClassName
-	}
-	if className == "" {
-		className = pvc.Annotations[BetaClassAnnotation]
-	}
-	class, ok := classes[className]
-	if !ok {
-		return cv, false, nil
-	}
-	if pvc.Spec.VolumeName != "" {
-		return cv, false, nil // bound to a PV chosen by someone else
-	}
-	if len(validation.IsDNS1123Label(pvc.Namespace)) > 0 || len(validation.IsDNS1123Subdomain(pvc.Name)) > 0 {
-		// Mutating admission runs before validation: the apiserver will reject this claim
-		// itself, and no PV should be made for it.
-		return cv, false, nil
-	}
-	tmpl := ClaimVolume{Namespace: pvc.Namespace, Claim: pvc.Name, Ordinal: -1, Class: class, AccessModes: pvc.Spec.AccessModes}
-	if sts, tpl := pvc.Annotations[AnnStatefulSet], pvc.Annotations[AnnClaimTemplate]; sts != "" && tpl != "" {
-		if n, ok := ParseOrdinal(pvc.Name, tpl, sts); ok {
-			tmpl.StatefulSet, tmpl.Template, tmpl.Ordinal = sts, tpl, n
-		}
-	}
-	asTemplate := pvc.DeepCopy()
-	asTemplate.Name = pvc.Name
-	tp, err := planTemplate(cfg, 0, asTemplate, class, "persistentvolumeclaim "+pvc.Namespace+"/"+pvc.Name)
-	if err != nil {
-		return cv, true, err
-	}
-	tmpl.Options, tmpl.SizeGiB, tmpl.AccessModes = tp.Options, tp.SizeGiB(), tp.AccessModes
-	return tmpl, true, nil
 }
 
 // SameClaim reports whether an existing PV is the one for this claim (pre-bound or bound to

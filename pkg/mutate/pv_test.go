@@ -33,7 +33,7 @@ func TestPersistentVolumeGolden(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.golden, func(t *testing.T) {
 			sts, _ := loadSTS(t, tc.fixture)
-			plan, err := Decide(testCfg, Input{StatefulSet: sts, NamespaceLabels: tc.nsLabels, Classes: classes})
+			plan, err := Decide(testCfg, Input{NamespaceUID: testNSUID, StatefulSet: sts, NamespaceLabels: tc.nsLabels, Classes: classes})
 			require.NoError(t, err)
 			tp := templateNamed(t, plan, tc.template)
 			pv, err := plan.Ordinal(tp, tc.ordinal).PersistentVolume(testCfg)
@@ -66,7 +66,7 @@ func TestPersistentVolumeContract(t *testing.T) {
 		}
 		t.Run(tc.name, func(t *testing.T) {
 			sts, _ := loadCase(t, tc.fixture, tc.stsLabel)
-			plan, err := Decide(testCfg, Input{StatefulSet: sts, NamespaceLabels: tc.nsLabels, Classes: classes})
+			plan, err := Decide(testCfg, Input{NamespaceUID: testNSUID, StatefulSet: sts, NamespaceLabels: tc.nsLabels, Classes: classes})
 			require.NoError(t, err)
 			for i, tp := range plan.Templates {
 				w := tc.want[i]
@@ -95,7 +95,7 @@ func TestPersistentVolumeContract(t *testing.T) {
 // checkContractPV asserts the contract clauses common to both paths.
 func checkContractPV(t *testing.T, pv *corev1.PersistentVolume, namespace, claim, class string, sizeGiB int64, options map[string]string) {
 	t.Helper()
-	assert.Equal(t, "datera-"+namespace+"-"+claim, pv.Name)
+	assert.Equal(t, "datera-"+namespace+"."+claim, pv.Name)
 	assert.Empty(t, validation.IsDNS1123Subdomain(pv.Name))
 	for k, v := range pv.Labels {
 		assert.Empty(t, validation.IsQualifiedName(k), k)
@@ -122,7 +122,8 @@ func checkContractPV(t *testing.T, pv *corev1.PersistentVolume, namespace, claim
 	assert.True(t, ValidVolumeID(fv.Options["volumeID"]), fv.Options["volumeID"])
 	assert.Equal(t, "pf_"+namespace+"_"+claim, fv.Options["volumeID"])
 	assert.Equal(t, strconv.FormatInt(sizeGiB, 10), fv.Options["size"])
-	wantOpts := map[string]string{"volumeID": fv.Options["volumeID"], "size": strconv.FormatInt(sizeGiB, 10)}
+	wantOpts := map[string]string{"volumeID": fv.Options["volumeID"], "size": strconv.FormatInt(sizeGiB, 10),
+		"accessMode": "ReadWriteOnce", "clusterID": "pf", "claimNamespace": namespace, "claimName": claim, "namespaceUID": testNSUID}
 	for _, k := range []string{OptReplica, OptBackstoreServer, OptTemplate, OptPlacementMode, OptMaxIOPS, OptMaxBW, OptIPPool, OptTenant} {
 		if v := options[k]; v != "" && v != "0" {
 			wantOpts[k] = v
@@ -131,158 +132,42 @@ func checkContractPV(t *testing.T, pv *corev1.PersistentVolume, namespace, claim
 	assert.Equal(t, wantOpts, fv.Options, "exactly the contract's options, all strings")
 }
 
-// TestPlanClaimMatchesOrdinal: the PVC hook, given the claim the StatefulSet controller makes
-// from the patched template, writes the very PV the StatefulSet hook wrote for that ordinal —
-// so whichever runs first, the other finds "its" PV (AlreadyExists, same claim).
-func TestPlanClaimMatchesOrdinal(t *testing.T) {
-	classes := loadClasses(t)
-	for _, tc := range decideCases {
-		if len(tc.want) == 0 {
-			continue
-		}
-		t.Run(tc.name, func(t *testing.T) {
-			sts, raw := loadCase(t, tc.fixture, tc.stsLabel)
-			plan, err := Decide(testCfg, Input{StatefulSet: sts, NamespaceLabels: tc.nsLabels, Classes: classes})
-			require.NoError(t, err)
-			patch, err := plan.Patch(raw, sts)
-			require.NoError(t, err)
-			stored := stsFromJSON(t, applyPatch(t, raw, patch))
-			for _, tp := range plan.Templates {
-				for n := range int(*sts.Spec.Replicas) {
-					want, err := plan.Ordinal(tp, n).PersistentVolume(testCfg)
-					require.NoError(t, err)
-					pvc := claimFor(stored, tp.Index, n)
-					cv, ok, err := PlanClaim(testCfg, pvc, classes)
-					require.NoError(t, err)
-					require.True(t, ok, "claim %s is Datera's", pvc.Name)
-					got, err := cv.PersistentVolume(testCfg)
-					require.NoError(t, err)
-					assert.Equal(t, string(mustJSON(t, want)), string(mustJSON(t, got)), "claim %s", pvc.Name)
-					assert.True(t, SameClaim(got, pvc.Namespace, pvc.Name))
-				}
-			}
-		})
-	}
-}
-
-// TestPlanClaimFrozenOptions: the options recorded on the template at CREATE win over a
-// webhook default changed since, so late claims get the same PV as early ones.
-func TestPlanClaimFrozenOptions(t *testing.T) {
+// TestRecordedOptionsFrozen: the options recorded on the template at CREATE win over a
+// webhook default changed since, so late ordinals get the same PV as early ones — but they
+// are still capped by what the admin grants now: a recorded replica count above a lowered
+// grant is refused, naming the annotation and the grant.
+func TestRecordedOptionsFrozen(t *testing.T) {
 	classes := loadClasses(t)
 	sts, raw := loadSTS(t, "cockroachdb.yaml")
-	plan, err := Decide(testCfg, Input{StatefulSet: sts, NamespaceLabels: optedIn, Classes: classes})
+	plan, err := Decide(testCfg, Input{NamespaceUID: testNSUID, StatefulSet: sts, NamespaceLabels: optedIn, Classes: classes})
 	require.NoError(t, err)
 	patch, err := plan.Patch(raw, sts)
 	require.NoError(t, err)
 	stored := stsFromJSON(t, applyPatch(t, raw, patch))
 
 	later := testCfg
-	later.Defaults = withDefaults(map[string]string{OptReplica: "1", OptFSType: "ext4"})
-	cv, ok, err := PlanClaim(later, claimFor(stored, 0, 7), classes)
+	later.Defaults = withDefaults(map[string]string{OptFSType: "ext4"})
+	again, err := Decide(later, Input{NamespaceUID: testNSUID, StatefulSet: stored, NamespaceLabels: optedIn, Classes: classes, PinnedOnly: true})
 	require.NoError(t, err)
-	require.True(t, ok)
+	cv := again.Ordinal(again.Templates[0], 7)
 	assert.Equal(t, 3, cv.Options.Replica)
 	assert.Equal(t, "xfs", cv.Options.FSType)
-	assert.Equal(t, 7, cv.Ordinal)
 	assert.Equal(t, "cockroachdb", cv.StatefulSet)
-}
 
-func TestPlanClaim(t *testing.T) {
-	classes := loadClasses(t)
-	claim := func(mut func(c *corev1.PersistentVolumeClaim)) *corev1.PersistentVolumeClaim {
-		c := &corev1.PersistentVolumeClaim{}
-		c.Name, c.Namespace = "standalone", "shop"
-		c.Spec.StorageClassName = ptr.To("datera-gold")
-		c.Spec.AccessModes = []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}
-		c.Spec.Resources.Requests = corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("5G")}
-		if mut != nil {
-			mut(c)
+	lowered := map[string]Class{}
+	for n, c := range classes {
+		params := map[string]string{}
+		for k, v := range c.Parameters {
+			params[k] = v
 		}
-		return c
+		params[OptReplica] = "1"
+		c.Parameters = params
+		lowered[n] = c
 	}
-
-	t.Run("a claim not made from a StatefulSet", func(t *testing.T) {
-		cv, ok, err := PlanClaim(testCfg, claim(nil), classes)
-		require.NoError(t, err)
-		require.True(t, ok)
-		assert.Equal(t, -1, cv.Ordinal)
-		assert.Equal(t, int64(5), cv.SizeGiB, "5G = 4.66Gi rounds up to 5")
-		pv, err := cv.PersistentVolume(testCfg)
-		require.NoError(t, err)
-		checkContractPV(t, pv, "shop", "standalone", "datera-gold", 5, gold)
-		assert.Equal(t, map[string]string{LabelManagedBy: ManagedByValue, LabelNamespace: "shop"}, pv.Labels, "no pet labels")
-		assert.Equal(t, map[string]string{AnnClaim: "shop/standalone"}, pv.Annotations)
-	})
-	t.Run("beta annotation names the class", func(t *testing.T) {
-		cv, ok, err := PlanClaim(testCfg, claim(func(c *corev1.PersistentVolumeClaim) {
-			c.Spec.StorageClassName = nil
-			c.Annotations = map[string]string{BetaClassAnnotation: "datera-silver"}
-		}), classes)
-		require.NoError(t, err)
-		require.True(t, ok)
-		assert.Equal(t, "datera-silver", cv.Class.Name)
-	})
-	t.Run("access modes default to ReadWriteOnce", func(t *testing.T) {
-		cv, ok, err := PlanClaim(testCfg, claim(func(c *corev1.PersistentVolumeClaim) { c.Spec.AccessModes = nil }), classes)
-		require.NoError(t, err)
-		require.True(t, ok)
-		assert.Equal(t, []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}, cv.AccessModes)
-	})
-	t.Run("annotations naming a StatefulSet the name does not fit are ignored", func(t *testing.T) {
-		cv, ok, err := PlanClaim(testCfg, claim(func(c *corev1.PersistentVolumeClaim) {
-			c.Annotations = map[string]string{AnnStatefulSet: "web", AnnClaimTemplate: "data"}
-		}), classes)
-		require.NoError(t, err)
-		require.True(t, ok)
-		assert.Equal(t, "", cv.StatefulSet)
-		assert.Equal(t, -1, cv.Ordinal)
-	})
-	notServed := map[string]func(c *corev1.PersistentVolumeClaim){
-		"no class":         func(c *corev1.PersistentVolumeClaim) { c.Spec.StorageClassName = nil },
-		"empty class":      func(c *corev1.PersistentVolumeClaim) { c.Spec.StorageClassName = ptr.To("") },
-		"non-Datera class": func(c *corev1.PersistentVolumeClaim) { c.Spec.StorageClassName = ptr.To("standard") },
-		"alpha annotation only": func(c *corev1.PersistentVolumeClaim) {
-			c.Spec.StorageClassName = nil
-			c.Annotations = map[string]string{AlphaClassAnnotation: "datera"}
-		},
-		"already bound to a PV":  func(c *corev1.PersistentVolumeClaim) { c.Spec.VolumeName = "someone-elses" },
-		"invalid claim name":     func(c *corev1.PersistentVolumeClaim) { c.Name = "Bad_Name" },
-		"invalid namespace":      func(c *corev1.PersistentVolumeClaim) { c.Namespace = "a.b" },
-		"no name (generateName)": func(c *corev1.PersistentVolumeClaim) { c.Name = "" },
-	}
-	for name, mut := range notServed {
-		t.Run("not served: "+name, func(t *testing.T) {
-			_, ok, err := PlanClaim(testCfg, claim(mut), classes)
-			assert.NoError(t, err)
-			assert.False(t, ok)
-		})
-	}
-	invalid := map[string]struct {
-		mut   func(c *corev1.PersistentVolumeClaim)
-		field string
-	}{
-		"replica 6": {func(c *corev1.PersistentVolumeClaim) { c.Annotations = map[string]string{"petfabric.io/replica": "6"} },
-			"persistentvolumeclaim shop/standalone.metadata.annotations[petfabric.io/replica]"},
-		"backstoreServer annotation": {func(c *corev1.PersistentVolumeClaim) {
-			c.Annotations = map[string]string{"petfabric.io/backstoreServer": "evil.example:7717"}
-		}, "persistentvolumeclaim shop/standalone.metadata.annotations[petfabric.io/backstoreServer]"},
-		"secretNamespace annotation": {func(c *corev1.PersistentVolumeClaim) {
-			c.Annotations = map[string]string{"petfabric.io/secretNamespace": "kube-system"}
-		}, "persistentvolumeclaim shop/standalone.metadata.annotations[petfabric.io/secretNamespace]"},
-		"Block": {func(c *corev1.PersistentVolumeClaim) { c.Spec.VolumeMode = ptr.To(corev1.PersistentVolumeBlock) },
-			"persistentvolumeclaim shop/standalone.spec.volumeMode"},
-		"no request": {func(c *corev1.PersistentVolumeClaim) { c.Spec.Resources.Requests = nil },
-			"persistentvolumeclaim shop/standalone.spec.resources.requests.storage"},
-	}
-	for name, tc := range invalid {
-		t.Run("invalid: "+name, func(t *testing.T) {
-			_, ok, err := PlanClaim(testCfg, claim(tc.mut), classes)
-			assert.True(t, ok, "a Datera claim, denied")
-			var ve *ValidationError
-			require.ErrorAs(t, err, &ve)
-			assert.Equal(t, tc.field, ve.Field)
-		})
-	}
+	_, err = Decide(testCfg, Input{NamespaceUID: testNSUID, StatefulSet: stored, NamespaceLabels: optedIn, Classes: lowered, PinnedOnly: true})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "annotations[petfabric.io/replica]")
+	assert.Contains(t, err.Error(), "at most 1, the replica count storageclass datera.parameters[replica] grants")
 }
 
 // TestPersistentVolumeLongNames: a claim name as long as Kubernetes allows (PVCs made by hand
@@ -290,44 +175,32 @@ func TestPlanClaim(t *testing.T) {
 // and Datera volume ID.
 func TestPersistentVolumeLongNames(t *testing.T) {
 	classes := loadClasses(t)
-	ns := "n" + strings.Repeat("a", 62)
-	long := strings.Repeat("c", 240) + ".x-0"
-	pvc := &corev1.PersistentVolumeClaim{}
-	pvc.Name, pvc.Namespace = long, ns
-	pvc.Spec.StorageClassName = ptr.To("datera")
-	pvc.Spec.Resources.Requests = corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")}
-	cv, ok, err := PlanClaim(testCfg, pvc, classes)
-	require.NoError(t, err)
-	require.True(t, ok)
-	pv, err := cv.PersistentVolume(testCfg)
-	require.NoError(t, err)
-	assert.Empty(t, validation.IsDNS1123Subdomain(pv.Name))
-	assert.LessOrEqual(t, len(pv.Name), 253)
-	assert.True(t, ValidVolumeID(pv.Spec.FlexVolume.Options["volumeID"]))
-	assert.Equal(t, ns+"/"+long, pv.Annotations[AnnClaim], "the full name is kept where length does not matter")
-	assert.Equal(t, long, pv.Spec.ClaimRef.Name)
-	for k, v := range pv.Labels {
-		assert.Empty(t, validation.IsValidLabelValue(v), "label %s", k)
-	}
-	again, err := cv.PersistentVolume(testCfg)
-	require.NoError(t, err)
-	assert.Equal(t, pv, again, "deterministic")
+	tpl := corev1.PersistentVolumeClaim{}
+	tpl.Spec.StorageClassName = ptr.To("datera")
+	tpl.Spec.Resources.Requests = corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")}
 
 	// The longest names a StatefulSet path can produce (DNS-label namespace, StatefulSet and
 	// template names; a 10-digit ordinal) fit without truncation of the PV name.
 	sts := &appsv1.StatefulSet{}
 	sts.Name, sts.Namespace = strings.Repeat("s", 63), strings.Repeat("n", 63)
-	sts.Spec.VolumeClaimTemplates = []corev1.PersistentVolumeClaim{*pvc.DeepCopy()}
+	sts.Spec.VolumeClaimTemplates = []corev1.PersistentVolumeClaim{*tpl.DeepCopy()}
 	sts.Spec.VolumeClaimTemplates[0].Name = strings.Repeat("t", 63)
-	plan, err := Decide(testCfg, Input{StatefulSet: sts, Classes: classes})
+	plan, err := Decide(testCfg, Input{NamespaceUID: testNSUID, StatefulSet: sts, Classes: classes})
 	require.NoError(t, err)
-	cv = plan.Ordinal(plan.Templates[0], 2147483647)
-	pv, err = cv.PersistentVolume(testCfg)
+	cv := plan.Ordinal(plan.Templates[0], 2147483647)
+	pv, err := cv.PersistentVolume(testCfg)
 	require.NoError(t, err)
-	assert.Equal(t, "datera-"+sts.Namespace+"-"+cv.Claim, pv.Name)
+	assert.Equal(t, "datera-"+sts.Namespace+"."+cv.Claim, pv.Name)
+	assert.Empty(t, validation.IsDNS1123Subdomain(pv.Name))
+	for k, v := range pv.Labels {
+		assert.Empty(t, validation.IsValidLabelValue(v), "label %s", k)
+	}
 	id := pv.Spec.FlexVolume.Options["volumeID"]
 	assert.Len(t, id, 64)
 	assert.True(t, ValidVolumeID(id))
+	again, err := cv.PersistentVolume(testCfg)
+	require.NoError(t, err)
+	assert.Equal(t, pv, again, "deterministic")
 }
 
 func TestSameClaim(t *testing.T) {
