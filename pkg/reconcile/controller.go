@@ -13,6 +13,7 @@ import (
 	storagev1 "k8s.io/api/storage/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/informers"
 	appslisters "k8s.io/client-go/listers/apps/v1"
@@ -22,6 +23,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 
 	"github.com/petfabric/petfabric/pkg/mutate"
+	"github.com/petfabric/petfabric/pkg/placement"
 )
 
 // kind of a queue item.
@@ -29,7 +31,8 @@ type kind uint8
 
 const (
 	kindStatefulSet kind = iota + 1 // name is namespace/name: ensure its PVs exist
-	kindPV                          // name is the PV name: orphan or Released check
+	kindPV                          // name is the PV name: orphan, Released or freeing check
+	kindFence                       // name is the PV name: may a dead holder be fenced?
 )
 
 type item struct {
@@ -38,8 +41,11 @@ type item struct {
 }
 
 func (i item) String() string {
-	if i.kind == kindStatefulSet {
+	switch i.kind {
+	case kindStatefulSet:
 		return "statefulset " + i.name
+	case kindFence:
+		return "fence check of persistentvolume " + i.name
 	}
 	return "persistentvolume " + i.name
 }
@@ -47,8 +53,18 @@ func (i item) String() string {
 // managedSelector selects the PVs the loop may touch.
 var managedSelector = labels.SelectorFromSet(labels.Set{mutate.LabelManagedBy: mutate.ManagedByValue}).String()
 
-// byStatefulSet indexes managed PVs by "<namespace>/<statefulset>".
-const byStatefulSet = "petfabric-statefulset"
+// Indexes: managed PVs by "<namespace>/<statefulset>" and by the "<namespace>/<claim>" of
+// their claimRef; pods by the "<namespace>/<claim>" of each claim they mount.
+const (
+	byStatefulSet = "petfabric-statefulset"
+	byClaim       = "petfabric-claim"
+)
+
+// reportSelector selects the node agents' report Leases.
+var reportSelector = labels.SelectorFromSet(labels.Set{
+	placement.LeaseManagedByLabel: placement.LeaseManagedByValue,
+	placement.LeaseComponentLabel: placement.LeaseComponentValue,
+}).String()
 
 // controller is one leadership term's state: informers, listers and the queue.
 type controller struct {
@@ -57,16 +73,25 @@ type controller struct {
 	log   *slog.Logger
 	queue workqueue.TypedRateLimitingInterface[item]
 
-	stsLister appslisters.StatefulSetLister
-	pvLister  corelisters.PersistentVolumeLister
-	pvIndexer cache.Indexer
-	pvcLister corelisters.PersistentVolumeClaimLister
-	scLister  storagelisters.StorageClassLister
-	nsLister  corelisters.NamespaceLister
-	synced    []cache.InformerSynced
-	factories []informers.SharedInformerFactory
-	warnedMu  sync.Mutex
-	warned    map[string]string // dedup of repeated warnings: key → last message
+	stsLister  appslisters.StatefulSetLister
+	pvLister   corelisters.PersistentVolumeLister
+	pvIndexer  cache.Indexer
+	pvcLister  corelisters.PersistentVolumeClaimLister
+	scLister   storagelisters.StorageClassLister
+	nsLister   corelisters.NamespaceLister
+	podIndexer cache.Indexer
+	synced     []cache.InformerSynced
+	factories  []informers.SharedInformerFactory
+	warnedMu   sync.Mutex
+	warned     map[string]string // dedup of repeated warnings: key → last message
+
+	// absentSince: when this loop first saw a PV (by UID) Available with no claim that could
+	// bind it. The orphan grace counts from here, never from the PV's creation.
+	absentMu    sync.Mutex
+	absentSince map[types.UID]time.Time
+	// reports: what this loop observed of each node's report Lease, by node (fencing). nil
+	// when fencing is off.
+	reports *reportTracker
 }
 
 func (r *Reconciler) runController(ctx context.Context) error {
@@ -88,7 +113,8 @@ func newController(r *Reconciler) (*controller, error) {
 			workqueue.NewTypedItemExponentialFailureRateLimiter[item](o.RetryBase, o.RetryMax),
 			workqueue.TypedRateLimitingQueueConfig[item]{Name: Component},
 		),
-		warned: map[string]string{},
+		warned:      map[string]string{},
+		absentSince: map[types.UID]time.Time{},
 	}
 	all := informers.NewSharedInformerFactory(o.Client, o.Resync)
 	managed := informers.NewSharedInformerFactoryWithOptions(o.Client, o.Resync,
@@ -100,11 +126,20 @@ func newController(r *Reconciler) (*controller, error) {
 	pvcs := all.Core().V1().PersistentVolumeClaims()
 	scs := all.Storage().V1().StorageClasses()
 	nss := all.Core().V1().Namespaces()
-	if err := pvs.Informer().AddIndexers(cache.Indexers{byStatefulSet: indexPVByStatefulSet}); err != nil {
+	pods := all.Core().V1().Pods()
+	if err := pvs.Informer().AddIndexers(cache.Indexers{byStatefulSet: indexPVByStatefulSet, byClaim: indexPVByClaim}); err != nil {
+		return nil, err
+	}
+	// Pods are many: keep only what fencing reads (node, phase, claims, deletion).
+	if err := pods.Informer().SetTransform(slimPod); err != nil {
+		return nil, err
+	}
+	if err := pods.Informer().AddIndexers(cache.Indexers{byClaim: indexPodByClaim}); err != nil {
 		return nil, err
 	}
 	c.stsLister, c.pvLister, c.pvIndexer = sts.Lister(), pvs.Lister(), pvs.Informer().GetIndexer()
 	c.pvcLister, c.scLister, c.nsLister = pvcs.Lister(), scs.Lister(), nss.Lister()
+	c.podIndexer = pods.Informer().GetIndexer()
 
 	handlers := []struct {
 		inf cache.SharedIndexInformer
@@ -120,7 +155,12 @@ func newController(r *Reconciler) (*controller, error) {
 			UpdateFunc: func(_, n any) { c.onPV(n) },
 			DeleteFunc: c.onPVDelete,
 		}},
-		{pvcs.Informer(), cache.ResourceEventHandlerFuncs{DeleteFunc: c.onClaimDelete}},
+		{pvcs.Informer(), cache.ResourceEventHandlerFuncs{AddFunc: c.onClaimAdd, DeleteFunc: c.onClaimDelete}},
+		{pods.Informer(), cache.ResourceEventHandlerFuncs{
+			AddFunc:    c.onPod,
+			UpdateFunc: func(_, n any) { c.onPod(n) },
+			DeleteFunc: c.onPod,
+		}},
 		{scs.Informer(), cache.ResourceEventHandlerFuncs{
 			AddFunc:    c.onStorageClass,
 			UpdateFunc: func(_, n any) { c.onStorageClass(n) },
@@ -130,6 +170,21 @@ func newController(r *Reconciler) (*controller, error) {
 			UpdateFunc: func(o, n any) { c.onNamespaceUpdate(o, n) },
 		}},
 	}
+	if o.ReportNamespace != "" {
+		c.reports = newReportTracker(o.now)
+		reportFactory := informers.NewSharedInformerFactoryWithOptions(o.Client, o.Resync,
+			informers.WithNamespace(o.ReportNamespace),
+			informers.WithTweakListOptions(func(lo *metav1.ListOptions) { lo.LabelSelector = reportSelector }))
+		c.factories = append(c.factories, reportFactory)
+		handlers = append(handlers, struct {
+			inf cache.SharedIndexInformer
+			h   cache.ResourceEventHandler
+		}{reportFactory.Coordination().V1().Leases().Informer(), cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(n any) { c.reports.observe(n) },
+			UpdateFunc: func(_, n any) { c.reports.observe(n) },
+			DeleteFunc: func(o any) { c.reports.forget(o) },
+		}})
+	}
 	for _, h := range handlers {
 		reg, err := h.inf.AddEventHandler(h.h)
 		if err != nil {
@@ -138,6 +193,55 @@ func newController(r *Reconciler) (*controller, error) {
 		c.synced = append(c.synced, reg.HasSynced)
 	}
 	return c, nil
+}
+
+func indexPVByClaim(obj any) ([]string, error) {
+	pv, ok := obj.(*corev1.PersistentVolume)
+	if !ok || pv.Spec.ClaimRef == nil || pv.Spec.ClaimRef.Name == "" {
+		return nil, nil
+	}
+	return []string{pv.Spec.ClaimRef.Namespace + "/" + pv.Spec.ClaimRef.Name}, nil
+}
+
+func indexPodByClaim(obj any) ([]string, error) {
+	pod, ok := obj.(*corev1.Pod)
+	if !ok {
+		return nil, nil
+	}
+	return podClaims(pod), nil
+}
+
+// podClaims lists "<namespace>/<claim>" of every claim the pod mounts.
+func podClaims(pod *corev1.Pod) []string {
+	var out []string
+	for _, v := range pod.Spec.Volumes {
+		if v.PersistentVolumeClaim != nil && v.PersistentVolumeClaim.ClaimName != "" {
+			out = append(out, pod.Namespace+"/"+v.PersistentVolumeClaim.ClaimName)
+		}
+	}
+	return out
+}
+
+// slimPod keeps the fields fencing reads: identity, deletion, node, claim volumes and phase.
+func slimPod(obj any) (any, error) {
+	pod, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil
+	}
+	slim := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: pod.Name, Namespace: pod.Namespace, UID: pod.UID, ResourceVersion: pod.ResourceVersion,
+			DeletionTimestamp: pod.DeletionTimestamp,
+		},
+		Spec:   corev1.PodSpec{NodeName: pod.Spec.NodeName},
+		Status: corev1.PodStatus{Phase: pod.Status.Phase},
+	}
+	for _, v := range pod.Spec.Volumes {
+		if v.PersistentVolumeClaim != nil {
+			slim.Spec.Volumes = append(slim.Spec.Volumes, corev1.Volume{Name: v.Name, VolumeSource: corev1.VolumeSource{PersistentVolumeClaim: v.PersistentVolumeClaim}})
+		}
+	}
+	return slim, nil
 }
 
 func indexPVByStatefulSet(obj any) ([]string, error) {
@@ -204,6 +308,8 @@ func (c *controller) processNext(ctx context.Context) bool {
 		err = c.syncStatefulSet(ctx, it.name)
 	case kindPV:
 		after, err = c.syncPV(ctx, it.name)
+	case kindFence:
+		after, err = c.syncFence(ctx, it.name)
 	}
 	switch {
 	case err != nil:
@@ -266,9 +372,54 @@ func (c *controller) onPVDelete(obj any) {
 		return
 	}
 	c.clearWarning(malformedKey(pv.Name))
+	c.forgetAbsent(pv.UID)
+	c.forgetWarnings("pv/" + pv.Name)
 	// A StatefulSet that still needs this ordinal gets its PV back.
 	if ns, name := pvOwner(pv); ns != "" && name != "" {
 		c.enqueueStatefulSet(ns, name)
+	}
+}
+
+// onClaimAdd looks at the PVs pre-bound to the claim's name at once: a Released Retain PV may
+// be handed to it (seconds after the claim is stored, not at the next resync).
+func (c *controller) onClaimAdd(obj any) {
+	pvc, ok := obj.(*corev1.PersistentVolumeClaim)
+	if !ok {
+		return
+	}
+	objs, _ := c.pvIndexer.ByIndex(byClaim, pvc.Namespace+"/"+pvc.Name)
+	for _, o := range objs {
+		if pv, ok := o.(*corev1.PersistentVolume); ok {
+			c.queue.Add(item{kindPV, pv.Name})
+		}
+	}
+}
+
+// onPod asks for a fence check of the volumes of a pod that waits (Pending), or that left a
+// node (deleted), since either may be what a fence was waiting for.
+func (c *controller) onPod(obj any) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	pod, ok := obj.(*corev1.Pod)
+	if !ok || c.reports == nil {
+		return
+	}
+	for _, key := range podClaims(pod) {
+		c.enqueueFenceForClaim(key)
+	}
+}
+
+// enqueueFenceForClaim asks for a fence check of the PV(s) of a claim with a waiting pod.
+func (c *controller) enqueueFenceForClaim(claimKey string) {
+	if !c.claimHasWaitingPod(claimKey) {
+		return
+	}
+	objs, _ := c.pvIndexer.ByIndex(byClaim, claimKey)
+	for _, o := range objs {
+		if pv, ok := o.(*corev1.PersistentVolume); ok && pv.Status.Phase == corev1.VolumeBound {
+			c.queue.Add(item{kindFence, pv.Name})
+		}
 	}
 }
 

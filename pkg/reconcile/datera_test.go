@@ -46,7 +46,7 @@ func TestDefaultDateraFor(t *testing.T) {
 		{name: "credentials from the secretRef: volume and PV deleted", secret: credentials(fake.DefaultUser, fake.DefaultPassword), wantGone: true},
 		{name: "no secret: PV kept, warning", wantWarn: `cannot reach Datera to delete volume`},
 		{name: "secret without password: PV kept", secret: credentials(fake.DefaultUser, ""), wantWarn: "lacks the username or password key"},
-		{name: "wrong password: PV kept", secret: credentials(fake.DefaultUser, "wrong-password"), wantWarn: "deleting Datera volume"},
+		{name: "wrong password: PV kept", secret: credentials(fake.DefaultUser, "wrong-password"), wantWarn: "reading the owner of Datera volume"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -112,6 +112,9 @@ func TestAvailableOrphanKeepsDateraVolume(t *testing.T) {
 	e := newEnv(t, []runtime.Object{namespace(testNS, nil), del, pv, credentials(fake.DefaultUser, fake.DefaultPassword)},
 		func(o *Options) { o.DateraFor = nil }).start()
 	e.waitFor("PV in cache", func() bool { _, err := e.c.pvLister.Get(pv.Name); return err == nil })
+	_, err = e.c.syncPV(context.Background(), pv.Name)
+	require.NoError(t, err)
+	e.clock.Add(5 * time.Minute)
 	_, err = e.c.syncPV(context.Background(), pv.Name)
 	require.NoError(t, err)
 	assert.False(t, e.pvExists(pv.Name), "the orphan PV is deleted (its StatefulSet is gone)")

@@ -27,6 +27,7 @@ import (
 	"k8s.io/client-go/tools/reference"
 	"k8s.io/utils/ptr"
 
+	"github.com/petfabric/petfabric/pkg/datera"
 	"github.com/petfabric/petfabric/pkg/mutate"
 )
 
@@ -43,8 +44,11 @@ var (
 	testCfg = mutate.Config{ClusterID: testCluster}
 )
 
+// nsUID is the UID of every test namespace (the owner the PVs record).
+const nsUID = "6a0c3a1e-0000-4000-8000-000000000001"
+
 func namespace(name string, labels map[string]string) *corev1.Namespace {
-	return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}, Status: corev1.NamespaceStatus{Phase: corev1.NamespaceActive}}
+	return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels, UID: nsUID}, Status: corev1.NamespaceStatus{Phase: corev1.NamespaceActive}}
 }
 
 func storageClass(name string, policy corev1.PersistentVolumeReclaimPolicy, params map[string]string) *storagev1.StorageClass {
@@ -94,7 +98,7 @@ func planned(t *testing.T, sts *appsv1.StatefulSet, sc *storagev1.StorageClass, 
 	t.Helper()
 	cl, ok := mutate.ClassFromStorageClass(sc)
 	require.True(t, ok)
-	plan, err := mutate.Decide(testCfg, mutate.Input{StatefulSet: sts, Classes: map[string]mutate.Class{cl.Name: cl}})
+	plan, err := mutate.Decide(testCfg, mutate.Input{StatefulSet: sts, NamespaceUID: nsUID, Classes: map[string]mutate.Class{cl.Name: cl}})
 	require.NoError(t, err)
 	for _, tp := range plan.Templates {
 		if tp.Name == tpl {
@@ -124,6 +128,30 @@ type fakeDatera struct {
 	errs  []error
 	// onDelete runs before each call returns (to check ordering against the API).
 	onDelete func(name string)
+	// meta is the metadata of each app_instance (absent: ErrNotFound).
+	meta map[string]map[string]string
+}
+
+func (f *fakeDatera) GetMetadata(_ context.Context, name string) (map[string]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	m, ok := f.meta[name]
+	if !ok {
+		return nil, fmt.Errorf("app_instance %s: %w", name, datera.ErrNotFound)
+	}
+	return m, nil
+}
+
+func (f *fakeDatera) GetAppInstance(_ context.Context, name string) (*datera.AppInstance, error) {
+	return nil, fmt.Errorf("app_instance %s: %w", name, datera.ErrNotFound)
+}
+
+func (f *fakeDatera) GetACL(_ context.Context, ai, si string) (*datera.ACLPolicy, error) {
+	return nil, fmt.Errorf("app_instance %s: %w", ai, datera.ErrNotFound)
+}
+
+func (f *fakeDatera) RemoveInitiatorFromACL(_ context.Context, ai, si, iqn string) error {
+	return fmt.Errorf("app_instance %s: %w", ai, datera.ErrNotFound)
 }
 
 func (f *fakeDatera) DeleteAppInstance(_ context.Context, name string) error {
@@ -150,6 +178,7 @@ func (f *fakeDatera) Calls() []string {
 // env is a Reconciler over a fake clientset with synced informers; tests drive the sync
 // functions directly, or run the whole loop.
 type env struct {
+	clock  testClock
 	t      *testing.T
 	client *fake.Clientset
 	rec    *testRecorder
@@ -158,6 +187,30 @@ type env struct {
 	c      *controller
 	ctx    context.Context
 	cancel context.CancelFunc
+}
+
+// testClock is a settable clock.
+type testClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *testClock) Set(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = t
+}
+
+func (c *testClock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
 }
 
 // testRecorder records events as "<type> <reason> <message> involvedObject{kind=K,name=N}",
@@ -205,13 +258,14 @@ func newEnv(t *testing.T, objs []runtime.Object, mod ...func(*Options)) *env {
 		Mutate:      testCfg,
 		OrphanGrace: 5 * time.Minute,
 		Recorder:    e.rec,
-		DateraFor: func(context.Context, *corev1.PersistentVolume) (DateraDeleter, error) {
+		DateraFor: func(context.Context, *corev1.PersistentVolume) (DateraAPI, error) {
 			return e.datera, nil
 		},
 		RetryBase: 5 * time.Millisecond,
 		RetryMax:  50 * time.Millisecond,
-		now:       func() time.Time { return t0 },
+		now:       e.clock.Now,
 	}
+	e.clock.Set(t0)
 	for _, m := range mod {
 		m(&opts)
 	}

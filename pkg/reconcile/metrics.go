@@ -17,6 +17,22 @@ const (
 	ReasonMalformedPV     = "malformed_pv"      // a managed PV without flexVolume.options.volumeID
 	ReasonLeaderElection  = "leader_election"   // the elector could not be built
 	ReasonClaimNotBinding = "claim_not_binding" // a claim exists whose class differs from the PV's
+	ReasonFreePV          = "free_pv"           // the API refused freeing a Released PV
+	ReasonFence           = "fence"             // a fence could not be carried out (Datera, API)
+)
+
+// Reasons of the owner-mismatch metric: what the loop refused to do.
+const (
+	OwnerRefusedFree   = "free"   // hand a Released Retain PV to a claim of another owner
+	OwnerRefusedDelete = "delete" // delete a Datera volume recorded as another owner's
+)
+
+// Reasons of the PV-mismatch metric: how an existing PV differs from its claim's template.
+const (
+	MismatchClass       = "class"
+	MismatchSize        = "size"
+	MismatchAccessModes = "access_modes"
+	MismatchVolume      = "volume" // driver or volumeID
 )
 
 type metrics struct {
@@ -24,6 +40,12 @@ type metrics struct {
 	orphansDeleted  prometheus.Counter
 	releasedDeleted prometheus.Counter
 	dateraDeleted   prometheus.Counter
+	pvsFreed        prometheus.Counter
+	ownerRefused    *prometheus.CounterVec
+	pvMismatch      *prometheus.CounterVec
+	pvsReplaced     prometheus.Counter
+	ordinalCeiling  prometheus.Counter
+	fences          prometheus.Counter
 	errors          *prometheus.CounterVec
 	isLeader        prometheus.Gauge
 }
@@ -46,6 +68,30 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "petfabric_reconcile_datera_volumes_deleted_total",
 			Help: "Datera app_instances deleted for reclaim policy Delete (including ones already gone).",
 		}),
+		pvsFreed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "petfabric_reconcile_released_pvs_freed_total",
+			Help: "Released Retain PersistentVolumes handed to the re-created claim of the same owner.",
+		}),
+		ownerRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "petfabric_reconcile_owner_mismatch_total",
+			Help: "Volumes the loop refused to hand over (action=free) or delete (action=delete) because the recorded owner differs.",
+		}, []string{"action"}),
+		pvMismatch: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "petfabric_reconcile_pv_mismatch_total",
+			Help: "Existing petfabric PersistentVolumes found not matching their claim template (counted once per distinct finding).",
+		}, []string{"reason"}),
+		pvsReplaced: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "petfabric_reconcile_pvs_replaced_total",
+			Help: "Mismatching PersistentVolumes replaced because it was safe (never bound, no claim, no other owner's data).",
+		}),
+		ordinalCeiling: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "petfabric_reconcile_ordinal_ceiling_total",
+			Help: "StatefulSets found with ordinals at or above the ceiling (counted once per distinct spec); no PVs are created for those ordinals.",
+		}),
+		fences: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "petfabric_reconcile_fences_total",
+			Help: "Initiators of dead holders removed from a ReadWriteOnce volume's ACL.",
+		}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "petfabric_reconcile_errors_total",
 			Help: "Reconcile errors by reason.",
@@ -56,7 +102,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.pvsCreated, m.orphansDeleted, m.releasedDeleted, m.dateraDeleted, m.errors, m.isLeader} {
+		for _, c := range []prometheus.Collector{m.pvsCreated, m.orphansDeleted, m.releasedDeleted, m.dateraDeleted,
+			m.pvsFreed, m.ownerRefused, m.pvMismatch, m.pvsReplaced, m.ordinalCeiling, m.fences, m.errors, m.isLeader} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/record"
 
 	"github.com/petfabric/petfabric/pkg/datera"
@@ -31,21 +32,54 @@ const (
 	DefaultRetryBase     = time.Second
 	DefaultRetryMax      = 5 * time.Minute
 	DefaultDateraTimeout = time.Minute
+	// DefaultFenceAfter is how long a node's report must have been seen unchanged before the
+	// loop may fence that node's initiator out of a ReadWriteOnce volume's ACL. The node agent
+	// renews its report every 10 s and declares it fresh for 40 s (its TTL), and the extender
+	// treats a report older than that as dead. Twice the TTL lets one late round plus a slow or
+	// restarted apiserver pass without a fence, and the extra 40 s (one more TTL) covers a
+	// loop that just started watching; a fence also needs every pod of the claim gone from that
+	// node, so in practice it follows the node lifecycle controller's eviction anyway.
+	DefaultFenceAfter = 2 * time.Minute
+	// DefaultKubeAPIQPS and DefaultKubeAPIBurst size the loop's own client (Options.KubeConfig):
+	// a pass creates at most MaxOrdinals PVs per StatefulSet template, and every delete, free
+	// and fence is preceded by one or two live GETs. 20 QPS creates a 1000-ordinal StatefulSet
+	// in under a minute, about one resync, without crowding the admission path's client.
+	DefaultKubeAPIQPS   = 20
+	DefaultKubeAPIBurst = 40
 	// Component is the event source and the leader-election name.
 	Component = "petfabric-reconcile"
 )
 
-// DateraDeleter is the part of the Datera client the loop uses; *datera.Client implements it.
-// DeleteAppInstance must treat a missing app_instance as success.
-type DateraDeleter interface {
+// DateraAPI is the part of the Datera client the loop uses; *datera.Client implements it.
+// DeleteAppInstance must treat a missing app_instance as success; the others report one as
+// datera.ErrNotFound.
+type DateraAPI interface {
 	DeleteAppInstance(ctx context.Context, name string) error
+	// GetMetadata reads the app_instance's metadata, where the owner is recorded.
+	GetMetadata(ctx context.Context, appInstance string) (map[string]string, error)
+	// GetAppInstance finds the storage_instance whose ACL a fence edits.
+	GetAppInstance(ctx context.Context, name string) (*datera.AppInstance, error)
+	GetACL(ctx context.Context, appInstance, storageInstance string) (*datera.ACLPolicy, error)
+	RemoveInitiatorFromACL(ctx context.Context, appInstance, storageInstance, iqn string) error
 }
 
-var _ DateraDeleter = (*datera.Client)(nil)
+var _ DateraAPI = (*datera.Client)(nil)
 
 // Options configure a Reconciler. Client is required; every other zero field gets a default.
 type Options struct {
+	// Client is the loop's API client. When nil, KubeConfig is required and the loop builds
+	// its own client from it with KubeAPIQPS/KubeAPIBurst, and a separate one for leader
+	// election, so a burst of PV creates can never delay a lease renewal.
 	Client kubernetes.Interface
+	// KubeConfig is used when Client is nil (cmd/webhook passes it).
+	KubeConfig *rest.Config
+	// KubeAPIQPS and KubeAPIBurst rate-limit the client built from KubeConfig (defaults 20, 40).
+	KubeAPIQPS   float32
+	KubeAPIBurst int
+	// LeaderElectionClient is used only by the leader elector's Lease lock, so that the
+	// loop's (or admission's) API traffic can never delay a renewal. Default: a client of its
+	// own (5 QPS) when built from KubeConfig, else Client.
+	LeaderElectionClient kubernetes.Interface
 	// Mutate is the webhook's configuration: the loop decides exactly as the webhook does.
 	Mutate mutate.Config
 
@@ -60,8 +94,10 @@ type Options struct {
 	RenewDeadline time.Duration
 	RetryPeriod   time.Duration
 
-	// OrphanGrace is how long a managed PV may stay Available before it can be judged an
-	// orphan, counted from its creation (default 5m).
+	// OrphanGrace is how long a managed PV must have been seen Available, with its claim
+	// absent, before it can be judged an orphan (default 5m). It is counted from when this
+	// loop first observed that, not from the PV's creation: a Released PV freed for a claim
+	// that is still being stored is old, but has just become Available.
 	OrphanGrace time.Duration
 	// Resync is the informers' resync period: every object is re-examined this often (default 1m).
 	Resync time.Duration
@@ -78,7 +114,7 @@ type Options struct {
 	// DateraFor returns the Datera client for a PV. Default: a pkg/datera client for the PV's
 	// backstoreServer (through DateraEndpoint) and tenant options, with Credentials, cached per
 	// endpoint, tenant and credentials.
-	DateraFor func(ctx context.Context, pv *corev1.PersistentVolume) (DateraDeleter, error)
+	DateraFor func(ctx context.Context, pv *corev1.PersistentVolume) (DateraAPI, error)
 	// DateraEndpoint turns a backstoreServer option into the API URL of the default DateraFor
 	// (default datera.EndpointForBackstore: port 7718 https, 7717 http).
 	DateraEndpoint func(backstoreServer string) (string, error)
@@ -89,6 +125,14 @@ type Options struct {
 	// DateraTimeout bounds one Datera deletion including the client's own retries (default 1m);
 	// the workqueue retries after that.
 	DateraTimeout time.Duration
+
+	// ReportNamespace holds the node agents' report Leases (petfabric-node-<node>), which map
+	// an initiator to its node for fencing. Default: LeaseNamespace. With neither set, the loop
+	// never fences (it cannot tell whose an initiator is).
+	ReportNamespace string
+	// FenceAfter is how long a node's report must have been observed unchanged before its
+	// initiator may be fenced out of a ReadWriteOnce volume's ACL (default 2m, at least 1s).
+	FenceAfter time.Duration
 
 	// Recorder receives the events. Default: a broadcaster writing Events through Client,
 	// source component "petfabric-reconcile".
@@ -103,8 +147,34 @@ type Options struct {
 }
 
 func (o *Options) setDefaults() error {
+	if o.KubeAPIQPS <= 0 {
+		o.KubeAPIQPS = DefaultKubeAPIQPS
+	}
+	if o.KubeAPIBurst <= 0 {
+		o.KubeAPIBurst = DefaultKubeAPIBurst
+	}
 	if o.Client == nil {
-		return errors.New("reconcile: Options.Client is required")
+		if o.KubeConfig == nil {
+			return errors.New("reconcile: Options.Client or Options.KubeConfig is required")
+		}
+		cfg := rest.CopyConfig(o.KubeConfig)
+		cfg.QPS, cfg.Burst = o.KubeAPIQPS, o.KubeAPIBurst
+		cs, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return fmt.Errorf("reconcile: client from Options.KubeConfig: %w", err)
+		}
+		o.Client = cs
+		// Leader election on a client of its own: its renewals never queue behind the loop.
+		ecfg := rest.CopyConfig(o.KubeConfig)
+		ecfg.QPS, ecfg.Burst = 5, 10
+		if o.LeaderElectionClient == nil {
+			if o.LeaderElectionClient, err = kubernetes.NewForConfig(ecfg); err != nil {
+				return fmt.Errorf("reconcile: election client from Options.KubeConfig: %w", err)
+			}
+		}
+	}
+	if o.LeaderElectionClient == nil {
+		o.LeaderElectionClient = o.Client
 	}
 	setDur := func(d *time.Duration, def time.Duration) {
 		if *d <= 0 {
@@ -122,6 +192,13 @@ func (o *Options) setDefaults() error {
 	setDur(&o.RetryBase, DefaultRetryBase)
 	setDur(&o.RetryMax, DefaultRetryMax)
 	setDur(&o.DateraTimeout, DefaultDateraTimeout)
+	setDur(&o.FenceAfter, DefaultFenceAfter)
+	if o.FenceAfter < time.Second {
+		return fmt.Errorf("reconcile: Options.FenceAfter %s is below 1s: a report cannot be judged dead that fast", o.FenceAfter)
+	}
+	if o.ReportNamespace == "" {
+		o.ReportNamespace = o.LeaseNamespace
+	}
 	if o.RetryMax < o.RetryBase {
 		o.RetryMax = o.RetryBase
 	}
@@ -179,7 +256,7 @@ type dateraCache struct {
 	clients map[dateraKey]*datera.Client
 }
 
-func (c *dateraCache) forPV(ctx context.Context, pv *corev1.PersistentVolume) (DateraDeleter, error) {
+func (c *dateraCache) forPV(ctx context.Context, pv *corev1.PersistentVolume) (DateraAPI, error) {
 	fv := pv.Spec.FlexVolume
 	if fv == nil {
 		return nil, errors.New("not a FlexVolume PV")

@@ -1,6 +1,7 @@
 package reconcile
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"testing"
@@ -41,11 +42,15 @@ func TestOrphans(t *testing.T) {
 		sts        *appsv1.StatefulSet // nil: gone
 		extra      []runtime.Object
 		wantDelete bool
-		wantAfter  time.Duration // requeue for the grace period
+		// seenFor is how long after the first look the second one happens (default: the grace).
+		seenFor   time.Duration
+		wantAfter time.Duration // requeue after the second look
 	}{
 		{name: "StatefulSet gone, older than grace: deleted", pv: managedPV(t, web, del, 1, corev1.VolumeAvailable, old), wantDelete: true},
-		{name: "StatefulSet gone, younger than grace: kept, looked at again when the grace ends",
-			pv: managedPV(t, web, del, 1, corev1.VolumeAvailable, young), wantAfter: 4*time.Minute + 100*time.Millisecond},
+		{name: "StatefulSet gone, seen for less than the grace: kept, looked at again when the grace ends",
+			pv: managedPV(t, web, del, 1, corev1.VolumeAvailable, old), seenFor: time.Minute, wantAfter: 4*time.Minute + 100*time.Millisecond},
+		{name: "StatefulSet gone, young PV: deleted once seen for the grace (counted from when seen)",
+			pv: managedPV(t, web, del, 1, corev1.VolumeAvailable, young), wantDelete: true},
 		{name: "ordinal above replicas: deleted", pv: managedPV(t, web, del, 4, corev1.VolumeAvailable, old), sts: statefulSet("web", 3), wantDelete: true},
 		{name: "ordinal within replicas: kept", pv: managedPV(t, web, del, 2, corev1.VolumeAvailable, old), sts: statefulSet("web", 3)},
 		{name: "ordinal below spec.ordinals.start: deleted", pv: managedPV(t, web, del, 0, corev1.VolumeAvailable, old),
@@ -78,7 +83,17 @@ func TestOrphans(t *testing.T) {
 			}
 			e := newEnv(t, objs).start()
 			e.waitFor("PV in cache", func() bool { _, err := e.c.pvLister.Get(tc.pv.Name); return err == nil || tc.pv.Labels["x"] == "y" })
+			// First look: an orphan is only noted; the grace period starts now.
 			after, err := e.c.syncPV(context.Background(), tc.pv.Name)
+			require.NoError(t, err)
+			if tc.wantDelete || tc.wantAfter > 0 {
+				assert.Equal(t, 5*time.Minute+100*time.Millisecond, after, "looked at again when the grace ends")
+			} else {
+				assert.Zero(t, after)
+			}
+			assert.True(t, e.pvExists(tc.pv.Name), "never deleted at first sight")
+			e.clock.Add(cmp.Or(tc.seenFor, 5*time.Minute))
+			after, err = e.c.syncPV(context.Background(), tc.pv.Name)
 			require.NoError(t, err)
 			assert.Equal(t, tc.wantAfter, after)
 			assert.Equal(t, !tc.wantDelete, e.pvExists(tc.pv.Name))
@@ -115,6 +130,8 @@ func TestOrphanPreconditionConflict(t *testing.T) {
 	live.ResourceVersion = "11"
 	live.Status.Phase = corev1.VolumeBound
 	e := newEnv(t, []runtime.Object{namespace(testNS, nil), live}).start()
+	e.c.observeAbsent(stale.UID)
+	e.clock.Add(5 * time.Minute)
 
 	after, err := e.c.syncAvailable(context.Background(), stale)
 	require.NoError(t, err)
@@ -276,7 +293,10 @@ func TestLoopHandlers(t *testing.T) {
 	del := storageClass(testClass, corev1.PersistentVolumeReclaimDelete, nil)
 	old := t0.Add(-time.Hour)
 	run := func(t *testing.T, objs ...runtime.Object) *env {
-		e := newEnv(t, objs, func(o *Options) { o.Mutate.DefaultClass = testClass })
+		e := newEnv(t, objs, func(o *Options) {
+			o.Mutate.DefaultClass = testClass
+			o.OrphanGrace, o.now = 50*time.Millisecond, time.Now
+		})
 		done := make(chan error, 1)
 		go func() { done <- e.r.RunController(e.ctx) }()
 		t.Cleanup(func() { e.cancel(); require.NoError(t, <-done) })

@@ -99,7 +99,7 @@ func (r *Reconciler) runTerm(ctx context.Context) error {
 	log := r.opts.Logger.With("lease", r.opts.LeaseNamespace+"/"+r.opts.LeaseName, "identity", r.opts.Identity)
 	lock := &resourcelock.LeaseLock{
 		LeaseMeta:  metav1.ObjectMeta{Namespace: r.opts.LeaseNamespace, Name: r.opts.LeaseName},
-		Client:     r.opts.Client.CoordinationV1(),
+		Client:     r.opts.LeaderElectionClient.CoordinationV1(),
 		LockConfig: resourcelock.ResourceLockConfig{Identity: r.opts.Identity},
 	}
 	// The elector gets its own context so that, when ctx ends, the loop is stopped before the

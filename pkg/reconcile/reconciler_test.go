@@ -18,7 +18,7 @@ import (
 
 func TestNewValidates(t *testing.T) {
 	_, err := New(Options{})
-	require.ErrorContains(t, err, "Client is required")
+	require.ErrorContains(t, err, "Options.Client or Options.KubeConfig is required")
 	_, err = New(Options{Client: fake.NewClientset(), Mutate: mutate.Config{ClusterID: "9-not-valid"}})
 	require.ErrorContains(t, err, "cluster id")
 	r, err := New(Options{Client: fake.NewClientset()})

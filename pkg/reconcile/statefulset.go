@@ -32,6 +32,12 @@ const (
 	EventDeletedDatera      = "DeletedDateraVolume"
 	EventDateraDeleteFailed = "DateraDeleteFailed"
 	EventMalformedPV        = "MalformedPersistentVolume"
+	EventOwnerMismatch      = "OwnerMismatch"
+	EventFreedPV            = "FreedPersistentVolume"
+	EventNotFreed           = "PersistentVolumeNotFreed"
+	EventPVMismatch         = "PersistentVolumeMismatch"
+	EventReplacedPV         = "ReplacedPersistentVolume"
+	EventOrdinalCeiling     = "OrdinalCeiling"
 )
 
 // mutateVolumeID validates a cluster id the way every PV's volumeID will use it.
@@ -111,7 +117,7 @@ func (c *controller) syncStatefulSet(ctx context.Context, key string) error {
 	}
 	// Only templates whose stored class the PV controller honours can bind a Datera PV: the
 	// ones the webhook pinned, or that named a Datera class themselves (mutate's PinnedOnly).
-	in := mutate.Input{StatefulSet: sts, NamespaceLabels: nsObj.Labels, Classes: classes, PinnedOnly: true}
+	in := mutate.Input{StatefulSet: sts, NamespaceLabels: nsObj.Labels, NamespaceUID: string(nsObj.UID), Classes: classes, PinnedOnly: true}
 	plan, err := mutate.Decide(c.opts.Mutate, in)
 	if err != nil {
 		msg := "Datera volumes not created: " + err.Error()
