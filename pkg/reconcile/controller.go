@@ -53,8 +53,8 @@ func (i item) String() string {
 // managedSelector selects the PVs the loop may touch.
 var managedSelector = labels.SelectorFromSet(labels.Set{mutate.LabelManagedBy: mutate.ManagedByValue}).String()
 
-// Indexes: managed PVs by "<namespace>/<statefulset>" and by the "<namespace>/<claim>" of
-// their claimRef; pods by the "<namespace>/<claim>" of each claim they mount.
+// Indexes: managed PVs by "<namespace>/<statefulset>" (and by claimRef, mutate.PVClaimIndex);
+// pods by the "<namespace>/<claim>" of each claim they mount.
 const (
 	byStatefulSet = "petfabric-statefulset"
 	byClaim       = "petfabric-claim"
@@ -127,7 +127,7 @@ func newController(r *Reconciler) (*controller, error) {
 	scs := all.Storage().V1().StorageClasses()
 	nss := all.Core().V1().Namespaces()
 	pods := all.Core().V1().Pods()
-	if err := pvs.Informer().AddIndexers(cache.Indexers{byStatefulSet: indexPVByStatefulSet, byClaim: indexPVByClaim}); err != nil {
+	if err := pvs.Informer().AddIndexers(cache.Indexers{byStatefulSet: indexPVByStatefulSet, mutate.PVClaimIndex: mutate.PVClaimIndexFunc}); err != nil {
 		return nil, err
 	}
 	// Pods are many: keep only what fencing reads (node, phase, claims, deletion).
@@ -193,14 +193,6 @@ func newController(r *Reconciler) (*controller, error) {
 		c.synced = append(c.synced, reg.HasSynced)
 	}
 	return c, nil
-}
-
-func indexPVByClaim(obj any) ([]string, error) {
-	pv, ok := obj.(*corev1.PersistentVolume)
-	if !ok || pv.Spec.ClaimRef == nil || pv.Spec.ClaimRef.Name == "" {
-		return nil, nil
-	}
-	return []string{pv.Spec.ClaimRef.Namespace + "/" + pv.Spec.ClaimRef.Name}, nil
 }
 
 func indexPodByClaim(obj any) ([]string, error) {
@@ -387,7 +379,7 @@ func (c *controller) onClaimAdd(obj any) {
 	if !ok {
 		return
 	}
-	objs, _ := c.pvIndexer.ByIndex(byClaim, pvc.Namespace+"/"+pvc.Name)
+	objs, _ := c.pvIndexer.ByIndex(mutate.PVClaimIndex, mutate.ClaimKey(pvc.Namespace, pvc.Name))
 	for _, o := range objs {
 		if pv, ok := o.(*corev1.PersistentVolume); ok {
 			c.queue.Add(item{kindPV, pv.Name})
@@ -415,7 +407,7 @@ func (c *controller) enqueueFenceForClaim(claimKey string) {
 	if !c.claimHasWaitingPod(claimKey) {
 		return
 	}
-	objs, _ := c.pvIndexer.ByIndex(byClaim, claimKey)
+	objs, _ := c.pvIndexer.ByIndex(mutate.PVClaimIndex, claimKey)
 	for _, o := range objs {
 		if pv, ok := o.(*corev1.PersistentVolume); ok && pv.Status.Phase == corev1.VolumeBound {
 			c.queue.Add(item{kindFence, pv.Name})
@@ -432,12 +424,16 @@ func (c *controller) onClaimDelete(obj any) {
 		return
 	}
 	// A pre-bound but never bound PV does not change when its claim goes; look at it again.
-	name := mutate.PVName(pvc.Namespace, pvc.Name)
 	if pvc.Spec.VolumeName != "" {
-		name = pvc.Spec.VolumeName
+		if _, err := c.pvLister.Get(pvc.Spec.VolumeName); err == nil {
+			c.queue.Add(item{kindPV, pvc.Spec.VolumeName})
+		}
 	}
-	if _, err := c.pvLister.Get(name); err == nil {
-		c.queue.Add(item{kindPV, name})
+	objs, _ := c.pvIndexer.ByIndex(mutate.PVClaimIndex, mutate.ClaimKey(pvc.Namespace, pvc.Name))
+	for _, o := range objs {
+		if pv, ok := o.(*corev1.PersistentVolume); ok {
+			c.queue.Add(item{kindPV, pv.Name})
+		}
 	}
 }
 

@@ -96,6 +96,10 @@ func (c *controller) syncFree(ctx context.Context, cached *corev1.PersistentVolu
 	}
 	upd := pv.DeepCopy()
 	upd.Spec.ClaimRef = &corev1.ObjectReference{Kind: "PersistentVolumeClaim", APIVersion: "v1", Namespace: claim.Namespace, Name: claim.Name}
+	if upd.Annotations == nil {
+		upd.Annotations = map[string]string{}
+	}
+	upd.Annotations[AnnReleasedFrom] = string(ref.UID)
 	if _, err := pvs.Update(ctx, upd, metav1.UpdateOptions{FieldManager: Component}); err != nil {
 		if apierrors.IsConflict(err) {
 			c.r.metrics.errors.WithLabelValues(ReasonPrecondition).Inc()

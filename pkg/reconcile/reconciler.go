@@ -33,11 +33,13 @@ func New(opts Options) (*Reconciler, error) {
 	if err := r.opts.setDefaults(); err != nil {
 		return nil, err
 	}
-	if r.opts.Mutate.ClusterID != "" {
-		// Fail at start-up, not on the first PV: VolumeID validates the cluster id.
-		if _, err := mutateVolumeID(r.opts.Mutate.ClusterID); err != nil {
-			return nil, fmt.Errorf("reconcile: %w", err)
-		}
+	// Fail at start-up, not on the first PV: every PV records its cluster as the owner, and
+	// VolumeID validates the cluster id.
+	if r.opts.Mutate.ClusterID == "" {
+		return nil, errors.New("reconcile: Options.Mutate.ClusterID is required (cmd/webhook derives one from the kube-system namespace UID)")
+	}
+	if _, err := mutateVolumeID(r.opts.Mutate.ClusterID); err != nil {
+		return nil, fmt.Errorf("reconcile: %w", err)
 	}
 	m, err := newMetrics(r.opts.Metrics)
 	if err != nil {

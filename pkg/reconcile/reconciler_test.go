@@ -21,17 +21,19 @@ func TestNewValidates(t *testing.T) {
 	require.ErrorContains(t, err, "Options.Client or Options.KubeConfig is required")
 	_, err = New(Options{Client: fake.NewClientset(), Mutate: mutate.Config{ClusterID: "9-not-valid"}})
 	require.ErrorContains(t, err, "cluster id")
-	r, err := New(Options{Client: fake.NewClientset()})
+	_, err = New(Options{Client: fake.NewClientset()})
+	require.ErrorContains(t, err, "Mutate.ClusterID is required")
+	r, err := New(Options{Client: fake.NewClientset(), Mutate: testCfg})
 	require.NoError(t, err)
 	require.ErrorContains(t, r.Run(context.Background()), "LeaseNamespace")
 
 	reg := prometheus.NewRegistry()
-	_, err = New(Options{Client: fake.NewClientset(), Metrics: reg})
+	_, err = New(Options{Client: fake.NewClientset(), Mutate: testCfg, Metrics: reg})
 	require.NoError(t, err)
 	n, err := testutil.GatherAndCount(reg)
 	require.NoError(t, err)
 	assert.Positive(t, n)
-	_, err = New(Options{Client: fake.NewClientset(), Metrics: reg})
+	_, err = New(Options{Client: fake.NewClientset(), Mutate: testCfg, Metrics: reg})
 	require.Error(t, err, "metrics registered twice")
 }
 

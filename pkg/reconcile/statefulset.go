@@ -131,11 +131,27 @@ func (c *controller) syncStatefulSet(ctx context.Context, key string) error {
 	c.warnNotPinned(sts, key, in, plan)
 
 	start, count := ordinalRange(sts)
+	// Never a PV for an ordinal at or above the ceiling: replicas is an int32 any user with
+	// StatefulSet access sets, and the webhook (which denies it) may have been down.
+	end := start + count
+	if ceiling := c.opts.Mutate.OrdinalCeiling(); end > ceiling {
+		from := max(start, ceiling)
+		msg := fmt.Sprintf("ordinals %d to %d of %d reach the ceiling of %d Datera ordinals per StatefulSet: no PersistentVolumes are created for them (raise the webhook's --max-ordinals if this StatefulSet really needs them)",
+			from, end-1, end-start, ceiling)
+		if c.warnOnce(warnKey(key, "ceiling"), msg) {
+			c.r.metrics.ordinalCeiling.Inc()
+			c.r.recorder.Event(sts, corev1.EventTypeWarning, EventOrdinalCeiling, msg)
+			c.log.Warn("StatefulSet ordinals above the ceiling: not creating their PVs", "statefulset", key, "from", from, "to", end-1, "ceiling", ceiling)
+		}
+		end = max(start, min(end, ceiling))
+	} else {
+		c.clearWarning(warnKey(key, "ceiling"))
+	}
 	created := map[string][]int{} // template → ordinals
 	var names []string
 	var errs []error
 	for _, tp := range plan.Templates {
-		for n := start; n < start+count; n++ {
+		for n := start; n < end; n++ {
 			cv := plan.Ordinal(tp, n)
 			pvName, ok, err := c.ensurePV(ctx, sts, key, cv)
 			if err != nil {
@@ -175,9 +191,19 @@ func (c *controller) warnNotPinned(sts *appsv1.StatefulSet, key string, in mutat
 	}
 }
 
-// ensurePV creates the PV of one claim unless it exists; ok reports a create.
+// ensurePV creates the PV of one claim unless it exists; ok reports a create. An existing PV
+// of the claim is compared with what the claim needs; a mismatch is reported, and repaired
+// where that is safe (see repairPV).
 func (c *controller) ensurePV(ctx context.Context, sts *appsv1.StatefulSet, key string, cv mutate.ClaimVolume) (string, bool, error) {
 	pvName := mutate.PVName(cv.Namespace, cv.Claim)
+	want, buildErr := cv.PersistentVolume(c.opts.Mutate)
+	// Found by claimRef, not by name: a PV of the older naming serves its claim as well.
+	if existing := c.claimPV(cv.Namespace, cv.Claim); existing != nil {
+		if buildErr != nil {
+			return existing.Name, false, nil
+		}
+		return existing.Name, false, c.checkPV(ctx, sts, key, cv, existing, want)
+	}
 	if pv, err := c.pvLister.Get(pvName); err == nil {
 		if !mutate.SameClaim(pv, cv.Namespace, cv.Claim) {
 			c.conflict(sts, key, pv, cv)
@@ -203,16 +229,15 @@ func (c *controller) ensurePV(ctx context.Context, sts *appsv1.StatefulSet, key 
 			return pvName, false, nil
 		}
 	}
-	pv, err := cv.PersistentVolume(c.opts.Mutate)
-	if err != nil {
-		msg := fmt.Sprintf("cannot build the PersistentVolume of claim %s: %v", cv.Claim, err)
+	if buildErr != nil {
+		msg := fmt.Sprintf("cannot build the PersistentVolume of claim %s: %v", cv.Claim, buildErr)
 		if c.warnOnce(warnKey(key, "build/"+cv.Claim), msg) {
 			c.r.metrics.errors.WithLabelValues(ReasonBuildPV).Inc()
 			c.r.recorder.Event(sts, corev1.EventTypeWarning, EventBuildPVFailed, msg)
 		}
 		return pvName, false, nil
 	}
-	_, err = c.opts.Client.CoreV1().PersistentVolumes().Create(ctx, pv, metav1.CreateOptions{FieldManager: Component})
+	_, err := c.opts.Client.CoreV1().PersistentVolumes().Create(ctx, want, metav1.CreateOptions{FieldManager: Component})
 	switch {
 	case err == nil:
 		c.r.metrics.pvsCreated.Inc()
@@ -227,12 +252,30 @@ func (c *controller) ensurePV(ctx context.Context, sts *appsv1.StatefulSet, key 
 		}
 		if !mutate.SameClaim(existing, cv.Namespace, cv.Claim) {
 			c.conflict(sts, key, existing, cv)
+			return pvName, false, nil
 		}
-		return pvName, false, nil
+		return pvName, false, c.checkPV(ctx, sts, key, cv, existing, want)
 	default:
 		c.r.metrics.errors.WithLabelValues(ReasonCreatePV).Inc()
 		return pvName, false, fmt.Errorf("create PV %s for claim %s/%s: %w", pvName, cv.Namespace, cv.Claim, err)
 	}
+}
+
+// claimPV returns the managed PV whose claimRef names the claim (the one named after it when
+// several do), or nil.
+func (c *controller) claimPV(namespace, claim string) *corev1.PersistentVolume {
+	objs, _ := c.pvIndexer.ByIndex(mutate.PVClaimIndex, mutate.ClaimKey(namespace, claim))
+	var found *corev1.PersistentVolume
+	for _, o := range objs {
+		pv, ok := o.(*corev1.PersistentVolume)
+		if !ok {
+			continue
+		}
+		if found == nil || pv.Name == mutate.PVName(namespace, claim) {
+			found = pv
+		}
+	}
+	return found
 }
 
 // conflict reports a PV of the wanted name that serves another claim; it is left untouched.
