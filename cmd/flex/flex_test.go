@@ -19,8 +19,8 @@ import (
 	"github.com/petfabric/petfabric/pkg/flex/flextest"
 )
 
-// driverBin is this command built once with the loop-device initiator stand-in compiled in
-// (-tags petfabric_standin); every test runs it as kubelet does: a new process per call, its
+// driverBin is this command built once with the loop-device initiator stand-in and the
+// crash-injection hooks compiled in (-tags petfabric_standin,petfabric_crash); every test runs it as kubelet does: a new process per call, its
 // combined stdout+stderr parsed as one JSON object.
 var driverBin string
 
@@ -31,7 +31,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	driverBin = filepath.Join(dir, "iscsi")
-	if out, err := exec.Command("go", "build", "-tags", "petfabric_standin", "-o", driverBin, ".").CombinedOutput(); err != nil {
+	if out, err := exec.Command("go", "build", "-tags", "petfabric_standin,petfabric_crash", "-o", driverBin, ".").CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "building the driver: %v\n%s", err, out)
 		os.Exit(1)
 	}
@@ -79,7 +79,8 @@ func minimalConfig(t testing.TB) (configFile, logFile string) {
 	dir := t.TempDir()
 	logFile = filepath.Join(dir, "flex.log")
 	configFile = filepath.Join(dir, "flex.json")
-	cfg := fmt.Sprintf(`{"nodeName":"n","stateDir":%q,"globalMountDir":%q,"logFile":%q,"initiatorNameFile":%q}`,
+	cfg := fmt.Sprintf(`{"nodeName":"n","stateDir":%q,"globalMountDir":%q,"logFile":%q,"initiatorNameFile":%q,`+
+		`"allowedBackstores":["192.0.2.10:7717"],"allowInsecureHTTP":true}`,
 		filepath.Join(dir, "state"), filepath.Join(dir, "global"), logFile, filepath.Join(dir, "initiatorname"))
 	require.NoError(t, os.WriteFile(configFile, []byte(cfg), 0o644))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "initiatorname"), []byte("InitiatorName="+flextest.InitiatorName+"\n"), 0o644))

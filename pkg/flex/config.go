@@ -21,7 +21,7 @@ import (
 const (
 	EnvConfig   = "PETFABRIC_FLEX_CONFIG"
 	EnvStateDir = "PETFABRIC_FLEX_STATE_DIR"
-	EnvCrashAt  = "PETFABRIC_FLEX_CRASH_AT"
+	EnvCrashAt  = "PETFABRIC_FLEX_CRASH_AT" // read only by test builds (tag petfabric_crash)
 )
 
 // Defaults of NodeConfig.
@@ -59,6 +59,21 @@ type NodeConfig struct {
 	CredentialsFile string `json:"credentialsFile,omitempty"`
 	// CHAP is the session CHAP used when neither the secret nor the credentials file has one.
 	CHAP *CHAPConfig `json:"chap,omitempty"`
+	// AllowedBackstores lists the Datera management endpoints, as host:port, that this node may
+	// send credentials to. A volume whose backstoreServer resolves to anything else fails. Empty
+	// (the default) denies every volume: an attacker-chosen backstoreServer would otherwise
+	// receive the Datera login of whoever mounts.
+	AllowedBackstores []string `json:"allowedBackstores,omitempty"`
+	// AllowInsecureHTTP permits plain-http endpoints (a backstoreServer on port 7717 or an
+	// http:// URL). Default false: https only, so credentials never cross the network in clear.
+	AllowInsecureHTTP bool `json:"allowInsecureHTTP,omitempty"`
+	// AccessCheckCacheTTL is how long a positive answer of the per-mount credential check (these
+	// credentials can see this volume) is reused by later mounts on this node: default 30s, at
+	// most 5m, "0s" checks with Datera on every mount. See access.go.
+	AccessCheckCacheTTL *Duration `json:"accessCheckCacheTTL,omitempty"`
+	// RWOSettleTimeout bounds how long a mount of a ReadWriteOnce volume waits for nodes that
+	// raced it into the ACL to withdraw (default 5s). See fence.go.
+	RWOSettleTimeout Duration `json:"rwoSettleTimeout,omitempty"`
 	// DateraCAFile trusts an extra CA for https endpoints; DateraInsecureSkipVerify disables
 	// verification (explicit opt-in only).
 	DateraCAFile             string `json:"dateraCAFile,omitempty"`
@@ -80,6 +95,34 @@ type NodeConfig struct {
 	LockTimeout       Duration `json:"lockTimeout,omitempty"`       // waiting for the volume lock, default 4m
 	DeviceWaitTimeout Duration `json:"deviceWaitTimeout,omitempty"` // first by-path link, default 30s
 	AvailableTimeout  Duration `json:"availableTimeout,omitempty"`  // Datera op_state available, default 2m
+	// ForceUnmountAfter is how long the unmount of a volume's global mount may take before it is
+	// retried with force (umount -f), default 30s: a dead iSCSI session must not hang kubelet.
+	ForceUnmountAfter Duration `json:"forceUnmountAfter,omitempty"`
+
+	// path is the file the config was read from ("" for defaults only), for error messages.
+	path string
+}
+
+// Bounds of AccessCheckCacheTTL.
+const (
+	DefaultAccessCheckCacheTTL = 30 * time.Second
+	MaxAccessCheckCacheTTL     = 5 * time.Minute
+)
+
+// accessCacheTTL is the configured cache lifetime; 0 disables the cache.
+func (c *NodeConfig) accessCacheTTL() time.Duration {
+	if c.AccessCheckCacheTTL == nil {
+		return DefaultAccessCheckCacheTTL
+	}
+	return time.Duration(*c.AccessCheckCacheTTL)
+}
+
+// describePath names the config file for messages.
+func (c *NodeConfig) describePath() string {
+	if c.path == "" {
+		return "the node config (" + DefaultConfigPath + ")"
+	}
+	return "the node config " + c.path
 }
 
 // CHAPConfig is session CHAP in configuration files.
@@ -132,7 +175,7 @@ func LoadConfig() (*NodeConfig, error) {
 	if !named {
 		path = DefaultConfigPath
 	}
-	cfg := &NodeConfig{}
+	cfg := &NodeConfig{path: path}
 	b, err := os.ReadFile(path)
 	switch {
 	case err == nil:
@@ -203,6 +246,22 @@ func (c *NodeConfig) complete() error {
 	if c.CHAP != nil {
 		if err := c.CHAP.session().Validate(); err != nil {
 			return fmt.Errorf("chap: %w", err)
+		}
+	}
+	for i, b := range c.AllowedBackstores {
+		norm, err := normalizeHostPort(b)
+		if err != nil {
+			return fmt.Errorf("allowedBackstores[%d] %q: %w", i, b, err)
+		}
+		c.AllowedBackstores[i] = norm
+	}
+	if ttl := c.AccessCheckCacheTTL; ttl != nil && (*ttl < 0 || time.Duration(*ttl) > MaxAccessCheckCacheTTL) {
+		return fmt.Errorf("accessCheckCacheTTL %s: want 0s (no cache) to %s", time.Duration(*ttl), MaxAccessCheckCacheTTL)
+	}
+	for name, d := range map[string]Duration{"rwoSettleTimeout": c.RWOSettleTimeout, "forceUnmountAfter": c.ForceUnmountAfter,
+		"mountTimeout": c.MountTimeout, "unmountTimeout": c.UnmountTimeout} {
+		if d < 0 {
+			return fmt.Errorf("%s %s must not be negative", name, time.Duration(d))
 		}
 	}
 	return nil

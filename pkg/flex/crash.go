@@ -1,13 +1,10 @@
 package flex
 
-import (
-	"os"
-	"syscall"
-)
-
-// Crash-injection points, named after the step that has just completed. With
-// PETFABRIC_FLEX_CRASH_AT=<step> the driver SIGKILLs itself right there, so tests can prove that
-// a retry converges from every intermediate state. Unset, a point costs one string compare.
+// Crash-injection points, named after the step that has just completed. In a test build (tag
+// petfabric_crash, crash_inject.go) PETFABRIC_FLEX_CRASH_AT=<step> makes the driver SIGKILL
+// itself right there, so tests can prove that a retry converges from every intermediate state.
+// The production build has no hook at all (crash_off.go): the variable is never read, so nobody
+// who can set a process's environment can make the driver die half-way through a mount.
 const (
 	StepMetadataIntent = "metadata-intent"
 	StepDateraCreate   = "datera-create"
@@ -35,16 +32,3 @@ var (
 	UnmountSteps = []string{StepUnmountBind, StepMetadataUpdate, StepUnmountGlobal, StepLogout,
 		StepACLRemove, StepMetadataRemove}
 )
-
-// crashAt returns the crash hook for the step named in the environment.
-func crashAt(step string) func(string) {
-	if step == "" {
-		return func(string) {}
-	}
-	return func(at string) {
-		if at == step {
-			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
-			select {} // the signal is on its way
-		}
-	}
-}

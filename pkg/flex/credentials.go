@@ -6,6 +6,7 @@ import (
 	"log/slog"
 
 	"github.com/petfabric/petfabric/pkg/iscsi"
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
 // credentials are the Datera login and the optional session CHAP of one call.
@@ -42,6 +43,9 @@ func (d *Driver) mountCredentials(req *MountRequest) (*credentials, error) {
 		}
 		c = credentials{Username: s[SecretUsername], Password: s[SecretPassword], Source: "secret"}
 	case d.Config.CredentialsFile != "":
+		if err := credentialsFileServes(req); err != nil {
+			return nil, err
+		}
 		if err := loadFile(); err != nil {
 			return nil, err
 		}
@@ -73,6 +77,26 @@ func (d *Driver) mountCredentials(req *MountRequest) (*credentials, error) {
 		}
 	}
 	return &c, nil
+}
+
+// credentialsFileServes decides whether the node's credentials file may log in for this
+// volume. The file holds whatever login the admin gave the node, so only volumes petfabric made
+// may use it: a PersistentVolume whose name (kubelet's pvOrVolumeName) is the PV name of the
+// claim its own options name. An inline flexVolume is named by the pod with a DNS label, which
+// never contains the '.' that every petfabric PV name has, so no pod can dress its own volume up
+// as one; a hand-made PV with such a name is what the admission policy keeps out.
+func credentialsFileServes(req *MountRequest) error {
+	const tail = "; give the volume a secretRef of type datera/iscsi with keys username and password"
+	switch {
+	case !req.HasOwner:
+		return fmt.Errorf("the node's credentials file serves only petfabric PersistentVolumes, and volume %q is not one "+
+			"(it has no %s/%s options)%s", clip(req.PVName), pvoptions.OptClaimNamespace, pvoptions.OptClaimName, tail)
+	case !pvoptions.IsPVNameOf(req.PVName, req.Owner.Namespace, req.Owner.Claim):
+		return fmt.Errorf("the node's credentials file serves only petfabric PersistentVolumes, and volume %q is not one "+
+			"(petfabric names the PV of claim %s/%s %q)%s", clip(req.PVName), req.Owner.Namespace, req.Owner.Claim,
+			pvoptions.PVName(req.Owner.Namespace, req.Owner.Claim), tail)
+	}
+	return nil
 }
 
 // unmountCredentials are the ones the mount stored, else the node's credentials file.

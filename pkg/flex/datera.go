@@ -14,6 +14,10 @@ import (
 // DateraAPI is the part of *datera.Client the driver uses.
 type DateraAPI interface {
 	CreateAppInstance(ctx context.Context, req datera.CreateVolumeRequest) (*datera.AppInstance, error)
+	GetAppInstance(ctx context.Context, name string) (*datera.AppInstance, error)
+	GetMetadata(ctx context.Context, appInstance string) (map[string]string, error)
+	SetMetadata(ctx context.Context, appInstance string, kv map[string]string) (map[string]string, error)
+	GetACL(ctx context.Context, appInstance, storageInstance string) (*datera.ACLPolicy, error)
 	SetPerformancePolicy(ctx context.Context, name string, p datera.PerformancePolicy) (*datera.PerformancePolicy, error)
 	RegisterInitiator(ctx context.Context, iqn, name string, force bool) (*datera.Initiator, error)
 	AddInitiatorToACL(ctx context.Context, appInstance, storageInstance, iqn string) error

@@ -36,10 +36,15 @@ type Driver struct {
 	// InitiatorName is this node's iSCSI initiator name; read from Config.InitiatorNameFile
 	// when empty.
 	InitiatorName string
-	// Crash is the crash-injection hook (see crash.go); nil means none.
+	// Crash is the crash-injection hook (see crash.go); nil means none, as in every production
+	// build.
 	Crash func(step string)
 	// MultipathWait bounds the wait for the dm device above the paths (default 10s).
 	MultipathWait time.Duration
+
+	// accessCheckOff skips the per-mount credential check. Only the package's benchmarks set
+	// it, to measure what the check costs against the code path without it.
+	accessCheckOff bool
 }
 
 // InitiatorFactory builds the initiator selected by NodeConfig.Initiator.
@@ -92,7 +97,7 @@ func NewDriver(cfg *NodeConfig, log *slog.Logger) (*Driver, error) {
 		Config: cfg, State: State{Dir: cfg.StateDir}, Log: log, Initiator: ini,
 		Devices:   iscsi.Devices{ByPathDir: cfg.ByPathDir, SysfsDir: cfg.SysfsDir},
 		Multipath: multipath, Mounter: mount.NewWithoutSystemd(""), Exec: ex,
-		NewDatera: newDateraClient(cfg, log), Crash: crashAt(""),
+		NewDatera: newDateraClient(cfg, log),
 	}, nil
 }
 

@@ -14,6 +14,7 @@ import (
 
 	"github.com/petfabric/petfabric/pkg/datera"
 	"github.com/petfabric/petfabric/pkg/iscsi"
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
 // errNoRollback marks failures after which the driver must not tear anything down (the state
@@ -22,14 +23,18 @@ var errNoRollback = errors.New("left as found")
 
 // Mount attaches the volume to this node if needed and bind-mounts it into req.Dir:
 //
-//	lock(volume) → record "attaching" → Datera: create on first use, register the initiator,
-//	ACL add, online, wait available → login on every portal → wait for the by-path device →
-//	probe: format only if verifiably blank → mount at the global path → bind into req.Dir →
-//	record "mounted".
+//	backstore allowed? → lock(volume) → record "attaching" → Datera: create on first use (or
+//	find), owner check, register the initiator, RWO fence check, ACL add, RWO fence verify,
+//	online, wait available → login on every portal → wait for the by-path device → probe:
+//	format only if verifiably blank → mount at the global path → bind into req.Dir → record
+//	"mounted".
 //
 // Every step is idempotent and skipped when already done, so a retry after a crash at any
-// point converges. When the volume is already mounted at its global path, only the bind runs.
-// A failure rolls the attachment back when no other pod on the node uses the volume.
+// point converges. When the volume is already mounted at its global path, the mount's
+// credentials must still prove they can see the volume (access.go) and the owner and access
+// mode must match the attachment's; then only the bind runs. A failure rolls the attachment back
+// when no other pod on the node uses it; a refusal of a mount into an attached volume never
+// touches the attachment.
 func (d *Driver) Mount(ctx context.Context, req *MountRequest) (err error) {
 	log := d.Log.With("volumeID", req.VolumeID, "dir", req.Dir)
 	if len(req.Ignored) > 0 {
@@ -39,6 +44,12 @@ func (d *Driver) Mount(ctx context.Context, req *MountRequest) (err error) {
 		if within(req.Dir, own) {
 			return fmt.Errorf("mount directory %s lies inside the driver's own directory %s", req.Dir, own)
 		}
+	}
+	if err := d.Config.checkBackstore(req.BackstoreServer, req.Endpoint); err != nil {
+		return err
+	}
+	if req.AskedRW {
+		log.WarnContext(ctx, "the volume is ReadOnlyMany: mounting it read-only although read-write was asked")
 	}
 	creds, err := d.mountCredentials(req)
 	if err != nil {
@@ -69,16 +80,23 @@ func (d *Driver) Mount(ctx context.Context, req *MountRequest) (err error) {
 		return fmt.Errorf("volume %s is attached on this node from %s (tenant %q); this mount names %s (tenant %q)",
 			req.VolumeID, rec.Endpoint, rec.Tenant, req.Endpoint, req.Tenant)
 	}
+	attached, err := d.attachedHere(rec)
+	if err != nil {
+		return err
+	}
+	if attached {
+		// Checks of a mount into an attachment that other pods may use: a refusal leaves the
+		// attachment exactly as it was (no rollback).
+		if err := d.checkAttached(ctx, log, req, rec, creds); err != nil {
+			return err
+		}
+	}
 	defer func() {
 		if err != nil && rec != nil && !errors.Is(err, errNoRollback) {
 			d.rollback(ctx, log, rec, req.Dir)
 		}
 	}()
 
-	attached, err := d.attachedHere(rec)
-	if err != nil {
-		return err
-	}
 	if attached {
 		log.InfoContext(ctx, "volume already attached on this node", "device", rec.Device)
 		if rec.ReadOnly && !req.ReadOnly {
@@ -93,6 +111,20 @@ func (d *Driver) Mount(ctx context.Context, req *MountRequest) (err error) {
 		}
 	}
 	return d.bind(ctx, log, req, rec)
+}
+
+// checkAttached decides whether a mount may share the volume attached on this node: the same
+// access mode, the same owner (when both name one), and credentials that can see the volume.
+func (d *Driver) checkAttached(ctx context.Context, log *slog.Logger, req *MountRequest, rec *VolumeRecord, creds *credentials) error {
+	if mode := rec.AccessMode; mode != "" && mode != req.AccessMode {
+		return fmt.Errorf("volume %s is attached on this node as %s; this mount asks for %s", req.VolumeID, mode, req.AccessMode)
+	}
+	if rec.Owner != nil && req.HasOwner {
+		if err := pvoptions.CheckSameOwner(req.VolumeID, *rec.Owner, req.Owner); err != nil {
+			return err
+		}
+	}
+	return d.verifyAccess(ctx, log, req, creds, rec)
 }
 
 func (d *Driver) lock(ctx context.Context, id string) (func(), error) {
@@ -127,6 +159,11 @@ func (d *Driver) attach(ctx context.Context, log *slog.Logger, req *MountRequest
 	rec.BackstoreServer, rec.Endpoint, rec.Tenant = req.BackstoreServer, req.Endpoint, req.Tenant
 	rec.GlobalMountPath = d.globalPath(req.VolumeID)
 	rec.FSType, rec.ReadOnly, rec.InitiatorName = req.FSType, req.ReadOnly, initiator
+	rec.AccessMode, rec.Owner = req.AccessMode, nil
+	if req.HasOwner {
+		owner := req.Owner
+		rec.Owner = &owner
+	}
 	if err := d.State.SaveCredentials(req.VolumeID, StoredCredentials{Username: creds.Username, Password: creds.Password}); err != nil {
 		return err
 	}
@@ -189,27 +226,46 @@ func (d *Driver) attach(ctx context.Context, log *slog.Logger, req *MountRequest
 	return nil
 }
 
-// dateraAttach creates the volume on first use, grants this node, onlines it and reads the
-// target. It fills rec.StorageInstance (saved before the ACL changes), rec.IQN and rec.Portals.
+// dateraAttach creates the volume on first use (a ReadWriteOnce one; a ReadOnlyMany volume is
+// only ever found), checks the owner, grants this node (behind the RWO fence), onlines it and
+// reads the target. It fills rec.StorageInstance (saved before the ACL changes), rec.IQN and
+// rec.Portals.
 func (d *Driver) dateraAttach(ctx context.Context, log *slog.Logger, req *MountRequest, rec *VolumeRecord, creds *credentials, initiator string) error {
-	api, err := d.NewDatera(DateraParams{Endpoint: req.Endpoint, Tenant: req.Tenant, Username: creds.Username, Password: creds.Password})
+	params := DateraParams{Endpoint: req.Endpoint, Tenant: req.Tenant, Username: creds.Username, Password: creds.Password}
+	api, err := d.NewDatera(params)
 	if err != nil {
 		return err
 	}
-	ai, err := api.CreateAppInstance(ctx, req.Volume)
-	if err != nil {
-		return fmt.Errorf("creating or finding the Datera volume: %w", err)
+	var ai *datera.AppInstance
+	if req.AccessMode == pvoptions.AccessReadOnlyMany {
+		ai, err = api.GetAppInstance(ctx, req.VolumeID)
+		if errors.Is(err, datera.ErrNotFound) {
+			return fmt.Errorf("volume %s is ReadOnlyMany and does not exist on Datera: a ReadOnlyMany volume is never created by the driver "+
+				"(it would be blank, and a blank volume cannot be formatted read-only): %w", req.VolumeID, err)
+		}
+		if err != nil {
+			err = accessError(req, creds, err)
+		}
+	} else {
+		ai, err = api.CreateAppInstance(ctx, req.Volume)
+		if err != nil {
+			err = fmt.Errorf("creating or finding the Datera volume: %w", err)
+		}
 	}
+	if err != nil {
+		return err
+	}
+	// These credentials just found or created the app_instance: the per-mount check passed.
+	d.rememberAccess(ctx, log, params, req.VolumeID)
 	d.crash(StepDateraCreate)
 	si, _, ok := ai.Volume()
 	if !ok {
 		return fmt.Errorf("the Datera volume %s has no storage instance with a volume", req.VolumeID)
 	}
-	rec.StorageInstance = si.Name
-	if err := d.State.Save(rec); err != nil {
+	if err := d.checkOwner(ctx, log, api, req); err != nil {
 		return err
 	}
-	if (req.MaxIOPS > 0 || req.MaxBWKiB > 0) && req.Volume.Template == "" {
+	if (req.MaxIOPS > 0 || req.MaxBWKiB > 0) && req.Volume.Template == "" && req.AccessMode != pvoptions.AccessReadOnlyMany {
 		if _, err := api.SetPerformancePolicy(ctx, req.VolumeID, datera.PerformancePolicy{TotalIOPSMax: req.MaxIOPS, TotalBandwidthMax: req.MaxBWKiB}); err != nil {
 			return fmt.Errorf("setting the performance policy: %w", err)
 		}
@@ -217,10 +273,26 @@ func (d *Driver) dateraAttach(ctx context.Context, log *slog.Logger, req *MountR
 	if _, err := api.RegisterInitiator(ctx, initiator, initiatorLabel(d.Config.NodeName), true); err != nil {
 		return fmt.Errorf("registering this node's initiator: %w", err)
 	}
+	rwo := req.AccessMode != pvoptions.AccessReadOnlyMany
+	willAdd := false
+	if rwo {
+		if willAdd, err = fenceCheck(ctx, api, req.VolumeID, si.Name, initiator); err != nil {
+			return err
+		}
+	}
+	rec.StorageInstance = si.Name
+	if err := d.State.Save(rec); err != nil {
+		return err
+	}
 	if err := api.AddInitiatorToACL(ctx, req.VolumeID, si.Name, initiator); err != nil {
 		return fmt.Errorf("granting this node access: %w", err)
 	}
 	d.crash(StepACLAdd)
+	if rwo {
+		if err := d.fenceVerify(ctx, log, api, req.VolumeID, si.Name, initiator, willAdd); err != nil {
+			return err
+		}
+	}
 	if ai.AdminState != datera.Online {
 		if _, err := api.SetAdminState(ctx, req.VolumeID, datera.Online, false); err != nil {
 			return fmt.Errorf("bringing the volume online: %w", err)
@@ -274,6 +346,10 @@ func (d *Driver) mountGlobal(ctx context.Context, log *slog.Logger, req *MountRe
 	probe, err := ProbeDevice(ctx, d.Exec, rec.Device)
 	if err != nil {
 		return fmt.Errorf("refusing to format or mount: %w", err)
+	}
+	if probe.Blank && req.AccessMode == pvoptions.AccessReadOnlyMany {
+		return fmt.Errorf("volume %s is ReadOnlyMany and blank: a ReadOnlyMany volume is never formatted (every node mounts it read-only); "+
+			"fill it through a ReadWriteOnce PersistentVolume first", req.VolumeID)
 	}
 	dec, err := decideFilesystem(probe, req.FSType, req.ReadOnly)
 	if err != nil {

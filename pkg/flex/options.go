@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/petfabric/petfabric/pkg/datera"
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
 // Option keys of the PersistentVolume contract (DESIGN.md) and the keys kubelet adds.
@@ -49,6 +50,7 @@ const (
 var knownOptions = []string{
 	OptVolumeID, OptSize, OptReplica, OptBackstoreServer, OptTemplate, OptPlacementMode,
 	OptMaxIOPS, OptMaxBW, OptIPPool, OptTenant,
+	pvoptions.OptAccessMode, pvoptions.OptClusterID, pvoptions.OptClaimNamespace, pvoptions.OptClaimName, pvoptions.OptNamespaceUID,
 }
 
 // volumeIDRE is the Datera app_instance name rule; the ID also becomes a file name.
@@ -69,9 +71,17 @@ type MountRequest struct {
 	Endpoint          string
 	Tenant            string
 	FSType            string
-	ReadOnly          bool
-	PVName            string
-	Pod               string // namespace/name, for logs
+	// ReadOnly: mount read-only. Always true for a ReadOnlyMany volume (AskedRW records that
+	// kubelet asked for read-write).
+	ReadOnly bool
+	AskedRW  bool
+	// AccessMode is pvoptions.AccessReadWriteOnce or pvoptions.AccessReadOnlyMany.
+	AccessMode string
+	// Owner is the claim the PV was made for (contract v2); HasOwner is false for a v1 PV.
+	Owner    pvoptions.Owner
+	HasOwner bool
+	PVName   string
+	Pod      string // namespace/name, for logs
 	// Secrets holds the decoded secretRef values; never logged.
 	Secrets map[string]string
 	// Ignored lists option keys the driver does not know (logged as a warning).
@@ -179,7 +189,40 @@ func (r *MountRequest) fromOptions(opts map[string]string, defaultFSType string)
 	if err := r.parseKubelet(opts, defaultFSType); err != nil {
 		return err
 	}
+	if err := r.parseContractV2(opts); err != nil {
+		return err
+	}
 	return r.parseSecrets(opts)
+}
+
+// parseContractV2 reads the access mode and the owner. A ReadOnlyMany volume is always mounted
+// read-only, whatever kubelet asks: several nodes mount it at once, and a local filesystem
+// written by one node while another has it mounted is corrupted for the reader (refusing the
+// mount instead would break pods that only read but did not declare readOnly; a pod that writes
+// gets EROFS, which names the problem).
+func (r *MountRequest) parseContractV2(opts map[string]string) error {
+	mode, err := pvoptions.ParseAccessMode(opts[pvoptions.OptAccessMode])
+	if err != nil {
+		return err
+	}
+	r.AccessMode = mode
+	if mode == pvoptions.AccessReadOnlyMany && !r.ReadOnly {
+		r.ReadOnly, r.AskedRW = true, true
+	}
+	r.Owner, r.HasOwner = pvoptions.OwnerFromOptions(opts)
+	if !r.HasOwner {
+		var present []string
+		for _, k := range []string{pvoptions.OptClusterID, pvoptions.OptClaimNamespace, pvoptions.OptClaimName, pvoptions.OptNamespaceUID} {
+			if opts[k] != "" {
+				present = append(present, k)
+			}
+		}
+		if len(present) > 0 {
+			return fmt.Errorf("options %s, %s and %s come together (the PV's owner); this volume has only %s",
+				pvoptions.OptClaimNamespace, pvoptions.OptClaimName, pvoptions.OptNamespaceUID, strings.Join(present, ", "))
+		}
+	}
+	return nil
 }
 
 func (r *MountRequest) parseBackstore(opts map[string]string) error {

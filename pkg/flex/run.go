@@ -93,7 +93,7 @@ func dispatch(verb string, args []string, cfg *NodeConfig, cfgErr error, log *sl
 		if err != nil {
 			return failure(err)
 		}
-		d.Crash = crashAt(os.Getenv(EnvCrashAt))
+		d.Crash = crashHookFromEnv()
 		ctx, cancel := context.WithTimeout(context.Background(), cfg.MountTimeout.or(5*time.Minute))
 		defer cancel()
 		if err := d.Mount(ctx, req); err != nil {
@@ -105,7 +105,7 @@ func dispatch(verb string, args []string, cfg *NodeConfig, cfgErr error, log *sl
 	if err != nil {
 		return failure(err)
 	}
-	d.Crash = crashAt(os.Getenv(EnvCrashAt))
+	d.Crash = crashHookFromEnv()
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.UnmountTimeout.or(3*time.Minute))
 	defer cancel()
 	if err := d.Unmount(ctx, args[0]); err != nil {

@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
 // Phases of a VolumeRecord.
@@ -32,24 +34,28 @@ const recordVersion = 1
 // attached on this node; unmount, which gets only a path from kubelet, rebuilds everything
 // from it. It holds no secret.
 type VolumeRecord struct {
-	Version         int       `json:"version"`
-	VolumeID        string    `json:"volumeID"`
-	Phase           string    `json:"phase"`
-	BackstoreServer string    `json:"backstoreServer"`
-	Endpoint        string    `json:"endpoint"`
-	Tenant          string    `json:"tenant,omitempty"`
-	StorageInstance string    `json:"storageInstance,omitempty"`
-	IQN             string    `json:"iqn,omitempty"`
-	Portals         []string  `json:"portals,omitempty"`
-	LUN             int       `json:"lun"`
-	Device          string    `json:"device,omitempty"`
-	DevicePaths     []string  `json:"devicePaths,omitempty"`
-	GlobalMountPath string    `json:"globalMountPath"`
-	FSType          string    `json:"fsType"`
-	ReadOnly        bool      `json:"readOnly,omitempty"`
-	InitiatorName   string    `json:"initiatorName"`
-	Mounts          []string  `json:"mounts"`
-	UpdatedAt       time.Time `json:"updatedAt"`
+	Version         int      `json:"version"`
+	VolumeID        string   `json:"volumeID"`
+	Phase           string   `json:"phase"`
+	BackstoreServer string   `json:"backstoreServer"`
+	Endpoint        string   `json:"endpoint"`
+	Tenant          string   `json:"tenant,omitempty"`
+	StorageInstance string   `json:"storageInstance,omitempty"`
+	IQN             string   `json:"iqn,omitempty"`
+	Portals         []string `json:"portals,omitempty"`
+	LUN             int      `json:"lun"`
+	Device          string   `json:"device,omitempty"`
+	DevicePaths     []string `json:"devicePaths,omitempty"`
+	GlobalMountPath string   `json:"globalMountPath"`
+	FSType          string   `json:"fsType"`
+	ReadOnly        bool     `json:"readOnly,omitempty"`
+	// AccessMode is the mode the volume is attached in (ReadWriteOnce or ReadOnlyMany).
+	AccessMode string `json:"accessMode,omitempty"`
+	// Owner is the claim the volume was attached for (nil for a contract-v1 PV).
+	Owner         *pvoptions.Owner `json:"owner,omitempty"`
+	InitiatorName string           `json:"initiatorName"`
+	Mounts        []string         `json:"mounts"`
+	UpdatedAt     time.Time        `json:"updatedAt"`
 }
 
 func (r *VolumeRecord) addMount(dir string) bool {

@@ -8,6 +8,9 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"time"
+
+	"k8s.io/mount-utils"
 
 	"github.com/petfabric/petfabric/pkg/datera"
 	"github.com/petfabric/petfabric/pkg/iscsi"
@@ -170,7 +173,7 @@ func (d *Driver) detach(ctx context.Context, log *slog.Logger, rec *VolumeRecord
 			return err
 		}
 		if rec.GlobalMountPath != "" && table.find(rec.GlobalMountPath) != nil {
-			if err := d.Mounter.Unmount(rec.GlobalMountPath); err != nil {
+			if err := d.unmountGlobal(ctx, log, rec.GlobalMountPath); err != nil {
 				return fmt.Errorf("unmounting the global mount %s: %w", rec.GlobalMountPath, err)
 			}
 			d.crash(StepUnmountGlobal)
@@ -202,6 +205,37 @@ func (d *Driver) detach(ctx context.Context, log *slog.Logger, rec *VolumeRecord
 	}
 	log.InfoContext(ctx, "volume detached from this node", "iqn", rec.IQN)
 	return nil
+}
+
+// unmountGlobal unmounts a volume's global mount without letting a dead iSCSI session hang the
+// call: the filesystem's unmount flushes to the device, and with the session gone the kernel
+// waits for the session's replacement timeout, or for ever. k8s.io/mount-utils' UnmountWithForce
+// gives the plain unmount ForceUnmountAfter, then runs umount -f. The forced attempt can block
+// too, so the call waits at most twice ForceUnmountAfter (and never past its own deadline), then
+// fails: the record stays, kubelet retries the unmount, and the umount left running finishes or
+// not without holding up kubelet. Data not yet written when a forced unmount succeeds could not
+// have reached the dead device anyway.
+func (d *Driver) unmountGlobal(ctx context.Context, log *slog.Logger, path string) error {
+	after := d.Config.ForceUnmountAfter.or(30 * time.Second)
+	done := make(chan error, 1)
+	go func() {
+		if f, ok := d.Mounter.(mount.MounterForceUnmounter); ok {
+			done <- f.UnmountWithForce(path, after)
+			return
+		}
+		done <- d.Mounter.Unmount(path)
+	}()
+	limit := time.NewTimer(2 * after)
+	defer limit.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-limit.C:
+	case <-ctx.Done():
+	}
+	log.ErrorContext(ctx, "unmount of the global mount hangs (dead iSCSI session?); giving up for this call", "path", path, "forceAfter", after)
+	return fmt.Errorf("the unmount of %s did not finish within %s (a forced unmount is tried after %s); "+
+		"the device may be unreachable, the next unmount retries", path, 2*after, after)
 }
 
 func (d *Driver) aclRemove(ctx context.Context, log *slog.Logger, rec *VolumeRecord) error {

@@ -46,6 +46,9 @@ type Env struct {
 	ByPathDir  string
 	LogFile    string
 	TargetsDir string
+	// NodeName and InitiatorName identify this node.
+	NodeName, InitiatorName string
+	shared                  bool
 }
 
 // EnvOptions tune NewEnv.
@@ -54,6 +57,14 @@ type EnvOptions struct {
 	Portals []string
 	// Config entries added to (or replacing) the node config.
 	Config map[string]any
+	// Sim adjusts the simulator's options (users, tenants, ACL order) before it starts.
+	Sim func(*fake.Options)
+	// Share makes this Env a second node of the same Datera cluster: it uses Share's simulator
+	// and loop targets (so the target ACL decides who may log in) and has its own state, global
+	// mount, by-path and initiator name. The Env that owns the targets detaches them at the end.
+	Share *Env
+	// NodeName and InitiatorName of this node (defaults node-a and InitiatorName).
+	NodeName, InitiatorName string
 }
 
 // NewEnv builds an Env. It needs root, losetup, blkid, mkfs.xfs and mkfs.ext4 (fails under
@@ -72,33 +83,52 @@ func NewEnv(t testing.TB, opts EnvOptions) *Env {
 	e := &Env{T: t, Root: root,
 		StateDir: filepath.Join(root, "state"), GlobalDir: filepath.Join(root, "global"),
 		ByPathDir: filepath.Join(root, "dev", "disk", "by-path"), LogFile: filepath.Join(root, "log", "flex.log"),
-		TargetsDir: filepath.Join(root, "targets"), ConfigFile: filepath.Join(root, "flex.json")}
+		TargetsDir: filepath.Join(root, "targets"), ConfigFile: filepath.Join(root, "flex.json"),
+		NodeName: opts.NodeName, InitiatorName: opts.InitiatorName}
+	if e.NodeName == "" {
+		e.NodeName = "node-a"
+	}
+	if e.InitiatorName == "" {
+		e.InitiatorName = InitiatorName
+	}
 	t.Cleanup(func() { e.cleanup() })
-	e.Targets = &LoopTargets{Dir: e.TargetsDir}
-	portals := opts.Portals
-	if len(portals) == 0 {
-		portals = []string{"192.0.2.1"}
-	}
-	e.Sim, err = fake.New(fake.Options{Users: map[string]string{User: Password}, Portals: portals, Exporter: e.Targets})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(e.Sim)
-	t.Cleanup(srv.Close)
-	e.SimURL = srv.URL
-	e.Client, err = datera.New(datera.Config{Endpoint: srv.URL, Username: User, Password: Password})
-	if err != nil {
-		t.Fatal(err)
+	if opts.Share != nil {
+		e.shared = true
+		e.Sim, e.SimURL, e.Client = opts.Share.Sim, opts.Share.SimURL, opts.Share.Client
+		e.Targets, e.TargetsDir = opts.Share.Targets, opts.Share.TargetsDir
+	} else {
+		e.Targets = &LoopTargets{Dir: e.TargetsDir}
+		portals := opts.Portals
+		if len(portals) == 0 {
+			portals = []string{"192.0.2.1"}
+		}
+		so := fake.Options{Users: map[string]string{User: Password}, Portals: portals, Exporter: e.Targets}
+		if opts.Sim != nil {
+			opts.Sim(&so)
+		}
+		e.Sim, err = fake.New(so)
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := httptest.NewServer(e.Sim)
+		t.Cleanup(srv.Close)
+		e.SimURL = srv.URL
+		e.Client, err = datera.New(datera.Config{Endpoint: srv.URL, Username: User, Password: Password})
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
 	initiatorFile := filepath.Join(root, "initiatorname.iscsi")
-	if err := os.WriteFile(initiatorFile, []byte("## generated\nInitiatorName="+InitiatorName+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(initiatorFile, []byte("## generated\nInitiatorName="+e.InitiatorName+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	e.Config = map[string]any{
-		"nodeName": "node-a", "initiatorNameFile": initiatorFile, "stateDir": e.StateDir,
+		"nodeName": e.NodeName, "initiatorNameFile": initiatorFile, "stateDir": e.StateDir,
 		"globalMountDir": e.GlobalDir, "logFile": e.LogFile, "byPathDir": e.ByPathDir,
 		"sysfsDir": filepath.Join(root, "sys"), "initiator": "loop-standin", "initiatorDir": e.TargetsDir,
 		"multipath": "off", "deviceWaitTimeout": "5s", "availableTimeout": "20s", "logLevel": "debug",
+		// The simulator serves plain http on 127.0.0.1: allow exactly it.
+		"allowedBackstores": []string{strings.TrimPrefix(e.SimURL, "http://")}, "allowInsecureHTTP": true,
 	}
 	for k, v := range opts.Config {
 		e.Config[k] = v
@@ -218,9 +248,11 @@ func (e *Env) cleanup() {
 	for _, m := range mounts {
 		_ = exec.CommandContext(ctx, "umount", "-l", m).Run()
 	}
-	files, _ := filepath.Glob(filepath.Join(e.TargetsDir, "backing", "*.img"))
-	for _, f := range files {
-		_ = DetachBacking(ctx, f)
+	if !e.shared {
+		files, _ := filepath.Glob(filepath.Join(e.TargetsDir, "backing", "*.img"))
+		for _, f := range files {
+			_ = DetachBacking(ctx, f)
+		}
 	}
 	if !e.T.Failed() {
 		_ = os.RemoveAll(e.Root)

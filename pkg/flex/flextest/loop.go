@@ -160,7 +160,9 @@ type LoopInitiator struct {
 var _ iscsi.Initiator = (*LoopInitiator)(nil)
 
 // Login implements iscsi.Initiator: per portal, attach the backing file (reusing a loop device
-// already attached to it: the "session exists" case) and create the by-path link.
+// this initiator already attached to it: the "session exists" case) and create the by-path
+// link. Each initiator has its own loop devices, as each node has its own sessions, so two
+// stand-in nodes on one host see different devices of one volume.
 func (l *LoopInitiator) Login(ctx context.Context, req iscsi.LoginRequest) (*iscsi.LoginResult, error) {
 	if err := req.Validate(); err != nil {
 		return nil, err
@@ -173,7 +175,7 @@ func (l *LoopInitiator) Login(ctx context.Context, req iscsi.LoginRequest) (*isc
 		return nil, fmt.Errorf("login to %s: initiator %s is not in the target's ACL (authorization failure)", req.IQN, l.Name)
 	}
 	res := &iscsi.LoginResult{Failed: map[string]error{}}
-	attached, err := loopsOf(ctx, t.Backing)
+	attached, err := l.sessions(ctx, req.IQN, t.Backing)
 	if err != nil {
 		return nil, err
 	}
@@ -188,7 +190,11 @@ func (l *LoopInitiator) Login(ctx context.Context, req iscsi.LoginRequest) (*isc
 				continue
 			}
 			dev = strings.TrimSpace(string(out))
-			if err := appendLine(filepath.Join(l.Dir, "logins.log"), req.IQN+" "+p+" "+dev); err != nil {
+			attached = append(attached, dev)
+			if err := l.saveSessions(req.IQN, attached); err != nil {
+				return nil, err
+			}
+			if err := appendLine(filepath.Join(l.Dir, "logins.log"), req.IQN+" "+p+" "+dev+" "+l.Name); err != nil {
 				return nil, err
 			}
 		}
@@ -210,8 +216,44 @@ func (l *LoopInitiator) Login(ctx context.Context, req iscsi.LoginRequest) (*isc
 	return res, nil
 }
 
-// Logout implements iscsi.Initiator: remove the links, detach every loop device of the backing
-// file. Nothing attached is success.
+// sessionsPath holds the loop devices this initiator attached for a target, one per line.
+func (l *LoopInitiator) sessionsPath(iqn string) string {
+	return filepath.Join(l.Dir, "sessions", l.Name, iqn)
+}
+
+// sessions lists this initiator's loop devices of the target that are still attached to its
+// backing file.
+func (l *LoopInitiator) sessions(ctx context.Context, iqn, backing string) ([]string, error) {
+	b, err := os.ReadFile(l.sessionsPath(iqn))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	live, err := loopsOf(ctx, backing)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, d := range strings.Fields(string(b)) {
+		if slices.Contains(live, d) {
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
+func (l *LoopInitiator) saveSessions(iqn string, devs []string) error {
+	p := l.sessionsPath(iqn)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(p, []byte(strings.Join(devs, "\n")+"\n"), 0o644)
+}
+
+// Logout implements iscsi.Initiator: remove the links, detach this initiator's loop devices of
+// the backing file. Nothing attached is success.
 func (l *LoopInitiator) Logout(ctx context.Context, req iscsi.LogoutRequest) error {
 	if err := req.Validate(); err != nil {
 		return err
@@ -229,7 +271,19 @@ func (l *LoopInitiator) Logout(ctx context.Context, req iscsi.LogoutRequest) err
 	if err != nil {
 		return err
 	}
-	return DetachBacking(ctx, t.Backing)
+	devs, err := l.sessions(ctx, req.IQN, t.Backing)
+	if err != nil {
+		return err
+	}
+	for _, d := range devs {
+		if out, err := exec.CommandContext(ctx, "losetup", "-d", d).CombinedOutput(); err != nil {
+			return fmt.Errorf("losetup -d %s: %w: %s", d, err, out)
+		}
+	}
+	if err := os.Remove(l.sessionsPath(req.IQN)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
 }
 
 // DetachBacking detaches every loop device attached to file.
@@ -277,6 +331,21 @@ func Logins(dir, iqn string) int {
 	n := 0
 	for _, l := range strings.Split(string(b), "\n") {
 		if strings.HasPrefix(l, iqn+" ") {
+			n++
+		}
+	}
+	return n
+}
+
+// LoginsBy counts the logins to iqn that the initiator named initiator made.
+func LoginsBy(dir, iqn, initiator string) int {
+	b, err := os.ReadFile(filepath.Join(dir, "logins.log"))
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) == 4 && f[0] == iqn && f[3] == initiator {
 			n++
 		}
 	}
