@@ -156,6 +156,33 @@ func hasSession(sessions []Session, iqn, portal string) bool {
 	return false
 }
 
+// loginPortal creates and fills the node record of one portal and logs in.
+//
+// CHAP secrets on argv. open-iscsi changes a node record only through
+// `iscsiadm -m node -T <iqn> -p <portal> -o update -n <name> -v <value>`, so the session CHAP
+// password (node.session.auth.password, and password_in for mutual CHAP) is an argument of one
+// short-lived iscsiadm process per portal. The exposure, precisely:
+//
+//   - who: /proc/<pid>/cmdline is readable by every user unless /proc is mounted with
+//     hidepid=2 (or =invisible). kubelet runs the driver, and so iscsiadm, in the host's PID
+//     namespace, so any process there can see it (`ps -ef`): host users, and containers with
+//     hostPID: true. Containers in their own PID namespace cannot.
+//   - how long: the life of that iscsiadm, which locks open-iscsi's node database, rewrites the
+//     record and exits: milliseconds, up to CommandTimeout if another iscsiadm holds the lock.
+//   - at rest: open-iscsi keeps the secret in the node record file (root-only, under
+//     /etc/iscsi/nodes or /var/lib/iscsi/nodes), as it does however the value is set; Logout and
+//     a failed login delete the record.
+//
+// iscsiadm (2.1.8: its --help and man page list every option) has no way to read a value from
+// stdin or a file, and none of its modes takes node settings any other way. The
+// alternatives are writing the record file behind iscsiadm's back (its database lock, record
+// directory and file format are internals that differ between builds) or speaking iscsid's
+// management protocol directly (it passes the C struct of the installed version). Both trade a
+// millisecond-long, documented exposure for silent breakage on another distribution, so the
+// driver does neither. Nodes that must not show it: mount /proc with hidepid=2 (root processes
+// such as kubelet and the driver are unaffected) and admit no hostPID pods (Pod Security
+// "baseline"). Logs never show it: the command log redacts every value whose name contains
+// "password" (redactArgs).
 func (a *Iscsiadm) loginPortal(ctx context.Context, req LoginRequest, p string) error {
 	if _, err := a.node(ctx, req.IQN, p, "-o", "new"); err != nil {
 		return fmt.Errorf("creating node record: %w", err)
