@@ -16,11 +16,13 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/petfabric/petfabric/pkg/mutate"
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 	"github.com/petfabric/petfabric/pkg/reconcile"
 	"github.com/petfabric/petfabric/pkg/webhook"
 )
@@ -41,7 +43,7 @@ func run(args []string) error {
 		certFile     = fs.String("tls-cert-file", "/etc/petfabric/tls/tls.crt", "serving certificate (reloaded when it changes)")
 		keyFile      = fs.String("tls-key-file", "/etc/petfabric/tls/tls.key", "serving key")
 		clientCA     = fs.String("client-ca-file", "", "if set, require client certificates signed by this CA")
-		clusterID    = fs.String("cluster-id", "", "prefix of every Datera volume ID (letters, digits, _ . -)")
+		clusterID    = fs.String("cluster-id", "", "prefix of every Datera volume ID (letters, digits, _ . -); empty: derived from the kube-system namespace UID")
 		defaultClass = fs.String("default-class", "", "Datera StorageClass for classless claim templates in namespaces labelled petfabric.io/inject=enabled")
 		createBudget = fs.Duration("create-budget", 4*time.Second, "time an admission call may spend creating PVs (cut to the apiserver's timeout)")
 		concurrency  = fs.Int("create-concurrency", 16, "PV creates in flight per admission call")
@@ -52,10 +54,24 @@ func run(args []string) error {
 		orphanGrace  = fs.Duration("orphan-grace", 5*time.Minute, "how long an unbound petfabric PV may stay Available before the loop deletes it as an orphan")
 		resync       = fs.Duration("resync", time.Minute, "how often the loop re-checks every StatefulSet and PV")
 		dateraCA     = fs.String("datera-ca-file", "", "CA bundle to verify the Datera management API's TLS certificate")
+		maxOrdinals  = fs.Int("max-ordinals", mutate.DefaultMaxOrdinals, "per-StatefulSet ceiling on Datera-backed ordinals: StatefulSets reaching past it are denied, and no PV is made for an ordinal at or above it")
+		apiQPS       = fs.Float64("kube-api-qps", DefaultKubeAPIQPS, "API requests per second of the admission path (PV creates, lookups)")
+		apiBurst     = fs.Int("kube-api-burst", DefaultKubeAPIBurst, "API request burst of the admission path")
+		loopQPS      = fs.Float64("reconcile-kube-api-qps", reconcile.DefaultKubeAPIQPS, "API requests per second of the reconcile loop (a client of its own; leader election has a third)")
+		loopBurst    = fs.Int("reconcile-kube-api-burst", reconcile.DefaultKubeAPIBurst, "API request burst of the reconcile loop")
+		fenceAfter   = fs.Duration("fence-after", reconcile.DefaultFenceAfter, "how long a node's report must have been seen unchanged before the loop may fence its initiator out of a ReadWriteOnce volume")
+		reportNS     = fs.String("report-namespace", "", "namespace of the node agents' report Leases (default: --lease-namespace)")
+		readHeader   = fs.Duration("read-header-timeout", webhook.DefaultReadHeaderTimeout, "listeners: time to read a request's headers")
+		readTimeout  = fs.Duration("read-timeout", webhook.DefaultReadTimeout, "listeners: time to read a whole request")
+		writeTimeout = fs.Duration("write-timeout", webhook.DefaultWriteTimeout, "listeners: time to read a request and write its answer (keep above 30s, the largest webhook timeout)")
+		idleTimeout  = fs.Duration("idle-timeout", webhook.DefaultIdleTimeout, "listeners: how long an idle keep-alive connection is kept")
 		defaults     = keyValues{}
 	)
 	fs.Var(defaults, "default", "option default key=value (repeatable): replica, fsType, backstoreServer, secretName, secretNamespace, …")
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := checkFlags(*maxOrdinals, *apiQPS, *apiBurst, *loopQPS, *loopBurst); err != nil {
 		return err
 	}
 	log, err := newLogger(*logLevel)
@@ -67,11 +83,20 @@ func run(args []string) error {
 		return err
 	}
 	restCfg.UserAgent = "petfabric-webhook"
+	loopCfg := rest.CopyConfig(restCfg)
+	restCfg.QPS, restCfg.Burst = float32(*apiQPS), *apiBurst
 	client, err := kubernetes.NewForConfig(restCfg)
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
-	mutateCfg := mutate.Config{ClusterID: *clusterID, DefaultClass: *defaultClass, Defaults: defaults}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	id, err := resolveClusterID(ctx, client, *clusterID)
+	if err != nil {
+		return err
+	}
+	log.Info("cluster id", "clusterID", id, "derived", *clusterID == "")
+	mutateCfg := mutate.Config{ClusterID: id, DefaultClass: *defaultClass, Defaults: defaults, MaxOrdinals: *maxOrdinals}
 	reg := prometheus.NewRegistry()
 	var background func(context.Context) error
 	if *reconcileOn {
@@ -86,10 +111,16 @@ func run(args []string) error {
 				return fmt.Errorf("--datera-ca-file: %w", err)
 			}
 		}
+		loopCfg.UserAgent = "petfabric-webhook-reconcile"
 		loop, err := reconcile.New(reconcile.Options{
-			Client: client, Mutate: mutateCfg,
+			// A client of its own (built from KubeConfig with these limits, and another for
+			// leader election), so admission creates, the loop and lease renewals never wait
+			// on each other's rate limit.
+			KubeConfig: loopCfg, KubeAPIQPS: float32(*loopQPS), KubeAPIBurst: *loopBurst,
+			Mutate:         mutateCfg,
 			LeaseNamespace: *leaseNS, Identity: *identity,
 			OrphanGrace: *orphanGrace, Resync: *resync,
+			FenceAfter: *fenceAfter, ReportNamespace: *reportNS,
 			DateraCACertPEM: caPEM, Metrics: reg, Logger: log,
 		})
 		if err != nil {
@@ -97,8 +128,6 @@ func run(args []string) error {
 		}
 		background = loop.Run
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	defer stop()
 	return webhook.Run(ctx, client, webhook.RunConfig{
 		Mutate:       mutateCfg,
 		Registry:     reg,
@@ -111,7 +140,70 @@ func run(args []string) error {
 		CreateBudget: *createBudget,
 		Concurrency:  *concurrency,
 		Logger:       log,
+
+		ReadHeaderTimeout: *readHeader,
+		ReadTimeout:       *readTimeout,
+		WriteTimeout:      *writeTimeout,
+		IdleTimeout:       *idleTimeout,
 	})
+}
+
+// DefaultKubeAPIQPS and DefaultKubeAPIBurst size the admission path's client. A StatefulSet
+// CREATE or scale-up makes up to --create-concurrency (16) PV creates at once and at most 512
+// in one call; every PVC CREATE makes one. With burst 100 and 50/s, a call's default 4 s
+// create budget fits about 300 creates (100 at once, then 50/s) — every PV of a typical
+// StatefulSet inside its own admission call — and the rest are deferred to the PVC hook and
+// the loop. client-go's default (5 QPS, burst 10) would defer all but about 30. 50/s is a
+// small share of the apiserver's default 200 mutating requests in flight. The reconcile loop
+// and leader election have clients of their own, so none of this traffic delays a lease
+// renewal.
+const (
+	DefaultKubeAPIQPS   = 50
+	DefaultKubeAPIBurst = 100
+)
+
+// checkFlags rejects limits that cannot work, naming the flag.
+func checkFlags(maxOrdinals int, apiQPS float64, apiBurst int, loopQPS float64, loopBurst int) error {
+	if maxOrdinals < 1 {
+		return fmt.Errorf("--max-ordinals %d: want at least 1", maxOrdinals)
+	}
+	for _, f := range []struct {
+		name  string
+		qps   float64
+		burst int
+	}{{"kube-api", apiQPS, apiBurst}, {"reconcile-kube-api", loopQPS, loopBurst}} {
+		if !(f.qps > 0) {
+			return fmt.Errorf("--%s-qps %v: want a positive number of requests per second", f.name, f.qps)
+		}
+		if f.burst < 1 {
+			return fmt.Errorf("--%s-burst %d: want at least 1", f.name, f.burst)
+		}
+	}
+	return nil
+}
+
+// resolveClusterID returns the --cluster-id, or, when it is empty, one derived from the UID of
+// the kube-system namespace: unique and stable for the cluster's life, so two clusters sharing
+// a Datera backstore never map their claims to the same volume. (RBAC: get on the namespace
+// kube-system.)
+func resolveClusterID(ctx context.Context, client kubernetes.Interface, flagValue string) (string, error) {
+	if flagValue != "" {
+		if _, err := mutate.VolumeID(flagValue, "ns", "claim"); err != nil {
+			return "", fmt.Errorf("--cluster-id: %w", err)
+		}
+		return flagValue, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	ns, err := client.CoreV1().Namespaces().Get(ctx, metav1.NamespaceSystem, metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("--cluster-id is empty, and the kube-system namespace to derive it from could not be read (the webhook needs get on namespaces/kube-system): %w", err)
+	}
+	id, err := pvoptions.DefaultClusterID(string(ns.UID))
+	if err != nil {
+		return "", fmt.Errorf("derive --cluster-id: %w", err)
+	}
+	return id, nil
 }
 
 func loadConfig(kubeconfig string) (*rest.Config, error) {

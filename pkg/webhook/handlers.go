@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"net/http"
 	"runtime/debug"
+	"slices"
+	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,7 +26,9 @@ import (
 
 // admitStatefulSet: on CREATE pin the Datera-bound templates (patch) and pre-create PVs for
 // every ordinal; on UPDATE (e.g. kubectl patch of replicas) pre-create PVs for the ordinals
-// the update adds. Templates are immutable after CREATE, so UPDATE never patches.
+// the update adds. Templates are immutable after CREATE, so UPDATE never patches. Before any
+// PV is created the object is checked as the apiserver will check it (mutate.ValidateStatefulSet)
+// and against the ordinal ceiling: a request that is denied creates nothing.
 func (s *Server) admitStatefulSet(r *http.Request, req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
 	if req.Operation != admissionv1.Create && req.Operation != admissionv1.Update {
 		return allowed()
@@ -36,20 +41,27 @@ func (s *Server) admitStatefulSet(r *http.Request, req *admissionv1.AdmissionReq
 		sts.Namespace = req.Namespace
 	}
 	fresh := []ordinals{ordinalsOf(&sts)}
+	var old *appsv1.StatefulSet
 	if req.Operation == admissionv1.Update {
-		var old appsv1.StatefulSet
-		if err := json.Unmarshal(req.OldObject.Raw, &old); err != nil {
+		old = &appsv1.StatefulSet{}
+		if err := json.Unmarshal(req.OldObject.Raw, old); err != nil {
 			return denied(http.StatusBadRequest, "petfabric: decode old StatefulSet: "+err.Error())
 		}
 		// Templates are immutable after CREATE: an UPDATE matters only when it adds ordinals,
 		// and one that adds none (an image rollout, a scale-down) is never refused.
-		if fresh = ordinalsOf(&sts).minus(ordinalsOf(&old)); count(fresh) == 0 {
+		if fresh = ordinalsOf(&sts).minus(ordinalsOf(old)); count(fresh) == 0 {
 			return allowed()
 		}
 	}
-	plan, resp := s.plan(&sts, req.Operation == admissionv1.Update)
+	plan, resp := s.plan(r.Context(), &sts, req.Operation == admissionv1.Update)
 	if resp != nil || len(plan.Templates) == 0 {
 		return orAllowed(resp)
+	}
+	if err := mutate.ValidateStatefulSet(&sts, old); err != nil {
+		return denied(http.StatusUnprocessableEntity, "petfabric: "+err.Error())
+	}
+	if err := mutate.CheckOrdinals(s.cfg, &sts); err != nil {
+		return denied(http.StatusUnprocessableEntity, "petfabric: "+err.Error())
 	}
 	var patch []byte
 	if req.Operation == admissionv1.Create {
@@ -97,9 +109,12 @@ func (s *Server) admitScale(r *http.Request, req *admissionv1.AdmissionRequest) 
 	if count(fresh) == 0 {
 		return allowed()
 	}
-	plan, resp := s.plan(next, true)
+	plan, resp := s.plan(r.Context(), next, true)
 	if resp != nil || len(plan.Templates) == 0 {
 		return orAllowed(resp)
+	}
+	if err := mutate.CheckOrdinals(s.cfg, next); err != nil {
+		return denied(http.StatusUnprocessableEntity, "petfabric: "+err.Error())
 	}
 	if isDryRun(req) {
 		return allowed()
@@ -107,8 +122,17 @@ func (s *Server) admitScale(r *http.Request, req *admissionv1.AdmissionRequest) 
 	return s.ensureOrdinals(r, plan, fresh, allowed())
 }
 
-// admitClaim guarantees, for every Datera-bound claim, that its PV exists before the claim is
-// stored: one PV, O(1) work, whatever the size of its StatefulSet.
+// admitClaim makes sure, for a claim of a Datera-bound StatefulSet template, that its PV
+// exists before the claim is stored: one PV, O(1) work, whatever the size of its StatefulSet.
+//
+// The review is not trusted: whoever reaches the webhook can post one. The hook acts only for
+// a claim whose StatefulSet exists (read live), has a Datera-bound template of that name and
+// has that ordinal below the ceiling, and the PV is built from that live StatefulSet — the very
+// PV the StatefulSet hook and the reconcile loop make for that ordinal — never from the
+// claim's own annotations. A forged review can therefore cause nothing the cluster's own state
+// does not already ask for. It never changes an existing PV: handing a Released PV to a new
+// claim is the reconcile loop's decision, made against the live claim and the owner the PV
+// records.
 func (s *Server) admitClaim(r *http.Request, req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
 	if req.Operation != admissionv1.Create {
 		return allowed()
@@ -120,20 +144,36 @@ func (s *Server) admitClaim(r *http.Request, req *admissionv1.AdmissionRequest) 
 	if pvc.Namespace == "" {
 		pvc.Namespace = req.Namespace
 	}
-	if pvc.Name == "" {
-		return allowed() // generateName claims are not StatefulSet claims; nothing to pre-bind to
+	if pvc.Name == "" || pvc.Spec.VolumeName != "" {
+		return allowed() // generateName claims are no StatefulSet's; a bound claim chose its PV
 	}
-	classes, err := s.lookup.DateraClasses()
+	stsName, tplName := pvc.Annotations[mutate.AnnStatefulSet], pvc.Annotations[mutate.AnnClaimTemplate]
+	n, fromTemplate := mutate.ParseOrdinal(pvc.Name, tplName, stsName)
+	if stsName == "" || tplName == "" || !fromTemplate {
+		return s.notServed(&pvc, "it was not made from a StatefulSet claim template petfabric pinned")
+	}
+	sts, err := s.lookup.StatefulSet(r.Context(), pvc.Namespace, stsName)
+	if isNotFound(err) {
+		return s.notServed(&pvc, fmt.Sprintf("its StatefulSet %s/%s does not exist", pvc.Namespace, stsName))
+	}
 	if err != nil {
 		return errored(http.StatusInternalServerError, fmt.Errorf("petfabric: %w", err))
 	}
-	cv, ok, err := mutate.PlanClaim(s.cfg, &pvc, classes)
-	if !ok {
-		return allowed()
+	plan, resp := s.plan(r.Context(), sts, true)
+	if resp != nil {
+		return resp
 	}
-	if err != nil {
-		return denied(http.StatusUnprocessableEntity, "petfabric: "+err.Error())
+	i := slices.IndexFunc(plan.Templates, func(tp mutate.TemplatePlan) bool { return tp.Name == tplName })
+	if i < 0 {
+		return allowed() // not a Datera-bound template of the live StatefulSet: not ours
 	}
+	if rng := ordinalsOf(sts); int64(n) < rng.lo || int64(n) >= rng.hi {
+		return s.notServed(&pvc, fmt.Sprintf("StatefulSet %s/%s has no ordinal %d", pvc.Namespace, stsName, n))
+	}
+	if n >= s.cfg.OrdinalCeiling() {
+		return s.notServed(&pvc, fmt.Sprintf("ordinal %d is at or above the ceiling of %d Datera-backed ordinals per StatefulSet", n, s.cfg.OrdinalCeiling()))
+	}
+	cv := plan.Ordinal(plan.Templates[i], n)
 	pv, err := cv.PersistentVolume(s.cfg)
 	if err != nil {
 		return denied(http.StatusUnprocessableEntity, "petfabric: "+err.Error())
@@ -143,25 +183,58 @@ func (s *Server) admitClaim(r *http.Request, req *admissionv1.AdmissionRequest) 
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.budget(r))
 	defer cancel()
-	if err := s.ensurePV(ctx, pv, cv, true); err != nil {
+	mismatches, err := s.ensurePV(ctx, pv, cv)
+	if err != nil {
 		return s.failure(err)
 	}
-	return allowed()
+	out := allowed()
+	if len(mismatches) > 0 {
+		out.Warnings = append(out.Warnings, mismatchWarning(cv, mismatches))
+	}
+	return out
 }
 
-// plan runs the pure decision with the cluster's classes and namespace labels.
-func (s *Server) plan(sts *appsv1.StatefulSet, pinnedOnly bool) (mutate.Plan, *admissionv1.AdmissionResponse) {
+// notServed allows a claim the hook makes no PV for, warning when it names a Datera class (it
+// will stay Pending unless someone else provides its PV).
+func (s *Server) notServed(pvc *corev1.PersistentVolumeClaim, why string) *admissionv1.AdmissionResponse {
+	class := pvc.Annotations[mutate.BetaClassAnnotation]
+	if class == "" && pvc.Spec.StorageClassName != nil {
+		class = *pvc.Spec.StorageClassName
+	}
+	classes, err := s.lookup.DateraClasses()
+	if err != nil {
+		return errored(http.StatusInternalServerError, fmt.Errorf("petfabric: %w", err))
+	}
+	out := allowed()
+	if _, ok := classes[class]; ok {
+		out.Warnings = []string{fmt.Sprintf("petfabric: no PersistentVolume made for claim %s/%s of Datera class %s: %s; petfabric provides volumes for the claims of StatefulSet templates only",
+			pvc.Namespace, pvc.Name, class, why)}
+	}
+	return out
+}
+
+// plan runs the pure decision with the cluster's classes and the namespace's labels and UID.
+func (s *Server) plan(ctx context.Context, sts *appsv1.StatefulSet, pinnedOnly bool) (mutate.Plan, *admissionv1.AdmissionResponse) {
 	classes, err := s.lookup.DateraClasses()
 	if err != nil {
 		return mutate.Plan{}, errored(http.StatusInternalServerError, fmt.Errorf("petfabric: %w", err))
 	}
-	nsLabels, err := s.lookup.NamespaceLabels(sts.Namespace)
-	if err != nil {
+	ns, err := s.lookup.Namespace(ctx, sts.Namespace)
+	if err != nil && !isNotFound(err) {
 		return mutate.Plan{}, errored(http.StatusInternalServerError, fmt.Errorf("petfabric: %w", err))
 	}
-	plan, err := mutate.Decide(s.cfg, mutate.Input{StatefulSet: sts, NamespaceLabels: nsLabels, Classes: classes, PinnedOnly: pinnedOnly})
+	in := mutate.Input{StatefulSet: sts, Classes: classes, PinnedOnly: pinnedOnly}
+	if ns != nil {
+		in.NamespaceLabels, in.NamespaceUID = ns.Labels, string(ns.UID)
+	}
+	plan, err := mutate.Decide(s.cfg, in)
 	if err != nil {
 		return plan, denied(http.StatusUnprocessableEntity, "petfabric: "+err.Error())
+	}
+	if len(plan.Templates) > 0 && ns == nil {
+		// The apiserver stores nothing in a namespace that does not exist; without its UID
+		// no PV could record its owner.
+		return plan, errored(http.StatusInternalServerError, fmt.Errorf("petfabric: namespace %s: %w", sts.Namespace, errNotFound))
 	}
 	return plan, nil
 }
@@ -175,50 +248,66 @@ func (e *ConflictError) Error() string {
 	return fmt.Sprintf("persistentvolume %s for claim %s already exists and belongs to claim %s; delete or rename it (petfabric never reuses a PV across claims)", e.PV, e.Claim, e.Holder)
 }
 
-// ensurePV creates the PV; AlreadyExists for the same claim is success (a retry, the other
-// hook, or the reconcile loop got there first). With rebind — the claim itself is being
-// created — a Released Retain PV of this claim is released for it: the same claim name always
-// maps to the same volume, so a re-created StatefulSet finds its data again.
-func (s *Server) ensurePV(ctx context.Context, pv *corev1.PersistentVolume, cv mutate.ClaimVolume, rebind bool) error {
-	err := s.pvs.Create(ctx, pv)
-	if err == nil {
-		s.metrics.pvCreated.Inc()
-		return nil
-	}
-	if !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("create persistentvolume %s for claim %s/%s: %w", pv.Name, cv.Namespace, cv.Claim, err)
-	}
-	existing, err := s.pvs.Get(ctx, pv.Name)
+// ensurePV makes sure the claim has its PV. A PV whose claimRef already names the claim is
+// its PV whatever its name (contract version 1 PVs keep datera-<ns>-<claim>), so an upgrade
+// never makes a second one; otherwise pv is created, and AlreadyExists for the same claim is
+// success (a retry, the other hook, or the reconcile loop got there first). An existing PV is
+// checked against what the claim needs (mutate.CheckPV): the mismatches are returned, counted
+// and recorded as Events on the PV, and never silently accepted; the PV itself is not touched
+// (repair is the reconcile loop's).
+func (s *Server) ensurePV(ctx context.Context, pv *corev1.PersistentVolume, cv mutate.ClaimVolume) ([]mutate.Mismatch, error) {
+	existing, err := s.lookup.PVsForClaim(cv.Namespace, cv.Claim)
 	if err != nil {
-		return fmt.Errorf("read existing persistentvolume %s: %w", pv.Name, err)
+		return nil, err
 	}
-	if !mutate.SameClaim(existing, cv.Namespace, cv.Claim) {
-		holder := "(none: it is not pre-bound)"
-		if ref := existing.Spec.ClaimRef; ref != nil {
-			holder = ref.Namespace + "/" + ref.Name
+	if len(existing) == 0 {
+		err := s.pvs.Create(ctx, pv)
+		if err == nil {
+			s.metrics.pvCreated.Inc()
+			return nil, nil
 		}
-		return &ConflictError{PV: pv.Name, Claim: cv.Namespace + "/" + cv.Claim, Holder: holder}
-	}
-	if rebind && releasedForReuse(existing) {
-		// Drop the old claim's UID; the PV controller then binds the PV to the new claim of
-		// the same name. The update carries the resourceVersion we read: if anything changed
-		// it since (the reconcile loop, an admin), it fails and nothing is lost.
-		existing.Spec.ClaimRef = &corev1.ObjectReference{Kind: "PersistentVolumeClaim", APIVersion: "v1", Namespace: cv.Namespace, Name: cv.Claim}
-		if err := s.pvs.Update(ctx, existing); err != nil {
-			return fmt.Errorf("release persistentvolume %s for re-created claim %s/%s: %w", existing.Name, cv.Namespace, cv.Claim, err)
+		if !apierrors.IsAlreadyExists(err) {
+			return nil, fmt.Errorf("create persistentvolume %s for claim %s/%s: %w", pv.Name, cv.Namespace, cv.Claim, err)
 		}
-		s.log.Info("released Retain PV for its re-created claim", "pv", existing.Name, "claim", cv.Namespace+"/"+cv.Claim)
+		got, err := s.pvs.Get(ctx, pv.Name)
+		if err != nil {
+			return nil, fmt.Errorf("read existing persistentvolume %s: %w", pv.Name, err)
+		}
+		if !mutate.SameClaim(got, cv.Namespace, cv.Claim) {
+			holder := "(none: it is not pre-bound)"
+			if ref := got.Spec.ClaimRef; ref != nil {
+				holder = ref.Namespace + "/" + ref.Name
+			}
+			return nil, &ConflictError{PV: pv.Name, Claim: cv.Namespace + "/" + cv.Claim, Holder: holder}
+		}
+		existing = []*corev1.PersistentVolume{got}
 	}
-	return nil
+	var out []mutate.Mismatch
+	for _, have := range existing {
+		ms := mutate.CheckPV(s.cfg, cv, have)
+		for _, m := range ms {
+			s.metrics.pvMismatch.WithLabelValues(m.Reason).Inc()
+			s.recorder.Event(have, corev1.EventTypeWarning, EventPVMismatch, fmt.Sprintf("does not fit claim %s/%s: %s", cv.Namespace, cv.Claim, m))
+		}
+		if len(ms) > 0 {
+			s.log.Warn("existing PV does not fit its claim", "pv", have.Name, "claim", cv.Namespace+"/"+cv.Claim, "mismatches", fmt.Sprint(ms))
+		}
+		out = append(out, ms...)
+	}
+	return out, nil
 }
 
-// releasedForReuse: a petfabric PV with reclaim policy Retain whose claim was deleted. (A
-// Delete-policy PV is the reconcile loop's to delete, together with its Datera volume.)
-func releasedForReuse(pv *corev1.PersistentVolume) bool {
-	return pv.Labels[mutate.LabelManagedBy] == mutate.ManagedByValue &&
-		pv.Spec.PersistentVolumeReclaimPolicy == corev1.PersistentVolumeReclaimRetain &&
-		pv.Status.Phase == corev1.VolumeReleased &&
-		pv.Spec.ClaimRef != nil && pv.Spec.ClaimRef.UID != ""
+// EventPVMismatch is the reason of the Warning Event on a PV that does not fit its claim.
+const EventPVMismatch = "PersistentVolumeMismatch"
+
+// mismatchWarning is the admission warning for a claim whose existing PV does not fit it.
+func mismatchWarning(cv mutate.ClaimVolume, ms []mutate.Mismatch) string {
+	parts := make([]string, len(ms))
+	for i, m := range ms {
+		parts[i] = m.String()
+	}
+	return fmt.Sprintf("petfabric: the existing PersistentVolume of claim %s/%s does not fit it (%s); it is left as it is and reported — an admin or the reconcile loop must repair or replace it",
+		cv.Namespace, cv.Claim, strings.Join(parts, "; "))
 }
 
 // ensureOrdinals creates the PVs of the given ordinals in parallel within the admission
@@ -232,6 +321,7 @@ func (s *Server) ensureOrdinals(r *http.Request, plan mutate.Plan, fresh []ordin
 		done, deferred atomic.Int64
 		mu             sync.Mutex
 		firstErr       error
+		misfits        []string // admission warnings, one per PV that does not fit its claim
 	)
 	fail := func(err error) {
 		mu.Lock()
@@ -269,7 +359,12 @@ launch:
 					}
 					pv, err := cv.PersistentVolume(s.cfg)
 					if err == nil {
-						err = s.ensurePV(ctx, pv, cv, false)
+						var ms []mutate.Mismatch
+						if ms, err = s.ensurePV(ctx, pv, cv); len(ms) > 0 {
+							mu.Lock()
+							misfits = append(misfits, mismatchWarning(cv, ms))
+							mu.Unlock()
+						}
 					}
 					switch {
 					case err == nil:
@@ -288,6 +383,12 @@ launch:
 	if firstErr != nil {
 		return s.failure(firstErr)
 	}
+	sort.Strings(misfits)
+	if len(misfits) > maxMismatchWarnings {
+		more := len(misfits) - maxMismatchWarnings
+		misfits = append(misfits[:maxMismatchWarnings], fmt.Sprintf("petfabric: %d more PersistentVolumes do not fit their claims (see the PersistentVolumeMismatch events)", more))
+	}
+	resp.Warnings = append(resp.Warnings, misfits...)
 	if d := deferred.Load() + total - launched; d > 0 {
 		s.metrics.pvPending.Add(float64(d))
 		resp.Warnings = append(resp.Warnings, fmt.Sprintf(
@@ -297,6 +398,10 @@ launch:
 	}
 	return resp
 }
+
+// maxMismatchWarnings bounds the admission warnings about PVs that do not fit (the apiserver
+// passes every one to the client).
+const maxMismatchWarnings = 10
 
 // failure maps an error to a denial: conflicts are the user's to fix (409); anything else is
 // ours or the apiserver's (500) and failurePolicy decides.

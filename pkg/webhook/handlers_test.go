@@ -103,7 +103,7 @@ func TestStatefulSetCreateBlogManifest(t *testing.T) {
 	assert.Equal(t, "anything", stored.Spec.VolumeClaimTemplates[0].Annotations[mutate.AlphaClassAnnotation])
 	var names []string
 	for n := range 5 {
-		names = append(names, "datera-blog-datadir-cockroachdb-"+fmt.Sprint(n))
+		names = append(names, "datera-blog.datadir-cockroachdb-"+fmt.Sprint(n))
 	}
 	assert.Equal(t, names, sorted(f.pvs.names()))
 }
@@ -289,15 +289,19 @@ func (errLookup) StatefulSet(context.Context, string, string) (*appsv1.StatefulS
 }
 
 // TestClaimCreate: the PVC hook writes exactly the claim's PV, identical to the one the
-// StatefulSet hook writes for that ordinal.
+// StatefulSet hook writes for that ordinal, for a claim of an ordinal the live StatefulSet has.
 func TestClaimCreate(t *testing.T) {
 	f := newFixture(t)
 	stored := pinned(t, f, threeTemplates(2))
+	up := stored.DeepCopy()
+	up.Spec.Replicas = ptr.To[int32](8)
+	f.lookup.put(up) // scaled to 8 meanwhile (e.g. while the webhook was down)
 
 	pvc := claimOf(stored, 0, 7)
 	resp := f.admit(t, PathClaims, claimRequest(t, admissionv1.Create, pvc))
 	assert.True(t, resp.Allowed)
 	assert.Empty(t, resp.Patch)
+	assert.Empty(t, resp.Warnings)
 	want := expectedPV(t, stored, nil, "data", 7)
 	assert.Equal(t, []string{want.Name}, f.pvs.names())
 	assert.Equal(t, want, f.pvs.get(want.Name))
@@ -307,9 +311,7 @@ func TestClaimCreate(t *testing.T) {
 	assert.True(t, resp.Allowed)
 	assert.Len(t, f.pvs.names(), 1)
 
-	// And the StatefulSet hook, scaling to 8 afterwards, finds it and is content.
-	up := stored.DeepCopy()
-	up.Spec.Replicas = ptr.To[int32](8)
+	// And the StatefulSet hook, scaling 2 → 8, finds it and is content.
 	assert.True(t, f.admit(t, PathStatefulSets, stsRequest(t, admissionv1.Update, up, stored)).Allowed)
 	assert.Len(t, f.pvs.names(), 12)
 
@@ -326,18 +328,27 @@ func TestClaimCreate(t *testing.T) {
 			c.Spec.VolumeName = "some-pv"
 			return c
 		}(),
+		"an ordinal the StatefulSet does not have": claimOf(stored, 0, 8),
+		"a claim of no StatefulSet": func() *corev1.PersistentVolumeClaim {
+			c := claimOf(stored, 0, 1)
+			c.Name, c.Annotations = "standalone", nil
+			return c
+		}(),
 	} {
 		t.Run(name, func(t *testing.T) {
 			resp := f.admit(t, PathClaims, claimRequest(t, admissionv1.Create, c))
 			assert.True(t, resp.Allowed)
 		})
 	}
-	upd := f.admit(t, PathClaims, claimRequest(t, admissionv1.Update, claimOf(stored, 0, 30)))
+	upd := f.admit(t, PathClaims, claimRequest(t, admissionv1.Update, claimOf(stored, 0, 3)))
 	assert.True(t, upd.Allowed, "only CREATE matters")
 	assert.Equal(t, before, f.pvs.creates.Load())
 
 	// Namespace from the request when the object has none.
-	c := claimOf(stored, 0, 40)
+	c := claimOf(stored, 0, 1)
+	f.pvs.mu.Lock()
+	delete(f.pvs.pvs, mutate.PVName("shop", c.Name))
+	f.pvs.mu.Unlock()
 	req := claimRequest(t, admissionv1.Create, c)
 	c.Namespace = ""
 	req.Object = raw(t, c)
@@ -345,16 +356,46 @@ func TestClaimCreate(t *testing.T) {
 	assert.NotNil(t, f.pvs.get(mutate.PVName("shop", c.Name)))
 }
 
-// TestClaimInvalid: a Datera claim with invalid options is denied (422) naming the field.
+// TestClaimNotServedWarns: a Datera claim the hook makes no PV for is allowed with a warning
+// saying why (it would otherwise stay Pending without a word).
+func TestClaimNotServedWarns(t *testing.T) {
+	f := newFixture(t)
+	stored := pinned(t, f, threeTemplates(2))
+	standalone := claimOf(stored, 0, 0)
+	standalone.Name, standalone.Annotations = "scratch", nil
+	resp := f.admit(t, PathClaims, claimRequest(t, admissionv1.Create, standalone))
+	assert.True(t, resp.Allowed)
+	require.Len(t, resp.Warnings, 1)
+	assert.Contains(t, resp.Warnings[0], "StatefulSet templates only")
+	resp = f.admit(t, PathClaims, claimRequest(t, admissionv1.Create, claimOf(stored, 0, 5)))
+	assert.True(t, resp.Allowed)
+	require.Len(t, resp.Warnings, 1)
+	assert.Contains(t, resp.Warnings[0], "has no ordinal 5")
+	assert.Empty(t, f.pvs.names())
+}
+
+// TestClaimInvalid: the claim's own annotations are not trusted — the PV comes from the live
+// StatefulSet's template; a live template whose options are invalid is denied (422) naming
+// the field.
 func TestClaimInvalid(t *testing.T) {
 	f := newFixture(t)
-	pvc := claimOf(statefulSet("shop", "web", 1, dateraTemplate("data", "datera-gold", "1Gi")), 0, 0)
-	pvc.Annotations = map[string]string{"petfabric.io/backstoreServer": "evil.example:7717"}
+	stored := pinned(t, f, statefulSet("shop", "web", 1, dateraTemplate("data", "datera-gold", "1Gi")))
+	pvc := claimOf(stored, 0, 0)
+	pvc.Annotations["petfabric.io/backstoreServer"] = "evil.example:7717"
+	pvc.Annotations["petfabric.io/replica"] = "5"
 	resp := f.admit(t, PathClaims, claimRequest(t, admissionv1.Create, pvc))
+	require.True(t, resp.Allowed)
+	opts := f.pvs.get(mutate.PVName("shop", pvc.Name)).Spec.FlexVolume.Options
+	assert.Equal(t, testCfg.Defaults[mutate.OptBackstoreServer], opts["backstoreServer"])
+	assert.Equal(t, "3", opts["replica"])
+
+	bad := stored.DeepCopy()
+	bad.Spec.VolumeClaimTemplates[0].Annotations["petfabric.io/replica"] = "9"
+	f.lookup.put(bad)
+	resp = f.admit(t, PathClaims, claimRequest(t, admissionv1.Create, claimOf(bad, 0, 0)))
 	assert.False(t, resp.Allowed)
 	assert.Equal(t, int32(http.StatusUnprocessableEntity), resp.Result.Code)
-	assert.Contains(t, resp.Result.Message, "persistentvolumeclaim shop/data-web-0.metadata.annotations[petfabric.io/backstoreServer]")
-	assert.Empty(t, f.pvs.names())
+	assert.Contains(t, resp.Result.Message, "spec.volumeClaimTemplates[0].metadata.annotations[petfabric.io/replica]")
 
 	req := claimRequest(t, admissionv1.Create, pvc)
 	req.Object.Raw = []byte(`{"metadata":{"name":3}}`)
@@ -387,7 +428,9 @@ func TestConflict(t *testing.T) {
 			assert.Equal(t, metav1.StatusReasonConflict, resp.Result.Reason)
 			assert.Contains(t, resp.Result.Message, want)
 
-			resp = f.admit(t, PathClaims, claimRequest(t, admissionv1.Create, claimOf(sts, 0, 1)))
+			stored := pinned(t, newFixture(t), sts)
+			f.lookup.put(stored)
+			resp = f.admit(t, PathClaims, claimRequest(t, admissionv1.Create, claimOf(stored, 0, 1)))
 			assert.False(t, resp.Allowed)
 			assert.Equal(t, int32(http.StatusConflict), resp.Result.Code)
 			assert.Contains(t, resp.Result.Message, want)
@@ -406,7 +449,9 @@ func TestStoreErrors(t *testing.T) {
 	assert.False(t, resp.Allowed)
 	assert.Equal(t, int32(http.StatusInternalServerError), resp.Result.Code)
 	assert.Contains(t, resp.Result.Message, "RBAC says no")
-	resp = f.admit(t, PathClaims, claimRequest(t, admissionv1.Create, claimOf(sts, 0, 0)))
+	stored := pinned(t, newFixture(t), sts)
+	f.lookup.put(stored)
+	resp = f.admit(t, PathClaims, claimRequest(t, admissionv1.Create, claimOf(stored, 0, 0)))
 	assert.False(t, resp.Allowed)
 	assert.Equal(t, int32(http.StatusInternalServerError), resp.Result.Code)
 }
@@ -466,7 +511,7 @@ func TestBudgetFromTimeout(t *testing.T) {
 
 	// On the PVC route too: the one create waits for the budget, then is an error (the
 	// claim's PV must exist before the claim is stored; failurePolicy decides).
-	pvc := claimOf(pinned(t, f, threeTemplates(1)), 0, 9)
+	pvc := claimOf(pinned(t, f, threeTemplates(10)), 0, 9)
 	req = claimRequest(t, admissionv1.Create, pvc)
 	start = time.Now()
 	w = post(f.h, PathClaims+"?timeout=1s", reviewBody(t, req), "application/json")

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -49,10 +48,15 @@ func testClasses() map[string]mutate.Class {
 	}
 }
 
-// staticLookup is a Lookup over fixed data. panicWith makes every call panic.
+// staticLookup is a Lookup over fixed data. panicWith makes every call panic. Every namespace
+// exists (UID nsUID(name), or nsUIDs[name]) unless listed in missingNS. PVsForClaim answers
+// from the fixture's PV store, as the informer index answers from the cluster's PVs.
 type staticLookup struct {
 	classes   map[string]mutate.Class
 	nsLabels  map[string]map[string]string
+	nsUIDs    map[string]string
+	missingNS map[string]bool
+	pvs       *memPVs
 	panicWith any
 
 	mu  sync.Mutex
@@ -74,11 +78,36 @@ func (l *staticLookup) DateraClasses() (map[string]mutate.Class, error) {
 	return l.classes, nil
 }
 
-func (l *staticLookup) NamespaceLabels(ns string) (map[string]string, error) {
+func (l *staticLookup) Namespace(_ context.Context, ns string) (*corev1.Namespace, error) {
 	if l.panicWith != nil {
 		panic(l.panicWith)
 	}
-	return l.nsLabels[ns], nil
+	if l.missingNS[ns] {
+		return nil, apierrors.NewNotFound(corev1.Resource("namespaces"), ns)
+	}
+	uid := nsUID(ns)
+	if u, ok := l.nsUIDs[ns]; ok {
+		uid = u
+	}
+	return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, UID: types.UID(uid), Labels: l.nsLabels[ns]}}, nil
+}
+
+// nsUID is the UID of a test namespace.
+func nsUID(ns string) string { return "uid-of-" + ns }
+
+func (l *staticLookup) PVsForClaim(ns, claim string) ([]*corev1.PersistentVolume, error) {
+	if l.pvs == nil {
+		return nil, nil
+	}
+	l.pvs.mu.Lock()
+	defer l.pvs.mu.Unlock()
+	var out []*corev1.PersistentVolume
+	for _, pv := range l.pvs.pvs {
+		if mutate.SameClaim(pv, ns, claim) {
+			out = append(out, pv.DeepCopy())
+		}
+	}
+	return out, nil
 }
 
 func (l *staticLookup) StatefulSet(_ context.Context, ns, name string) (*appsv1.StatefulSet, error) {
@@ -143,23 +172,6 @@ func (m *memPVs) Get(_ context.Context, name string) (*corev1.PersistentVolume, 
 	return out, nil
 }
 
-// Update replaces a stored PV, with the apiserver's optimistic concurrency on resourceVersion.
-func (m *memPVs) Update(_ context.Context, pv *corev1.PersistentVolume) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	cur, ok := m.pvs[pv.Name]
-	if !ok {
-		return apierrors.NewNotFound(corev1.Resource("persistentvolumes"), pv.Name)
-	}
-	if cur.ResourceVersion != pv.ResourceVersion {
-		return apierrors.NewConflict(corev1.Resource("persistentvolumes"), pv.Name, fmt.Errorf("resourceVersion %q is stale", pv.ResourceVersion))
-	}
-	next := pv.DeepCopy()
-	next.ResourceVersion = pv.ResourceVersion + "1"
-	m.pvs[pv.Name] = next
-	return nil
-}
-
 func (m *memPVs) names() []string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -193,6 +205,7 @@ type fixture struct {
 func newFixture(t testing.TB, mod ...func(*Options)) *fixture {
 	t.Helper()
 	f := &fixture{lookup: newLookup(), pvs: newPVs(), reg: prometheus.NewRegistry()}
+	f.lookup.pvs = f.pvs
 	o := Options{
 		Mutate: testCfg, Lookup: f.lookup, PVs: f.pvs, Registerer: f.reg,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
@@ -389,7 +402,7 @@ func applyPatchNoTB(doc, patch []byte) ([]byte, error) {
 // expectedPV is the PV mutate decides for one ordinal (the handlers must write exactly it).
 func expectedPV(t testing.TB, sts *appsv1.StatefulSet, nsLabels map[string]string, template string, ordinal int) *corev1.PersistentVolume {
 	t.Helper()
-	plan, err := mutate.Decide(testCfg, mutate.Input{StatefulSet: sts, NamespaceLabels: nsLabels, Classes: testClasses()})
+	plan, err := mutate.Decide(testCfg, mutate.Input{StatefulSet: sts, NamespaceLabels: nsLabels, NamespaceUID: nsUID(sts.Namespace), Classes: testClasses()})
 	require.NoError(t, err)
 	for _, tp := range plan.Templates {
 		if tp.Name == template {
@@ -402,7 +415,8 @@ func expectedPV(t testing.TB, sts *appsv1.StatefulSet, nsLabels map[string]strin
 	return nil
 }
 
-// pinned returns the StatefulSet as stored after the webhook's CREATE patch.
+// pinned returns the StatefulSet as stored after the webhook's CREATE patch, and stores it in
+// the fixture's lookup.
 func pinned(t testing.TB, f *fixture, sts *appsv1.StatefulSet) *appsv1.StatefulSet {
 	t.Helper()
 	req := stsRequest(t, admissionv1.Create, sts, nil)
@@ -414,6 +428,7 @@ func pinned(t testing.TB, f *fixture, sts *appsv1.StatefulSet) *appsv1.StatefulS
 		out = &appsv1.StatefulSet{}
 		require.NoError(t, json.Unmarshal(applyPatch(t, req.Object.Raw, resp.Patch), out))
 	}
+	f.lookup.put(out) // stored: the PVC hook finds it live
 	return out
 }
 
@@ -444,4 +459,9 @@ func slowUntil(n int64) func(ctx context.Context, pv *corev1.PersistentVolume) e
 			return nil
 		}
 	}
+}
+
+func getQty(s string) *resource.Quantity {
+	q := resource.MustParse(s)
+	return &q
 }

@@ -24,16 +24,19 @@ import (
 // production one; tests and benchmarks use a static one.
 type Lookup interface {
 	DateraClasses() (map[string]mutate.Class, error)
-	NamespaceLabels(namespace string) (map[string]string, error)
+	// Namespace returns a namespace (its labels opt templates in; its UID is the owner every
+	// PV records); a namespace that does not exist is an error matching isNotFound.
+	Namespace(ctx context.Context, name string) (*corev1.Namespace, error)
 	StatefulSet(ctx context.Context, namespace, name string) (*appsv1.StatefulSet, error)
+	// PVsForClaim returns the PVs whose claimRef names the claim, whatever their name: a PV of
+	// contract version 1 (datera-<ns>-<claim>) is the claim's PV as much as one named now.
+	PVsForClaim(namespace, claim string) ([]*corev1.PersistentVolume, error)
 }
 
-// PVStore creates, reads and updates PersistentVolumes.
+// PVStore creates and reads PersistentVolumes.
 type PVStore interface {
 	Create(ctx context.Context, pv *corev1.PersistentVolume) error
 	Get(ctx context.Context, name string) (*corev1.PersistentVolume, error)
-	// Update writes pv, failing with Conflict when its resourceVersion is stale.
-	Update(ctx context.Context, pv *corev1.PersistentVolume) error
 }
 
 // ClusterLookup answers from informer caches, so an admission call does no API round trip
@@ -43,19 +46,24 @@ type ClusterLookup struct {
 	classes      storagelisters.StorageClassLister
 	namespaces   corelisters.NamespaceLister
 	statefulSets appslisters.StatefulSetLister
+	pvs          cache.Indexer
 	synced       []cache.InformerSynced
 }
 
 // NewClusterLookup registers the informers it needs with the factory; start the factory and
 // wait for Synced before serving.
-func NewClusterLookup(client kubernetes.Interface, f informers.SharedInformerFactory) *ClusterLookup {
+func NewClusterLookup(client kubernetes.Interface, f informers.SharedInformerFactory) (*ClusterLookup, error) {
 	sc := f.Storage().V1().StorageClasses()
 	ns := f.Core().V1().Namespaces()
 	sts := f.Apps().V1().StatefulSets()
-	return &ClusterLookup{
-		client: client, classes: sc.Lister(), namespaces: ns.Lister(), statefulSets: sts.Lister(),
-		synced: []cache.InformerSynced{sc.Informer().HasSynced, ns.Informer().HasSynced, sts.Informer().HasSynced},
+	pv := f.Core().V1().PersistentVolumes()
+	if err := pv.Informer().AddIndexers(cache.Indexers{mutate.PVClaimIndex: mutate.PVClaimIndexFunc}); err != nil {
+		return nil, fmt.Errorf("index persistent volumes by claim: %w", err)
 	}
+	return &ClusterLookup{
+		client: client, classes: sc.Lister(), namespaces: ns.Lister(), statefulSets: sts.Lister(), pvs: pv.Informer().GetIndexer(),
+		synced: []cache.InformerSynced{sc.Informer().HasSynced, ns.Informer().HasSynced, sts.Informer().HasSynced, pv.Informer().HasSynced},
+	}, nil
 }
 
 // Synced reports whether every cache has synced (readiness).
@@ -83,16 +91,40 @@ func (l *ClusterLookup) DateraClasses() (map[string]mutate.Class, error) {
 	return out, nil
 }
 
-// NamespaceLabels returns a namespace's labels; a namespace not (yet) in the cache has none.
-func (l *ClusterLookup) NamespaceLabels(namespace string) (map[string]string, error) {
-	ns, err := l.namespaces.Get(namespace)
+// Namespace reads from the cache, falling back to the API for one created a moment ago.
+func (l *ClusterLookup) Namespace(ctx context.Context, name string) (*corev1.Namespace, error) {
+	ns, err := l.namespaces.Get(name)
+	if err == nil {
+		return ns, nil
+	}
+	if !apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("get namespace %s from cache: %w", name, err)
+	}
+	ns, err = l.client.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return nil, nil
+		return nil, fmt.Errorf("namespace %s: %w", name, errNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get namespace %s: %w", namespace, err)
+		return nil, fmt.Errorf("get namespace %s: %w", name, err)
 	}
-	return ns.Labels, nil
+	return ns, nil
+}
+
+// PVsForClaim answers from the PV cache's claimRef index. A PV created a moment ago may not
+// be in it yet; the create that follows a miss then fails with AlreadyExists for a PV of the
+// current name, which ensurePV reads.
+func (l *ClusterLookup) PVsForClaim(namespace, claim string) ([]*corev1.PersistentVolume, error) {
+	objs, err := l.pvs.ByIndex(mutate.PVClaimIndex, mutate.ClaimKey(namespace, claim))
+	if err != nil {
+		return nil, fmt.Errorf("look up persistent volumes of claim %s/%s: %w", namespace, claim, err)
+	}
+	out := make([]*corev1.PersistentVolume, 0, len(objs))
+	for _, o := range objs {
+		if pv, ok := o.(*corev1.PersistentVolume); ok {
+			out = append(out, pv)
+		}
+	}
+	return out, nil
 }
 
 // StatefulSet reads from the cache, falling back to the API for one created a moment ago.
@@ -120,12 +152,6 @@ type APIPVStore struct{ Client kubernetes.Interface }
 // Create creates a PV.
 func (s APIPVStore) Create(ctx context.Context, pv *corev1.PersistentVolume) error {
 	_, err := s.Client.CoreV1().PersistentVolumes().Create(ctx, pv, metav1.CreateOptions{FieldManager: "petfabric-webhook"})
-	return err
-}
-
-// Update writes a PV (optimistic concurrency through its resourceVersion).
-func (s APIPVStore) Update(ctx context.Context, pv *corev1.PersistentVolume) error {
-	_, err := s.Client.CoreV1().PersistentVolumes().Update(ctx, pv, metav1.UpdateOptions{FieldManager: "petfabric-webhook"})
 	return err
 }
 

@@ -28,8 +28,14 @@ import (
 // StatefulSet with a Datera template. Expected: ordinals computed as ranges ([start,
 // start+replicas) minus the old range), PV pre-creation capped per admission call (the rest
 // deferred with the warning), constant memory.
+//
+// Since issue 9 the default ordinal ceiling (mutate.DefaultMaxOrdinals) denies such a
+// StatefulSet outright (TestHugeReplicasDeniedAboveOrdinalCeiling); this test raises the
+// ceiling past int32 so the per-call cap and the constant memory are still proven.
 func TestRegressionHugeReplicas(t *testing.T) {
-	f := newFixture(t, func(o *Options) { o.CreateBudget = 200 * time.Millisecond })
+	cfg := testCfg
+	cfg.MaxOrdinals = 1 << 32
+	f := newFixture(t, func(o *Options) { o.CreateBudget = 200 * time.Millisecond; o.Mutate = cfg })
 	sts := statefulSet("shop", "web", 2147483647, dateraTemplate("data", "datera-gold", "1Gi"))
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)

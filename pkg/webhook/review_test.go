@@ -15,6 +15,7 @@ import (
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 )
 
 var allPaths = []string{PathStatefulSets, PathScale, PathClaims}
@@ -169,7 +170,10 @@ func TestMetrics(t *testing.T) {
 	bad := sts.DeepCopy()
 	bad.Spec.VolumeClaimTemplates[0].Annotations = map[string]string{"petfabric.io/fsType": "zfs"}
 	f.admit(t, PathStatefulSets, stsRequest(t, admissionv1.Create, bad, nil))
-	f.admit(t, PathClaims, claimRequest(t, admissionv1.Create, claimOf(sts, 0, 5)))
+	live := sts.DeepCopy()
+	live.Spec.Replicas = ptr.To[int32](6)
+	f.lookup.put(pinned(t, newFixture(t), live))
+	f.admit(t, PathClaims, claimRequest(t, admissionv1.Create, claimOf(pinned(t, newFixture(t), live), 0, 5)))
 	f.admit(t, PathScale, scaleRequest(t, "shop", "web", 3, 1))
 	post(f.h, PathClaims, []byte("x"), "application/json")
 

@@ -14,8 +14,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/record"
 
 	"github.com/petfabric/petfabric/pkg/mutate"
 	"github.com/petfabric/petfabric/pkg/servingtls"
@@ -34,6 +38,15 @@ type RunConfig struct {
 	Concurrency  int
 	// ShutdownGrace bounds graceful shutdown after ctx ends.
 	ShutdownGrace time.Duration
+	// Timeouts of both listeners (zero: the Default* values). A client that sends its headers
+	// or body slowly, or holds an idle connection, is cut off: the webhook is reachable by
+	// more than the apiserver, and every open connection costs a goroutine and a descriptor.
+	ReadHeaderTimeout time.Duration
+	ReadTimeout       time.Duration
+	WriteTimeout      time.Duration
+	IdleTimeout       time.Duration
+	// Recorder receives the webhook's Events; nil: a broadcaster writing them through client.
+	Recorder record.EventRecorder
 	// Background runs next to the servers once caches synced (the reconcile loop); nil: none.
 	Background func(ctx context.Context) error
 	// Registry serves /metrics; share it with Background's metrics. Nil: a new one.
@@ -42,6 +55,18 @@ type RunConfig struct {
 	// Ready, if set, is called with the listeners' addresses once serving (tests use it).
 	Ready func(tlsAddr, healthAddr string)
 }
+
+// Default listener timeouts. The apiserver sends a review's headers and body at once and waits
+// at most 30 s (the largest webhook timeoutSeconds) for the answer, so: 5 s for the headers,
+// 15 s for headers and body (a 7 MiB review on a slow link), 40 s for the whole exchange (the
+// handler's work is bounded by the apiserver's timeout, see budget), and 30 s of idle
+// keep-alive before the connection is closed (the apiserver reconnects when it needs to).
+const (
+	DefaultReadHeaderTimeout = 5 * time.Second
+	DefaultReadTimeout       = 15 * time.Second
+	DefaultWriteTimeout      = 40 * time.Second
+	DefaultIdleTimeout       = 30 * time.Second
+)
 
 // Run serves admission reviews over TLS and health/metrics over plain HTTP until ctx ends.
 func Run(ctx context.Context, client kubernetes.Interface, cfg RunConfig) error {
@@ -54,6 +79,14 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg RunConfig) error 
 	}
 	if cfg.CertReload == 0 {
 		cfg.CertReload = 10 * time.Second
+	}
+	for _, d := range []struct {
+		v   *time.Duration
+		def time.Duration
+	}{{&cfg.ReadHeaderTimeout, DefaultReadHeaderTimeout}, {&cfg.ReadTimeout, DefaultReadTimeout}, {&cfg.WriteTimeout, DefaultWriteTimeout}, {&cfg.IdleTimeout, DefaultIdleTimeout}} {
+		if *d.v <= 0 {
+			*d.v = d.def
+		}
 	}
 	reg := cfg.Registry
 	if reg == nil {
@@ -70,10 +103,20 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg RunConfig) error 
 		return fmt.Errorf("serving certificate: %w", err)
 	}
 	factory := informers.NewSharedInformerFactory(client, 10*time.Minute)
-	lookup := NewClusterLookup(client, factory)
+	lookup, err := NewClusterLookup(client, factory)
+	if err != nil {
+		return err
+	}
+	recorder := cfg.Recorder
+	if recorder == nil {
+		broadcaster := record.NewBroadcaster()
+		broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+		defer broadcaster.Shutdown()
+		recorder = broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "petfabric-webhook"})
+	}
 	srv := New(Options{
 		Mutate: cfg.Mutate, Lookup: lookup, PVs: APIPVStore{Client: client},
-		CreateBudget: cfg.CreateBudget, Concurrency: cfg.Concurrency, Logger: log, Registerer: reg,
+		CreateBudget: cfg.CreateBudget, Concurrency: cfg.Concurrency, Logger: log, Registerer: reg, Recorder: recorder,
 	})
 
 	tlsLn, err := net.Listen("tcp", cfg.Listen)
@@ -104,12 +147,21 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg RunConfig) error 
 	admission := &http.Server{
 		Handler:           srv.Handler(),
 		TLSConfig:         certs.TLSConfig(),
-		ReadHeaderTimeout: 32 * time.Second, // slowloris guard; the apiserver sends headers at once
-		IdleTimeout:       90 * time.Second,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		ReadTimeout:       cfg.ReadTimeout,
+		WriteTimeout:      cfg.WriteTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
 		MaxHeaderBytes:    1 << 20,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	healthSrv := &http.Server{Handler: health, ReadHeaderTimeout: 10 * time.Second}
+	healthSrv := &http.Server{
+		Handler:           health,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		ReadTimeout:       cfg.ReadTimeout,
+		WriteTimeout:      cfg.WriteTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		MaxHeaderBytes:    1 << 20,
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

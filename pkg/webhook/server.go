@@ -11,6 +11,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/client-go/tools/record"
 
 	"github.com/petfabric/petfabric/pkg/mutate"
 )
@@ -36,8 +37,10 @@ type Options struct {
 	// MaxCreatesPerCall caps the PVs one admission call creates (a 10,000-replica scale-up
 	// must not become 10,000 creates in one call). Default 512.
 	MaxCreatesPerCall int
-	Logger            *slog.Logger
-	Registerer        prometheus.Registerer
+	// Recorder receives the Events about PVs that do not fit their claims; nil: none.
+	Recorder   record.EventRecorder
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
 }
 
 // Server handles admission reviews.
@@ -49,6 +52,7 @@ type Server struct {
 	concurrency  int
 	maxCreates   int64
 	log          *slog.Logger
+	recorder     record.EventRecorder
 	metrics      *metrics
 }
 
@@ -66,10 +70,13 @@ func New(o Options) *Server {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	if o.Recorder == nil {
+		o.Recorder = &record.FakeRecorder{} // discards: a nil Events channel is never written
+	}
 	return &Server{
 		cfg: o.Mutate, lookup: o.Lookup, pvs: o.PVs,
 		createBudget: o.CreateBudget, concurrency: o.Concurrency, maxCreates: int64(o.MaxCreatesPerCall),
-		log: o.Logger, metrics: newMetrics(o.Registerer),
+		log: o.Logger, recorder: o.Recorder, metrics: newMetrics(o.Registerer),
 	}
 }
 
@@ -86,10 +93,11 @@ func (s *Server) Handler() http.Handler {
 }
 
 type metrics struct {
-	requests  *prometheus.CounterVec
-	latency   *prometheus.HistogramVec
-	pvCreated prometheus.Counter
-	pvPending prometheus.Counter
+	requests   *prometheus.CounterVec
+	latency    *prometheus.HistogramVec
+	pvCreated  prometheus.Counter
+	pvPending  prometheus.Counter
+	pvMismatch *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -107,9 +115,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		pvPending: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "petfabric_webhook_persistentvolumes_deferred_total", Help: "PersistentVolumes left to the PVC hook and reconcile loop because the admission deadline came first.",
 		}),
+		pvMismatch: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "petfabric_webhook_pv_mismatch_total", Help: "Existing PersistentVolumes found not to fit their claim, by reason (storage_class, capacity, access_modes, driver, volume_id, owner).",
+		}, []string{"reason"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.latency, m.pvCreated, m.pvPending)
+		reg.MustRegister(m.requests, m.latency, m.pvCreated, m.pvPending, m.pvMismatch)
 	}
 	return m
 }

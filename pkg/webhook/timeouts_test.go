@@ -1,0 +1,165 @@
+package webhook
+
+import (
+	"context"
+	"crypto/tls"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/petfabric/petfabric/internal/testpki"
+)
+
+// runForTest starts Run on 127.0.0.1 with a fake clientset and returns the admission address.
+func runForTest(t *testing.T, mod func(*RunConfig)) (addr string, tlsCfg *tls.Config) {
+	t.Helper()
+	ca, err := testpki.NewCA("timeouts-ca")
+	require.NoError(t, err)
+	pair, err := ca.Serving([]net.IP{net.ParseIP("127.0.0.1")})
+	require.NoError(t, err)
+	certFile, keyFile, err := pair.WriteFiles(t.TempDir(), "tls")
+	require.NoError(t, err)
+	ready := make(chan string, 1)
+	cfg := RunConfig{
+		Mutate: testCfg, Listen: "127.0.0.1:0", HealthListen: "127.0.0.1:0", CertFile: certFile, KeyFile: keyFile,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), ShutdownGrace: time.Second,
+		Ready: func(a, _ string) { ready <- a },
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, fake.NewClientset(), cfg) }()
+	t.Cleanup(func() { cancel(); <-done })
+	select {
+	case addr = <-ready:
+	case err := <-done:
+		t.Fatalf("Run: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("not ready")
+	}
+	return addr, &tls.Config{RootCAs: ca.Pool(), MinVersion: tls.VersionTLS12}
+}
+
+// closedWithin reports whether the server closes conn within d (reads until EOF or error).
+func closedWithin(conn net.Conn, d time.Duration) (bool, time.Duration) {
+	start := time.Now()
+	_ = conn.SetReadDeadline(start.Add(d))
+	_, err := io.Copy(io.Discard, conn)
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		return false, time.Since(start)
+	}
+	return true, time.Since(start)
+}
+
+// A client that sends its headers and then trickles the body (slowloris on the body) holds a
+// connection and a goroutine for as long as it likes unless the server has a ReadTimeout.
+func TestSlowBodyClientIsCutOff(t *testing.T) {
+	addr, tlsCfg := runForTest(t, shortTimeouts)
+	conn, err := tls.Dial("tcp", addr, tlsCfg)
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = io.WriteString(conn, "POST "+PathStatefulSets+" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{")
+	require.NoError(t, err)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(500 * time.Millisecond):
+				if _, err := conn.Write([]byte(" ")); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	closed, after := closedWithin(conn, 10*time.Second)
+	require.True(t, closed, "slow-body connection still open after %v", after)
+	require.Less(t, after, 5*time.Second)
+}
+
+// A client that never finishes its headers (classic slowloris) is cut off too.
+func TestSlowHeaderClientIsCutOff(t *testing.T) {
+	addr, tlsCfg := runForTest(t, shortTimeouts)
+	conn, err := tls.Dial("tcp", addr, tlsCfg)
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = io.WriteString(conn, "POST "+PathStatefulSets+" HTTP/1.1\r\nHost: x\r\n")
+	require.NoError(t, err)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(300 * time.Millisecond):
+				if _, err := io.WriteString(conn, "X-Slow: "+strconv.Itoa(i)+"\r\n"); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	closed, after := closedWithin(conn, 10*time.Second)
+	require.True(t, closed, "slow-header connection still open after %v", after)
+	require.Less(t, after, 5*time.Second)
+}
+
+// The health listener (plain HTTP) has the same timeouts.
+func TestHealthListenerIdleIsClosed(t *testing.T) {
+	var health string
+	_, _ = runForTest(t, func(c *RunConfig) {
+		shortTimeouts(c)
+		ready := c.Ready
+		c.Ready = func(a, h string) { health = h; ready(a, h) }
+	})
+	conn, err := net.Dial("tcp", health)
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = io.WriteString(conn, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+	require.NoError(t, err)
+	closed, after := closedWithin(conn, 10*time.Second)
+	require.True(t, closed, "idle health connection still open after %v", after)
+	require.Less(t, after, 5*time.Second)
+}
+
+// The defaults are set (a zero RunConfig gets them) and fit the apiserver's call: the write
+// timeout outlasts the largest webhook timeout (30 s).
+func TestDefaultTimeouts(t *testing.T) {
+	require.Greater(t, DefaultWriteTimeout, 30*time.Second)
+	for _, d := range []time.Duration{DefaultReadHeaderTimeout, DefaultReadTimeout, DefaultIdleTimeout} {
+		require.Greater(t, d, time.Duration(0))
+		require.LessOrEqual(t, d, 30*time.Second)
+	}
+}
+
+func shortTimeouts(c *RunConfig) {
+	c.ReadHeaderTimeout, c.ReadTimeout, c.WriteTimeout, c.IdleTimeout = time.Second, 2*time.Second, 3*time.Second, time.Second
+}
+
+// An idle keep-alive connection is closed by the server.
+func TestIdleKeepAliveIsClosed(t *testing.T) {
+	addr, tlsCfg := runForTest(t, shortTimeouts)
+	conn, err := tls.Dial("tcp", addr, tlsCfg)
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = io.WriteString(conn, "GET "+PathStatefulSets+" HTTP/1.1\r\nHost: x\r\n\r\n")
+	require.NoError(t, err)
+	buf := make([]byte, 4096)
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := conn.Read(buf)
+	require.NoError(t, err)
+	require.Contains(t, string(buf[:n]), "405")
+	closed, after := closedWithin(conn, 10*time.Second)
+	require.True(t, closed, "idle keep-alive still open after %v", after)
+	require.Less(t, after, 5*time.Second)
+}
