@@ -261,7 +261,7 @@ func (c *controller) fence(ctx context.Context, d DateraAPI, pv *corev1.Persiste
 	}
 	for i := range pods.Items {
 		p := &pods.Items[i]
-		if podTerminated(p) {
+		if p.Spec.NodeName != v.Node || podTerminated(p) {
 			continue
 		}
 		for _, key := range podClaims(p) {
