@@ -42,8 +42,12 @@ func TestWebhookEndToEnd(t *testing.T) {
 	_, err := cs.StorageV1().StorageClasses().Create(ctx, dateraClass("datera-gold", "127.0.0.1:7717", corev1.PersistentVolumeReclaimRetain, nil), metav1.CreateOptions{})
 	require.NoError(t, err)
 
-	w := startWebhook(t, c, mutate.Config{ClusterID: "e2e", DefaultClass: "datera-gold"})
+	cfg := mutate.Config{ClusterID: "e2e", DefaultClass: "datera-gold"}
+	w := startWebhook(t, c, cfg)
 	registerWebhook(ctx, t, c, w, admissionregistrationv1.Fail)
+	// The reconcile loop hands a Released Retain PV to its re-created claim (the PVC hook no
+	// longer does: it cannot trust the review it is given).
+	recStart(t, c, cfg, "webhook-e2e", "petfabric-webhook-e2e", nil)
 
 	t.Run("create pins the templates and pre-creates one PV per ordinal", func(t *testing.T) {
 		_, err := cs.AppsV1().StatefulSets("shop").Create(ctx, statefulSet("shop", "web", 2, ptr.To("datera-gold")), metav1.CreateOptions{})
