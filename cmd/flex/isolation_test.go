@@ -534,3 +534,59 @@ func TestCrashHooksAreNotInProductionBuild(t *testing.T) {
 	assert.Contains(t, r.Reply.Message, "waiting for the volume's device", "it went past the login step")
 	assert.Nil(t, n.record(id), "and rolled back")
 }
+
+// crash simulates the sudden death of a node: its mounts and sessions vanish (as at power loss)
+// while its state directory and its ACL entry stay.
+func (n *node) crash(id string) {
+	n.t.Helper()
+	mounts := n.Mounts()
+	for i := len(mounts) - 1; i >= 0; i-- {
+		out, err := exec.Command("umount", "-l", mounts[i]).CombinedOutput()
+		require.NoError(n.t, err, "%s", out)
+	}
+	require.NoError(n.t, flextest.DetachBacking(context.Background(), n.Backing(id)))
+	links, _ := filepath.Glob(filepath.Join(n.ByPathDir, "*"))
+	for _, l := range links {
+		require.NoError(n.t, os.Remove(l))
+	}
+}
+
+// TestRWOFencedHolder is issue 9 item 4 from the driver's side of fencing: node-a holds a RWO
+// volume; petfabric's reconcile loop fences it (removes its initiator from the ACL). From then
+// on node-a gives the volume to no new pod; node-b's mount proceeds, and logs in only after
+// node-a's entry is gone; node-a's later cleanup removes only its own entry, never node-b's.
+func TestRWOFencedHolder(t *testing.T) {
+	na, nb := twoNodes(t, nil)
+	id := "pv-fenced"
+	opts := na.Options(id, nil)
+	a1, a2, b1 := na.PodDir("a1"), na.PodDir("a2"), nb.PodDir("b1")
+	na.mustMount(a1, opts)
+	writeFile(t, a1, "f", "written on node-a")
+	r := nb.mount(b1, opts)
+	require.Equal(t, flex.StatusFailure, r.Reply.Status, "a live holder is never overridden: %s", r.Reply.Message)
+
+	// The loop fences node-a.
+	require.NoError(t, na.Client.RemoveInitiatorFromACL(context.Background(), id, datera.StorageInstanceName, na.InitiatorName))
+	na.writeConfig(map[string]any{"accessCheckCacheTTL": "0s"}) // the last check of node-a is still cached otherwise
+	r = na.mount(a2, opts)
+	require.Equal(t, flex.StatusFailure, r.Reply.Status, "a fenced node must not give the volume to a new pod: %s", r.Reply.Message)
+	assert.Contains(t, r.Reply.Message, "no longer in its ACL")
+	assert.NotContains(t, na.Mounts(), a2)
+	assert.Contains(t, na.Mounts(), a1, "the refusal leaves node-a's existing mount alone")
+
+	// node-a dies; node-b takes over.
+	na.crash(id)
+	loginsBefore := nb.logins(id)
+	nb.mustMount(b1, opts)
+	assert.Equal(t, "written on node-a", readFile(t, b1, "f"))
+	assert.Equal(t, []string{nb.InitiatorName}, nb.ACL(id))
+	assert.Equal(t, loginsBefore+1, nb.logins(id))
+
+	// node-a comes back and kubelet cleans up its old pod: only node-a's own traces go.
+	na.mustUnmount(a1)
+	assert.Nil(t, na.record(id))
+	assert.Equal(t, []string{nb.InitiatorName}, nb.ACL(id), "node-a's cleanup never removes node-b")
+	nb.assertAttached(id, b1)
+	nb.mustUnmount(b1)
+	assert.Empty(t, nb.ACL(id))
+}

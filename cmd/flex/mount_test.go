@@ -61,7 +61,7 @@ func (n *node) assertAttached(id string, dirs ...string) {
 	loops, err := flextest.LoopsOf(n.Backing(id))
 	require.NoError(n.t, err)
 	assert.Len(n.t, loops, 1, "exactly one session (loop device)")
-	assert.Equal(n.t, []string{flextest.InitiatorName}, n.ACL(id), "exactly one ACL entry")
+	assert.Equal(n.t, []string{n.InitiatorName}, n.ACL(id), "exactly one ACL entry")
 	rec, err := flex.State{Dir: n.StateDir}.Load(id)
 	require.NoError(n.t, err)
 	require.NotNil(n.t, rec, "volume record")

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/petfabric/petfabric/pkg/datera"
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
 // The per-mount credential check. kubelet hands the driver a volumeID and the secretRef values
@@ -179,7 +180,8 @@ func (c accessCache) forget(name string) {
 }
 
 // verifyAccess proves that the mount's credentials can see the volume's app_instance, and when
-// the volume is attached here (rec), that it is still the app_instance attached (same target).
+// the volume is attached here (rec), that it may still be given to a new pod (stillAttachable).
+// A cache hit skips both for at most the TTL.
 func (d *Driver) verifyAccess(ctx context.Context, log *slog.Logger, req *MountRequest, creds *credentials, rec *VolumeRecord) error {
 	if d.accessCheckOff {
 		return nil
@@ -203,16 +205,38 @@ func (d *Driver) verifyAccess(ctx context.Context, log *slog.Logger, req *MountR
 		cache.forget(name)
 		return accessError(req, creds, err)
 	}
-	if rec != nil && rec.IQN != "" {
-		if si, _, ok := ai.Volume(); ok && si.Access.IQN != "" && si.Access.IQN != rec.IQN {
-			return fmt.Errorf("volume %s on Datera now has target %s, not %s as attached on this node: it was deleted and created again; "+
-				"it is mounted into no new pod until every pod using the old one is gone", req.VolumeID, si.Access.IQN, rec.IQN)
+	if rec != nil {
+		if err := stillAttachable(ai, rec); err != nil {
+			return err
 		}
 	}
 	if err := cache.store(name); err != nil {
 		log.WarnContext(ctx, "cannot cache the credential check", "error", err)
 	}
 	log.DebugContext(ctx, "credential check: the credentials can access the volume", "username", creds.Username)
+	return nil
+}
+
+// stillAttachable checks, on the app_instance just read, that the volume attached on this node
+// is still the one on Datera (same target) and, for ReadWriteOnce, that this node was not
+// fenced: once petfabric's reconcile loop has removed a node's initiator from the ACL, another
+// node may be writing the volume, so no new pod on this node gets it. The pods still using it
+// here keep their mounts (the driver does not pull a filesystem from under a running pod);
+// they are the ones the loop judged gone.
+func stillAttachable(ai *datera.AppInstance, rec *VolumeRecord) error {
+	si, _, ok := ai.Volume()
+	if !ok {
+		return nil
+	}
+	if rec.IQN != "" && si.Access.IQN != "" && si.Access.IQN != rec.IQN {
+		return fmt.Errorf("volume %s on Datera now has target %s, not %s as attached on this node: it was deleted and created again; "+
+			"it is mounted into no new pod until every pod using the old one is gone", rec.VolumeID, si.Access.IQN, rec.IQN)
+	}
+	if rec.AccessMode != pvoptions.AccessReadOnlyMany && rec.InitiatorName != "" && !si.ACLPolicy.HasInitiator(rec.InitiatorName) {
+		return fmt.Errorf("volume %s is ReadWriteOnce and this node's initiator %s is no longer in its ACL (fenced by petfabric's "+
+			"reconcile loop, or removed by hand): another node may be using it, so it is mounted into no new pod here; "+
+			"once the pods using it on this node are gone it can be attached again", rec.VolumeID, rec.InitiatorName)
+	}
 	return nil
 }
 

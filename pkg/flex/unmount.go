@@ -142,7 +142,7 @@ func (d *Driver) users(rec *VolumeRecord) ([]string, error) {
 			out = append(out, m)
 		}
 	}
-	if rec.Device != "" {
+	if rec.Device != "" && deviceStillOurs(rec) {
 		for i := range table {
 			if same, err := isDevice(&table[i], rec.Device); err == nil && same && !slices.Contains(out, table[i].MountPoint) {
 				out = append(out, table[i].MountPoint)
@@ -150,6 +150,23 @@ func (d *Driver) users(rec *VolumeRecord) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// deviceStillOurs reports whether rec.Device still is this volume's device. Device names are
+// reused: once the session is gone (a node that died and came back, a logout), /dev/sdX or
+// /dev/loopN may belong to another volume, whose mounts must not keep this record alive. The
+// by-path links name the target and LUN, so while one of them resolves the session, and the
+// device, are this volume's. Records without links (none were found) keep the device check.
+func deviceStillOurs(rec *VolumeRecord) bool {
+	if len(rec.DevicePaths) == 0 {
+		return true
+	}
+	for _, p := range rec.DevicePaths {
+		if _, err := os.Stat(p); err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // releaseIfUnused detaches the volume unless another mount on the node still uses it.
