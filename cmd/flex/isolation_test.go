@@ -590,3 +590,44 @@ func TestRWOFencedHolder(t *testing.T) {
 	nb.mustUnmount(b1)
 	assert.Empty(t, nb.ACL(id))
 }
+
+// TestHalfDoneAttachmentRefusesForeignCredentials is issue 9 item 1 on a volume whose attach
+// was interrupted (the driver died after logging in; kubelet has not retried yet): a foreign
+// mount of the same volumeID must not finish the attachment, nor roll it back with its own
+// credentials (logging the node out, storing its credentials in place of the real ones).
+func TestHalfDoneAttachmentRefusesForeignCredentials(t *testing.T) {
+	n := newNode(t, flextest.EnvOptions{Sim: withTeamB})
+	id := "pv-half"
+	a := n.PodDir("a")
+	opts := n.Options(id, nil)
+	r := n.mount(a, opts, flex.EnvCrashAt+"="+flex.StepLogin)
+	require.True(t, r.Killed, "the driver must die after logging in")
+	stored := readFile(t, filepath.Join(n.StateDir, "credentials"), id+".json")
+	loops, err := flextest.LoopsOf(n.Backing(id))
+	require.NoError(t, err)
+	require.Len(t, loops, 1)
+
+	for _, tc := range []struct{ name, user, password string }{
+		{"made-up credentials", "nosuchuser", "Made_up_pw.9"},
+		{"valid credentials of another tenant", teamBUser, teamBPassword},
+	} {
+		n.sub(tc.name, func(t *testing.T) {
+			evil := n.PodDir("evil")
+			r := n.mount(evil, n.Options(id, secretOpts(tc.user, tc.password)))
+			require.Equal(t, flex.StatusFailure, r.Reply.Status, "the attack must fail: %s", r.Reply.Message)
+			assert.Contains(t, r.Reply.Message, "cannot access volume "+id)
+			assert.NotContains(t, n.Mounts(), evil)
+			now, err := flextest.LoopsOf(n.Backing(id))
+			require.NoError(t, err)
+			assert.Equal(t, loops, now, "the interrupted session is not logged out")
+			assert.Equal(t, []string{n.InitiatorName}, n.ACL(id), "nor the ACL entry removed")
+			assert.Equal(t, stored, readFile(t, filepath.Join(n.StateDir, "credentials"), id+".json"), "the stored credentials are the real ones")
+			require.NotNil(t, n.record(id))
+			assert.Equal(t, flex.PhaseAttaching, n.record(id).Phase)
+		})
+	}
+	n.mustMount(a, opts) // kubelet's retry finishes the attachment
+	n.assertAttached(id, a)
+	n.mustUnmount(a)
+	n.assertDetached(id)
+}

@@ -182,7 +182,8 @@ func (c accessCache) forget(name string) {
 // verifyAccess proves that the mount's credentials can see the volume's app_instance, and when
 // the volume is attached here (rec), that it may still be given to a new pod (stillAttachable).
 // A cache hit skips both for at most the TTL.
-func (d *Driver) verifyAccess(ctx context.Context, log *slog.Logger, req *MountRequest, creds *credentials, rec *VolumeRecord) error {
+// allowMissing lets a missing app_instance pass (nothing to protect yet; not cached).
+func (d *Driver) verifyAccess(ctx context.Context, log *slog.Logger, req *MountRequest, creds *credentials, rec *VolumeRecord, allowMissing bool) error {
 	if d.accessCheckOff {
 		return nil
 	}
@@ -201,6 +202,9 @@ func (d *Driver) verifyAccess(ctx context.Context, log *slog.Logger, req *MountR
 		return err
 	}
 	ai, err := api.GetAppInstance(ctx, req.VolumeID)
+	if allowMissing && errors.Is(err, datera.ErrNotFound) {
+		return nil
+	}
 	if err != nil {
 		cache.forget(name)
 		return accessError(req, creds, err)

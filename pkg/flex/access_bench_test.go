@@ -129,7 +129,7 @@ func BenchmarkVerifyAccess(b *testing.B) {
 	creds := &credentials{Username: flextest.User, Password: flextest.Password, Source: "secret"}
 	for _, cold := range []bool{true, false} {
 		b.Run(map[bool]string{true: "cold", false: "cached"}[cold], func(b *testing.B) {
-			if err := d.verifyAccess(ctx, log, req, creds, nil); err != nil { // key, and an entry for "cached"
+			if err := d.verifyAccess(ctx, log, req, creds, nil, false); err != nil { // key, and an entry for "cached"
 				b.Fatal(err)
 			}
 			entries, _ := filepath.Glob(filepath.Join(cfg.StateDir, accessCacheDir, "[0-9a-f]*"))
@@ -142,7 +142,7 @@ func BenchmarkVerifyAccess(b *testing.B) {
 					}
 					b.StartTimer()
 				}
-				if err := d.verifyAccess(ctx, log, req, creds, nil); err != nil {
+				if err := d.verifyAccess(ctx, log, req, creds, nil, false); err != nil {
 					b.Fatal(err)
 				}
 			}

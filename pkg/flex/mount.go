@@ -84,10 +84,18 @@ func (d *Driver) Mount(ctx context.Context, req *MountRequest) (err error) {
 	if err != nil {
 		return err
 	}
-	if attached {
+	switch {
+	case attached:
 		// Checks of a mount into an attachment that other pods may use: a refusal leaves the
 		// attachment exactly as it was (no rollback).
 		if err := d.checkAttached(ctx, log, req, rec, creds); err != nil {
+			return err
+		}
+	case rec != nil:
+		// A half-done attachment (an earlier mount was interrupted): the credentials must pass
+		// before this call may finish it, or roll it back, with them. If it was interrupted
+		// before the app_instance was created, a missing one is what the attach creates.
+		if err := d.verifyAccess(ctx, log, req, creds, nil, rec.StorageInstance == ""); err != nil {
 			return err
 		}
 	}
@@ -124,7 +132,7 @@ func (d *Driver) checkAttached(ctx context.Context, log *slog.Logger, req *Mount
 			return err
 		}
 	}
-	return d.verifyAccess(ctx, log, req, creds, rec)
+	return d.verifyAccess(ctx, log, req, creds, rec, false)
 }
 
 func (d *Driver) lock(ctx context.Context, id string) (func(), error) {
