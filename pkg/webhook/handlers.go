@@ -168,7 +168,14 @@ func (s *Server) admitClaim(r *http.Request, req *admissionv1.AdmissionRequest) 
 		return allowed() // not a Datera-bound template of the live StatefulSet: not ours
 	}
 	if rng := ordinalsOf(sts); int64(n) < rng.lo || int64(n) >= rng.hi {
-		return s.notServed(&pvc, fmt.Sprintf("StatefulSet %s/%s has no ordinal %d", pvc.Namespace, stsName, n))
+		// The cache may lag a scale-up whose claims the StatefulSet controller is creating
+		// now: ask the API before refusing.
+		if sts, err = s.lookup.StatefulSetLive(r.Context(), pvc.Namespace, stsName); err != nil && !isNotFound(err) {
+			return errored(http.StatusInternalServerError, fmt.Errorf("petfabric: %w", err))
+		}
+		if sts == nil || int64(n) < ordinalsOf(sts).lo || int64(n) >= ordinalsOf(sts).hi {
+			return s.notServed(&pvc, fmt.Sprintf("StatefulSet %s/%s has no ordinal %d", pvc.Namespace, stsName, n))
+		}
 	}
 	if n >= s.cfg.OrdinalCeiling() {
 		return s.notServed(&pvc, fmt.Sprintf("ordinal %d is at or above the ceiling of %d Datera-backed ordinals per StatefulSet", n, s.cfg.OrdinalCeiling()))

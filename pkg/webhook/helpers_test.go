@@ -59,8 +59,9 @@ type staticLookup struct {
 	pvs       *memPVs
 	panicWith any
 
-	mu  sync.Mutex
-	sts map[string]*appsv1.StatefulSet // namespace/name
+	mu   sync.Mutex
+	sts  map[string]*appsv1.StatefulSet // namespace/name, as the cache has them
+	live map[string]*appsv1.StatefulSet // namespace/name, where the API is ahead of the cache
 }
 
 func newLookup() *staticLookup {
@@ -121,6 +122,17 @@ func (l *staticLookup) StatefulSet(_ context.Context, ns, name string) (*appsv1.
 		return nil, apierrors.NewNotFound(appsv1.Resource("statefulsets"), name)
 	}
 	return s.DeepCopy(), nil
+}
+
+// StatefulSetLive answers from live when set (the API ahead of a lagging cache).
+func (l *staticLookup) StatefulSetLive(ctx context.Context, ns, name string) (*appsv1.StatefulSet, error) {
+	l.mu.Lock()
+	live, ok := l.live[ns+"/"+name]
+	l.mu.Unlock()
+	if ok {
+		return live.DeepCopy(), nil
+	}
+	return l.StatefulSet(ctx, ns, name)
 }
 
 func (l *staticLookup) put(s *appsv1.StatefulSet) {

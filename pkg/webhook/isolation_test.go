@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	admissionv1 "k8s.io/api/admission/v1"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/utils/ptr"
@@ -307,4 +308,18 @@ func TestClaimHookHonoursCeiling(t *testing.T) {
 	assert.Empty(t, f.pvs.names())
 	assert.True(t, f.admit(t, PathClaims, claimRequest(t, admissionv1.Create, claimOf(stored, 0, 1))).Allowed)
 	assert.Len(t, f.pvs.names(), 1)
+}
+
+// The claim of a scale-up can reach the hook before the webhook's cache has seen the scale:
+// the hook then asks the API before refusing, and makes the PV.
+func TestClaimHookReadsLiveStatefulSetWhenCacheLags(t *testing.T) {
+	f := newFixture(t)
+	stored := pinned(t, f, statefulSet("shop", "web", 1, dateraTemplate("data", "datera-gold", "1Gi")))
+	scaled := stored.DeepCopy()
+	scaled.Spec.Replicas = ptr.To[int32](3)
+	f.lookup.live = map[string]*appsv1.StatefulSet{"shop/web": scaled}
+	resp := f.admit(t, PathClaims, claimRequest(t, admissionv1.Create, claimOf(stored, 0, 2)))
+	require.True(t, resp.Allowed)
+	assert.Empty(t, resp.Warnings)
+	assert.NotNil(t, f.pvs.get(mutate.PVName("shop", "data-web-2")))
 }

@@ -28,6 +28,8 @@ type Lookup interface {
 	// PV records); a namespace that does not exist is an error matching isNotFound.
 	Namespace(ctx context.Context, name string) (*corev1.Namespace, error)
 	StatefulSet(ctx context.Context, namespace, name string) (*appsv1.StatefulSet, error)
+	// StatefulSetLive reads a StatefulSet from the API, never from a cache.
+	StatefulSetLive(ctx context.Context, namespace, name string) (*appsv1.StatefulSet, error)
 	// PVsForClaim returns the PVs whose claimRef names the claim, whatever their name: a PV of
 	// contract version 1 (datera-<ns>-<claim>) is the claim's PV as much as one named now.
 	PVsForClaim(namespace, claim string) ([]*corev1.PersistentVolume, error)
@@ -136,7 +138,12 @@ func (l *ClusterLookup) StatefulSet(ctx context.Context, namespace, name string)
 	if !apierrors.IsNotFound(err) {
 		return nil, fmt.Errorf("get statefulset %s/%s from cache: %w", namespace, name, err)
 	}
-	sts, err = l.client.AppsV1().StatefulSets(namespace).Get(ctx, name, metav1.GetOptions{})
+	return l.StatefulSetLive(ctx, namespace, name)
+}
+
+// StatefulSetLive reads a StatefulSet from the API.
+func (l *ClusterLookup) StatefulSetLive(ctx context.Context, namespace, name string) (*appsv1.StatefulSet, error) {
+	sts, err := l.client.AppsV1().StatefulSets(namespace).Get(ctx, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return nil, fmt.Errorf("statefulset %s/%s: %w", namespace, name, errNotFound)
 	}
