@@ -78,7 +78,7 @@ func attachedTmpfs(t *testing.T, m mount.Interface) (*Driver, string) {
 }
 
 // unmountWithin runs d.Unmount and fails the test if it has not returned after limit.
-func unmountWithin(t *testing.T, d *Driver, pod string, limit time.Duration) (error, time.Duration) {
+func unmountWithin(t *testing.T, d *Driver, pod string, limit time.Duration) (time.Duration, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -87,10 +87,10 @@ func unmountWithin(t *testing.T, d *Driver, pod string, limit time.Duration) (er
 	go func() { done <- d.Unmount(ctx, pod) }()
 	select {
 	case err := <-done:
-		return err, time.Since(start)
+		return time.Since(start), err
 	case <-time.After(limit):
 		t.Fatalf("unmount still blocked after %s: a hung filesystem hangs kubelet", limit)
-		return nil, 0
+		return 0, nil
 	}
 }
 
@@ -98,7 +98,7 @@ func TestUnmountOfHungGlobalMountIsForcedAfterTimeout(t *testing.T) {
 	hm := &hangingMounter{release: make(chan struct{})}
 	defer close(hm.release)
 	d, pod := attachedTmpfs(t, forceMounter{hm})
-	err, took := unmountWithin(t, d, pod, 10*time.Second)
+	took, err := unmountWithin(t, d, pod, 10*time.Second)
 	require.NoError(t, err)
 	assert.Equal(t, 200*time.Millisecond, hm.forceTimeout, "UnmountWithForce with the configured forceUnmountAfter")
 	assert.Zero(t, hm.plainCalls, "never the plain, unbounded unmount")
@@ -115,7 +115,7 @@ func TestUnmountOfHungGlobalMountWithoutForceGivesUp(t *testing.T) {
 	hm := &hangingMounter{release: make(chan struct{})}
 	defer close(hm.release)
 	d, pod := attachedTmpfs(t, hm)
-	err, took := unmountWithin(t, d, pod, 10*time.Second)
+	took, err := unmountWithin(t, d, pod, 10*time.Second)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), d.globalPath("pv-hung"))
 	assert.Contains(t, err.Error(), "did not finish within 400ms")
