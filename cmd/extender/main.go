@@ -54,11 +54,38 @@ func run(args []string) error {
 		maxBody      = fs.Int64("max-body-bytes", extender.DefaultMaxBodyBytes, "largest request body accepted (413 beyond)")
 		policy       = fs.String("portal-policy", "all", "all: a node must reach every portal of a volume's backstore; any: one is enough")
 		logLevel     = fs.String("log-level", "info", "debug, info, warn or error")
-		qps          = fs.Float64("kube-api-qps", 20, "client QPS towards the apiserver (only list/watch)")
-		burst        = fs.Int("kube-api-burst", 40, "client burst towards the apiserver")
+		// The extender's only apiserver traffic is three informers (claims, volumes, report
+		// Leases): a LIST and a WATCH each at start and after a lost watch, and a re-WATCH
+		// per informer every 5–10 minutes. Requests never call the apiserver. A burst of 10
+		// starts or restarts all three at once; 5/s sustained is far above the steady state
+		// and keeps a relist loop from hammering the apiserver.
+		qps          = fs.Float64("kube-api-qps", 5, "client QPS towards the apiserver (informers' list/watch only: 3 LIST+WATCH at start, a re-watch per informer every 5–10 min)")
+		burst        = fs.Int("kube-api-burst", 10, "client burst towards the apiserver (covers starting all three informers at once)")
+		maxReportTTL = fs.Duration("max-report-ttl", placement.DefaultMaxReportTTL, "longest freshness a node report Lease may declare (leaseDurationSeconds); must exceed the agents' --ttl (default 4 × --interval = 40s)")
+		readHeader   = fs.Duration("read-header-timeout", extender.DefaultAPITimeouts.ReadHeader, "HTTPS listener: time to read a request's headers")
+		readTimeout  = fs.Duration("read-timeout", extender.DefaultAPITimeouts.Read, "HTTPS listener: time to read a whole request")
+		writeTimeout = fs.Duration("write-timeout", extender.DefaultAPITimeouts.Write, "HTTPS listener: time from the end of the headers to the end of the answer; keep it ≥ the scheduler's extender httpTimeout")
+		idleTimeout  = fs.Duration("idle-timeout", extender.DefaultAPITimeouts.Idle, "HTTPS listener: how long a kept-alive connection may wait for its next request")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *qps <= 0 {
+		return fmt.Errorf("--kube-api-qps %v: must be positive", *qps)
+	}
+	if *burst < 1 {
+		return fmt.Errorf("--kube-api-burst %d: must be at least 1", *burst)
+	}
+	if *maxReportTTL < time.Second {
+		return fmt.Errorf("--max-report-ttl %s: must be at least 1s (Lease durations are whole seconds)", *maxReportTTL)
+	}
+	for _, d := range []struct {
+		flag string
+		v    time.Duration
+	}{{"--read-header-timeout", *readHeader}, {"--read-timeout", *readTimeout}, {"--write-timeout", *writeTimeout}, {"--idle-timeout", *idleTimeout}} {
+		if d.v <= 0 {
+			return fmt.Errorf("%s %s: must be positive", d.flag, d.v)
+		}
 	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -87,6 +114,7 @@ func run(args []string) error {
 	return extender.Run(ctx, client, extender.Config{
 		Namespace: *namespace, Addr: *listen, HealthAddr: *healthListen,
 		CertFile: *certFile, KeyFile: *keyFile, ClientCAFile: *clientCA, CertReloadInterval: *reload,
-		MaxBodyBytes: *maxBody, PortalPolicy: pp, Log: log,
+		MaxBodyBytes: *maxBody, PortalPolicy: pp, Log: log, MaxReportTTL: *maxReportTTL,
+		APITimeouts: extender.Timeouts{ReadHeader: *readHeader, Read: *readTimeout, Write: *writeTimeout, Idle: *idleTimeout},
 	})
 }

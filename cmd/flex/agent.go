@@ -47,11 +47,18 @@ func agentMain(args []string) error {
 		stateDir      = fs.String("state-dir", envOr("PETFABRIC_FLEX_STATE_DIR", "/var/lib/petfabric/flex"), "the FlexVolume driver's state directory (<volumeID>.json per attached volume)")
 		interval      = fs.Duration("interval", 10*time.Second, "time between probe rounds")
 		jitter        = fs.Float64("jitter", 0.2, "each wait is stretched by up to this fraction of --interval")
-		ttl           = fs.Duration("ttl", 0, "report freshness (Lease leaseDurationSeconds); default 4 × --interval")
+		ttl           = fs.Duration("ttl", 0, "report freshness (Lease leaseDurationSeconds); default 4 × --interval; the extender caps it at its --max-report-ttl (default 2m)")
 		probeTimeout  = fs.Duration("probe-timeout", 3*time.Second, "bound on one portal probe (connect to logout)")
 		attachPoll    = fs.Duration("attach-poll", time.Second, "how often the state directory is re-read between rounds")
 		metricsListen = fs.String("metrics-listen", ":9402", "plain HTTP address for /healthz and /metrics (empty: off)")
 		logLevel      = fs.String("log-level", "info", "debug, info, warn or error")
+		// One Lease update per round (0.1/s at the default 10s interval), one more when the
+		// attached list changes (at most once per --attach-poll, 1/s), and a GET plus a
+		// retried update on a conflict. 2/s sustains the worst of that; a burst of 5 covers
+		// start-up (GET, CREATE) with a conflict retry without waiting. Thousands of agents
+		// share one apiserver, so an agent must never be able to send more.
+		qps   = fs.Float64("kube-api-qps", 2, "client QPS towards the apiserver (one Lease update per round, one per attached-list change)")
+		burst = fs.Int("kube-api-burst", 5, "client burst towards the apiserver")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -68,6 +75,10 @@ func agentMain(args []string) error {
 		return errors.New("--namespace (or $POD_NAMESPACE) is required")
 	case *backstores == "":
 		return errors.New("--backstores is required")
+	case *qps <= 0:
+		return fmt.Errorf("--kube-api-qps %v: must be positive", *qps)
+	case *burst < 1:
+		return fmt.Errorf("--kube-api-burst %d: must be at least 1", *burst)
 	}
 	bs, err := agent.LoadBackstores(*backstores)
 	if err != nil {
@@ -84,8 +95,7 @@ func agentMain(args []string) error {
 		return fmt.Errorf("kubernetes client configuration: %w", err)
 	}
 	cfg.UserAgent = "petfabric-agent/" + *node
-	// A Lease write every interval needs little; keep the agent from ever bursting.
-	cfg.QPS, cfg.Burst = 5, 10
+	cfg.QPS, cfg.Burst = float32(*qps), *burst
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)

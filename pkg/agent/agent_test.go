@@ -209,17 +209,27 @@ func TestAgentPublishesReport(t *testing.T) {
 	assert.Equal(t, placement.PortalReport{OK: true, RTTMicros: 250}, portals["10.1.1.5:3260"])
 	assert.Equal(t, placement.PortalReport{Error: "connection refused"}, portals["10.1.1.6:3260"])
 
-	// The extender's reading of this Lease: fresh, portal 2 down.
+	// The extender's reading of this Lease: fresh once seen, portal 2 down.
 	nr, ok := placement.NodeReportFromLease(lease)
 	require.True(t, ok)
-	assert.True(t, nr.Fresh(time.Now()))
+	seen := time.Now()
+	nr.Observe(nil, seen, 0)
+	assert.True(t, nr.Fresh(seen))
 
-	// Renewed every round.
+	// Renewed every round: a renewTime the extender has not seen before, which is what
+	// keeps the report fresh on the extender's clock (whatever the node's clock says).
 	first := lease.Spec.RenewTime.Time
 	require.Eventually(t, func() bool {
 		l, _ := getReport(t, client, "node-a")
 		return l.Spec.RenewTime.After(first)
 	}, 5*time.Second, 20*time.Millisecond)
+	renewed, _ := getReport(t, client, "node-a")
+	next, ok := placement.NodeReportFromLease(renewed)
+	require.True(t, ok)
+	later := seen.Add(10 * time.Second) // past the first observation's TTL of 5s
+	next.Observe(nr, later, 0)
+	assert.Equal(t, later, next.ObservedAt, "a new renewTime is a renewal")
+	assert.True(t, next.Fresh(later))
 
 	// A volume attached by the driver shows up without waiting for a probe round.
 	writeRecord(t, stateDir, "pf-vol-1", "mounted")

@@ -66,7 +66,7 @@ const (
 // 20th node has a refused portal, every 50th a stale report, every 100th none; the pod's
 // three volumes (two on bsOne, one on bsTwo, pets of StatefulSet db) are not attached yet,
 // and other pets of db are attached here and there. About 8% of the nodes fail.
-func benchState(b *testing.B, n int) (staticSource, *corev1.Pod, []string) {
+func benchState(b testing.TB, n int) (staticSource, *corev1.Pod, []string) {
 	now := time.Now()
 	x := placement.NewIndex()
 	names := make([]string, n)
@@ -100,6 +100,7 @@ func benchState(b *testing.B, n int) (staticSource, *corev1.Pod, []string) {
 		if !ok || nr.Err != nil {
 			b.Fatalf("bad bench lease %s: %v", node, nr.Err)
 		}
+		nr.Observe(nil, renew, 0) // seen when renewed: every 50th an hour ago, hence stale
 		x.SetReport(nr)
 	}
 	lk := mapLookup{claims: map[string]*corev1.PersistentVolumeClaim{}, pvs: map[string]*corev1.PersistentVolume{}}
@@ -318,4 +319,40 @@ func mustMarshal(b *testing.B, v any) []byte {
 		b.Fatal(err)
 	}
 	return out
+}
+
+// BenchmarkDecodeArgs isolates the request reader on the two large shapes (5,000 names;
+// 500 full Nodes), next to encoding/json decoding the same bytes into the upstream type
+// (the baseline the reader exists to beat).
+func BenchmarkDecodeArgs(b *testing.B) {
+	_, pod, names := benchState(b, 5000)
+	namesBody := mustMarshal(b, extenderv1.ExtenderArgs{Pod: pod, NodeNames: &names})
+	items := make([]string, 500)
+	for i := range items {
+		items[i] = string(kwokNode(names[i]))
+	}
+	fullBody := []byte(`{"Pod":` + string(mustMarshal(b, pod)) + `,"Nodes":{"metadata":{},"items":[` + strings.Join(items, ",") + `]},"NodeNames":null}`)
+	for _, tc := range []struct {
+		name string
+		body []byte
+	}{{"names5000", namesBody}, {"fullNodes500", fullBody}} {
+		b.Run(tc.name, func(b *testing.B) {
+			b.SetBytes(int64(len(tc.body)))
+			for b.Loop() {
+				var a args
+				if err := decodeArgs(tc.body, &a); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(tc.name+"-encoding-json-baseline", func(b *testing.B) {
+			b.SetBytes(int64(len(tc.body)))
+			for b.Loop() {
+				var a extenderv1.ExtenderArgs
+				if err := json.Unmarshal(tc.body, &a); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }

@@ -36,6 +36,11 @@ type Cache struct {
 	ready     atomic.Bool
 	log       *slog.Logger
 
+	// now and maxTTL judge report freshness: now stamps each renewal the cache observes
+	// (placement.NodeReport.Observe), maxTTL caps the TTL a Lease declares.
+	now    func() time.Time
+	maxTTL time.Duration
+
 	mu    sync.RWMutex
 	index *placement.Index
 	// leaseNode remembers which node each Lease reported for, so an update that changes
@@ -51,9 +56,25 @@ var ReportLeaseSelector = labels.SelectorFromSet(labels.Set{
 	placement.LeaseComponentLabel: placement.LeaseComponentValue,
 })
 
+// CacheOptions tune a Cache; the zero value is the production setting.
+type CacheOptions struct {
+	// MaxReportTTL caps the leaseDurationSeconds a report Lease declares (default
+	// placement.DefaultMaxReportTTL).
+	MaxReportTTL time.Duration
+	// Now is the clock that stamps observed renewals (time.Now when nil). Handler requests
+	// must judge freshness with the same clock.
+	Now func() time.Time
+}
+
 // NewCache sets up the informers; Start runs them.
-func NewCache(client kubernetes.Interface, namespace string, log *slog.Logger) (*Cache, error) {
-	c := &Cache{index: placement.NewIndex(), leaseNode: map[string]string{}, log: log}
+func NewCache(client kubernetes.Interface, namespace string, log *slog.Logger, opts CacheOptions) (*Cache, error) {
+	c := &Cache{index: placement.NewIndex(), leaseNode: map[string]string{}, log: log, now: opts.Now, maxTTL: opts.MaxReportTTL}
+	if c.now == nil {
+		c.now = time.Now
+	}
+	if c.maxTTL <= 0 {
+		c.maxTTL = placement.DefaultMaxReportTTL
+	}
 	// Managed fields are large and never read here; dropping them halves the memory of a
 	// cache of thousands of claims and volumes.
 	strip := informers.WithTransform(func(obj any) (any, error) {
@@ -253,6 +274,14 @@ func (c *Cache) setLease(obj any) {
 	}
 	if nr.Err != nil {
 		c.log.Warn("unreadable node report", "node", nr.Node, "lease", l.Name, "err", nr.Err)
+	}
+	// Freshness is judged by when this cache saw the renewTime change, never by the
+	// renewTime itself (written with the node's clock).
+	prev, _ := c.index.NodeReport(nr.Node)
+	nr.Observe(prev, c.now(), c.maxTTL)
+	if nr.DeclaredTTL > c.maxTTL && (prev == nil || prev.DeclaredTTL != nr.DeclaredTTL) {
+		c.log.Warn("node report Lease declares a longer freshness than the extender allows; capped",
+			"node", nr.Node, "lease", l.Name, "leaseDuration", nr.DeclaredTTL, "maxReportTTL", c.maxTTL)
 	}
 	c.leaseNode[l.Name] = nr.Node
 	c.index.SetReport(nr)

@@ -8,7 +8,9 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -84,28 +86,94 @@ func claimPod(name string, claims ...string) *corev1.Pod {
 type fixture struct {
 	client  *fake.Clientset
 	cache   *Cache
+	clock   *testClock
 	metrics *Metrics
 	handler http.Handler
 }
 
-// newFixture starts a real Cache (informers) over a fake clientset holding objs.
+// testClock is a settable clock shared by a Cache (which stamps observed renewals with it)
+// and a handler (which judges freshness with it).
+type testClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *testClock) Set(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = t
+}
+
+func (c *testClock) Step(d time.Duration) { c.Set(c.Now().Add(d)) }
+
+// newFixture starts a real Cache (informers) over a fake clientset holding objs. The cache
+// observes each report Lease among objs at its renewTime, as an extender whose clock
+// agrees with the nodes' would (freshness_test.go covers clocks that disagree). Then the
+// clock is set to testNow and, unless opts.Now is given, the handler reads the same clock
+// (fixture.clock), so a test can step both.
 func newFixture(t *testing.T, opts HandlerOptions, objs ...runtime.Object) *fixture {
 	t.Helper()
-	client := fake.NewClientset(objs...)
+	var leases []*coordinationv1.Lease
+	var others []runtime.Object
+	for _, o := range objs {
+		if l, ok := o.(*coordinationv1.Lease); ok {
+			leases = append(leases, l)
+			continue
+		}
+		others = append(others, o)
+	}
+	client := fake.NewClientset(others...)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	c, err := NewCache(client, ns, log)
+	clk := &testClock{}
+	c, err := NewCache(client, ns, log, CacheOptions{Now: clk.Now})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(func() { cancel(); c.Shutdown() })
 	c.Start(ctx)
 	require.Eventually(t, c.Ready, 5*time.Second, 5*time.Millisecond)
+	slices.SortStableFunc(leases, func(a, b *coordinationv1.Lease) int { return renewTime(a).Compare(renewTime(b)) })
+	for _, l := range leases {
+		clk.Set(renewTime(l))
+		_, err := client.CoordinationV1().Leases(l.Namespace).Create(ctx, l, metav1.CreateOptions{})
+		require.NoError(t, err)
+		waitObserved(t, c, l)
+	}
+	if opts.Now == nil {
+		opts.Now = clk.Now
+		clk.Set(testNow)
+	} else {
+		clk.Set(opts.Now())
+	}
 	m := NewMetrics()
 	opts.Metrics = m
 	opts.Log = log
-	if opts.Now == nil {
-		opts.Now = func() time.Time { return testNow }
+	return &fixture{client: client, cache: c, clock: clk, metrics: m, handler: NewHandler(c, opts)}
+}
+
+func renewTime(l *coordinationv1.Lease) time.Time {
+	if l.Spec.RenewTime == nil {
+		return testNow
 	}
-	return &fixture{client: client, cache: c, metrics: m, handler: NewHandler(c, opts)}
+	return l.Spec.RenewTime.Time
+}
+
+// waitObserved waits until the cache holds l's renewTime for l's holder.
+func waitObserved(t testing.TB, c *Cache, l *coordinationv1.Lease) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		seen := false
+		c.Read(func(_ placement.Lookup, st placement.State) {
+			nr, ok := st.NodeReport(*l.Spec.HolderIdentity)
+			seen = ok && (l.Spec.RenewTime == nil || nr.RenewTime.Equal(l.Spec.RenewTime.Time))
+		})
+		return seen
+	}, 5*time.Second, time.Millisecond, "cache never observed Lease %s", l.Name)
 }
 
 // standard objects: pet db-0 with claim data-db-0 on PV pv-db-0 (volume vol-db-0); nodes
@@ -160,7 +228,7 @@ func TestFilterNodeNames(t *testing.T) {
 	assert.Equal(t, extenderv1.FailedNodesMap{
 		"b": "node b: no reachability report from the petfabric node agent (Lease petfabric-node-b not found)",
 		"c": "node c: portal 10.1.1.5:3260 unreachable: connection refused (report 12s old)",
-		"d": "node d: reachability report is stale (renewed 2m0s ago, valid for 40s); is the petfabric node agent running?",
+		"d": "node d: reachability report is stale (no renewal seen for 2m0s, valid for 40s); is the petfabric node agent running?",
 	}, res.FailedAndUnresolvableNodes)
 
 	assert.Equal(t, 1.0, testutil.ToFloat64(f.metrics.decisions.WithLabelValues("pass")))

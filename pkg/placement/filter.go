@@ -76,7 +76,8 @@ type Decision struct {
 
 // Filter decides, for a pod with the Datera volumes vols, which nodes can host it:
 //   - the node must have a report (no report: the agent is not running there, or the
-//     extender's cache has not seen it), readable and fresh (renewed within its TTL);
+//     extender's cache has not seen it), readable and fresh (a renewal seen within its TTL
+//     on the extender's clock; see NodeReport);
 //   - for each volume, the report must cover the volume's backstore and the node must reach
 //     its portals (per policy);
 //   - for each ReadWriteOnce volume, no other node with a fresh report may still hold it.
@@ -169,10 +170,15 @@ func checkNode(now time.Time, node string, vols []Volume, refs []backstoreRef, h
 		return ReasonBadReport, fmt.Sprintf("node %s: unreadable reachability report: %v", node, nr.Err)
 	}
 	if !nr.Fresh(now) {
-		if nr.RenewTime.IsZero() {
+		switch {
+		case nr.RenewTime.IsZero():
 			return ReasonStale, fmt.Sprintf("node %s: reachability report was never renewed; is the petfabric node agent running?", node)
+		case nr.ObservedAt.IsZero():
+			return ReasonStale, fmt.Sprintf("node %s: reachability report has not been observed yet", node)
+		case nr.TTL <= 0:
+			return ReasonStale, fmt.Sprintf("node %s: reachability report has no leaseDurationSeconds, so it is never fresh", node)
 		}
-		return ReasonStale, fmt.Sprintf("node %s: reachability report is stale (renewed %s ago, valid for %s); is the petfabric node agent running?",
+		return ReasonStale, fmt.Sprintf("node %s: reachability report is stale (no renewal seen for %s, valid for %s); is the petfabric node agent running?",
 			node, age(nr.Age(now)), age(nr.TTL))
 	}
 	for i, v := range vols {

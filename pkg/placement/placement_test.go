@@ -57,12 +57,15 @@ func leaseFor(t testing.TB, node string, r *Report, ago, ttl time.Duration) *coo
 	return l
 }
 
+// indexOf indexes the Leases as a reader whose clock agrees with the nodes' would: each
+// renewal is observed at its renewTime (freshness_test.go covers clocks that disagree).
 func indexOf(t testing.TB, leases ...*coordinationv1.Lease) *Index {
 	t.Helper()
 	x := NewIndex()
 	for _, l := range leases {
 		nr, ok := NodeReportFromLease(l)
 		require.True(t, ok, l.Name)
+		nr.Observe(nil, nr.RenewTime, 0)
 		x.SetReport(nr)
 	}
 	return x
@@ -108,7 +111,7 @@ func TestFilter(t *testing.T) {
 			failed: map[string]string{
 				"b": "node b: no reachability report from the petfabric node agent (Lease petfabric-node-b not found)",
 				"c": "node c: portal 10.1.1.5:3260 unreachable: connection refused (report 12s old)",
-				"d": "node d: reachability report is stale (renewed 1m35s ago, valid for 40s); is the petfabric node agent running?",
+				"d": "node d: reachability report is stale (no renewal seen for 1m35s, valid for 40s); is the petfabric node agent running?",
 			},
 		},
 		{
@@ -606,9 +609,13 @@ func TestNodeReportFromLease(t *testing.T) {
 	nr, ok := NodeReportFromLease(l)
 	require.True(t, ok)
 	assert.Equal(t, "a", nr.Node)
+	assert.Equal(t, ttl, nr.DeclaredTTL)
+	assert.False(t, nr.Fresh(now), "not fresh before the reader observed it")
+	nr.Observe(nil, now, 0)
 	assert.Equal(t, ttl, nr.TTL)
 	assert.True(t, nr.Fresh(now))
-	assert.False(t, nr.Fresh(now.Add(ttl)))
+	assert.True(t, nr.Fresh(now.Add(ttl)), "fresh up to and including TTL after the observation")
+	assert.False(t, nr.Fresh(now.Add(ttl+time.Millisecond)))
 	assert.Contains(t, nr.Attached, "v1")
 
 	other := l.DeepCopy()
@@ -625,6 +632,7 @@ func TestNodeReportFromLease(t *testing.T) {
 	noTTL.Spec.LeaseDurationSeconds = nil
 	nr, ok = NodeReportFromLease(noTTL)
 	require.True(t, ok)
+	nr.Observe(nil, now, 0)
 	assert.False(t, nr.Fresh(now), "a report without a TTL is never fresh")
 }
 

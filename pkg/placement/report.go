@@ -144,7 +144,27 @@ func LeaseName(node string) string {
 	return LeaseNamePrefix + strings.TrimRight(node[:keep], ".-") + suffix
 }
 
+// DefaultMaxReportTTL caps the freshness a report Lease may declare (leaseDurationSeconds).
+// The agent's default is 4 × its 10 s interval = 40 s; a Lease asking for a day must not
+// keep a dead node, and the ReadWriteOnce holds it reports, alive for a day.
+const DefaultMaxReportTTL = 2 * time.Minute
+
 // NodeReport is a node's Lease as the extender sees it.
+//
+// # Freshness
+//
+// A report is fresh while less than TTL has passed, on the reader's own clock, since the
+// reader saw its Lease renewed, that is, saw a renewTime it had not seen before (Observe).
+// renewTime is written with the node's clock, which may be off by any amount or forged; it
+// is compared for change only, never with the reader's clock. This is how kube-controller-
+// manager's node lifecycle controller judges kubelet leases. Consequences:
+//   - a Lease that claims a renewal in the future, or declares a TTL of a day, but is not
+//     renewed again goes stale TTL (capped by the reader's maximum) after it was seen;
+//   - a node whose clock is minutes behind or ahead stays fresh as long as it renews;
+//   - when the reader starts, every Lease counts as just renewed: a node whose agent died
+//     before the restart is fresh for one more TTL. That errs towards keeping a dead node's
+//     ReadWriteOnce holds, never towards lifting a live node's;
+//   - a Lease without renewTime was never renewed and is never fresh.
 type NodeReport struct {
 	// Node is the node name (the Lease's holderIdentity).
 	Node string
@@ -152,9 +172,16 @@ type NodeReport struct {
 	Report *Report
 	// Err says why the annotation could not be used.
 	Err error
-	// RenewTime is the Lease's renewTime: the agent's last completed round.
+	// RenewTime is the Lease's renewTime as the node wrote it (node clock): only its changes
+	// mean anything.
 	RenewTime time.Time
-	// TTL is the Lease's leaseDurationSeconds: how long the report counts as fresh.
+	// ObservedAt is when the reader first saw RenewTime, on the reader's clock (Observe).
+	// Zero means not observed, or never renewed: not fresh.
+	ObservedAt time.Time
+	// DeclaredTTL is the Lease's leaseDurationSeconds.
+	DeclaredTTL time.Duration
+	// TTL is how long after ObservedAt the report stays fresh: DeclaredTTL, capped by the
+	// reader's maximum (Observe).
 	TTL time.Duration
 	// Attached is Report.Attached as a set, for constant-time lookups while scoring.
 	Attached map[string]struct{}
@@ -217,16 +244,38 @@ func (n *NodeReport) backstore(name string) (BackstoreSummary, bool) {
 	return Summarize(b), true
 }
 
-// Age is how long ago the report was renewed.
-func (n *NodeReport) Age(now time.Time) time.Duration { return now.Sub(n.RenewTime) }
+// Observe sets ObservedAt and TTL. prev is the same node's report as this reader last held
+// it (nil if none); now is the reader's clock (time.Now, whose monotonic reading makes ages
+// immune to wall-clock steps); maxTTL caps DeclaredTTL (≤ 0: DefaultMaxReportTTL).
+// A renewTime prev did not have counts as a renewal seen now; the same renewTime keeps
+// prev's ObservedAt, so re-reading an unchanged Lease (informer relists, edits that do not
+// renew) never freshens it.
+func (n *NodeReport) Observe(prev *NodeReport, now time.Time, maxTTL time.Duration) {
+	if maxTTL <= 0 {
+		maxTTL = DefaultMaxReportTTL
+	}
+	n.TTL = min(n.DeclaredTTL, maxTTL)
+	switch {
+	case n.RenewTime.IsZero():
+		n.ObservedAt = time.Time{}
+	case prev != nil && !prev.ObservedAt.IsZero() && prev.RenewTime.Equal(n.RenewTime):
+		n.ObservedAt = prev.ObservedAt
+	default:
+		n.ObservedAt = now
+	}
+}
 
-// Fresh reports whether the report was renewed within its TTL.
+// Age is how long ago, on the reader's clock, the report's last renewal was seen.
+func (n *NodeReport) Age(now time.Time) time.Duration { return now.Sub(n.ObservedAt) }
+
+// Fresh reports whether the last renewal was seen at most TTL ago (see NodeReport).
 func (n *NodeReport) Fresh(now time.Time) bool {
-	return n.TTL > 0 && !n.RenewTime.IsZero() && n.Age(now) <= n.TTL
+	return n.TTL > 0 && !n.ObservedAt.IsZero() && n.Age(now) <= n.TTL
 }
 
 // NodeReportFromLease converts a Lease. ok is false when the Lease is not a report Lease
-// (no holder, or a name that does not belong to its holder); then it must be ignored.
+// (no holder, or a name that does not belong to its holder); then it must be ignored. The
+// result is not fresh until the reader Observes it.
 func NodeReportFromLease(l *coordinationv1.Lease) (nr *NodeReport, ok bool) {
 	if l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity == "" {
 		return nil, false
@@ -240,7 +289,7 @@ func NodeReportFromLease(l *coordinationv1.Lease) (nr *NodeReport, ok bool) {
 		nr.RenewTime = l.Spec.RenewTime.Time
 	}
 	if l.Spec.LeaseDurationSeconds != nil {
-		nr.TTL = time.Duration(*l.Spec.LeaseDurationSeconds) * time.Second
+		nr.DeclaredTTL = time.Duration(*l.Spec.LeaseDurationSeconds) * time.Second
 	}
 	raw, found := l.Annotations[ReportAnnotation]
 	if !found {

@@ -329,7 +329,10 @@ func TestExtenderPlacesPets(t *testing.T) {
 			e := start(t, mode.nodeNames, "good", "noreport", "unreachable", "stale")
 			const hour = time.Hour
 			e.report(t, "unreachable", unreachable, 2*time.Second, hour)
-			e.report(t, "stale", reachable, 5*time.Minute, 40*time.Second)
+			// The extender judges freshness by when it saw a renewal, never by renewTime:
+			// stale's one report goes stale a second after it was written.
+			e.report(t, "stale", reachable, 5*time.Minute, time.Second)
+			time.Sleep(2 * time.Second)
 
 			// Pets: PVs pre-bound to the claims the StatefulSet controller will create.
 			for i := range 2 {
@@ -345,7 +348,7 @@ func TestExtenderPlacesPets(t *testing.T) {
 				"node good: no reachability report from the petfabric node agent (Lease petfabric-node-good not found)",
 				"node noreport: no reachability report from the petfabric node agent (Lease petfabric-node-noreport not found)",
 				"node unreachable: portal 10.1.1.5:3260 unreachable: connection refused (report",
-				"node stale: reachability report is stale (renewed 5m",
+				"node stale: reachability report is stale (no renewal seen for",
 			)
 			t.Logf("FailedScheduling: %s", msg)
 			e.requireUnscheduled(t, "web-0")
@@ -378,7 +381,7 @@ func TestExtenderPlacesPets(t *testing.T) {
 			time.Sleep(3 * time.Second)
 			e.volume(t, "late", "pf-late", nil, true)
 			e.pod(t, "late", "late")
-			msg = e.failedScheduling(t, "late", "node good: reachability report is stale (renewed")
+			msg = e.failedScheduling(t, "late", "node good: reachability report is stale (no renewal seen for")
 			t.Logf("FailedScheduling: %s", msg)
 			e.requireUnscheduled(t, "late")
 

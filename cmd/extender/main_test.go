@@ -1,0 +1,28 @@
+package main
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// Bad flag values are refused before anything starts, with the flag named.
+func TestRunRejectsBadFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--kube-api-qps=0"}, "--kube-api-qps 0: must be positive"},
+		{[]string{"--kube-api-burst=0"}, "--kube-api-burst 0: must be at least 1"},
+		{[]string{"--max-report-ttl=500ms"}, "--max-report-ttl 500ms: must be at least 1s"},
+		{[]string{"--read-header-timeout=0s"}, "--read-header-timeout 0s: must be positive"},
+		{[]string{"--read-timeout=-1s"}, "--read-timeout -1s: must be positive"},
+		{[]string{"--write-timeout=0s"}, "--write-timeout 0s: must be positive"},
+		{[]string{"--idle-timeout=0s"}, "--idle-timeout 0s: must be positive"},
+	} {
+		t.Run(tc.want, func(t *testing.T) {
+			err := run(append([]string{"--namespace=petfabric"}, tc.args...))
+			require.ErrorContains(t, err, tc.want)
+		})
+	}
+}
