@@ -223,7 +223,7 @@ func (c *controller) syncFence(ctx context.Context, name string) (time.Duration,
 			}
 			continue
 		}
-		retry, err := c.fence(ctx, d, pv, volumeID, si.Name, v)
+		retry, err := c.fence(dctx, d, pv, volumeID, si.Name, v)
 		later(retry)
 		if err != nil {
 			errs = append(errs, err)
