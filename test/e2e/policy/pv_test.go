@@ -199,14 +199,23 @@ func TestOnlyWebhookWritesDateraPVs(t *testing.T) {
 	}))
 
 	// The volume source itself cannot be edited by anyone, policy or not: the apiserver
-	// keeps spec.persistentvolumesource immutable and checks that before admission.
+	// keeps spec.persistentvolumesource immutable and checks that before admission. So
+	// neither an edit of a datera PV's options nor turning another PV into a datera one
+	// needs a rule.
+	require.NoError(t, createPV(e.ctx, e.tenant, otherPV("nfs-0", "team-b", "nfs-0"), false))
 	for who, c := range map[string]kubernetes.Interface{"tenant": e.tenant, "webhook": e.webhook} {
 		err := updatePV(e.ctx, c, victim2, false, func(pv *corev1.PersistentVolume) {
 			pv.Spec.FlexVolume.Options["volumeID"] = "k0123456789abcdef_team-c_other"
 		})
 		require.Error(t, err, "%s edited spec.flexVolume.options", who)
 		require.Contains(t, err.Error(), "spec.persistentvolumesource is immutable after creation", who)
+		err = updatePV(e.ctx, c, "nfs-0", false, func(pv *corev1.PersistentVolume) {
+			pv.Spec.FlexVolume.Driver = mutate.Driver
+		})
+		require.Error(t, err, "%s turned a PV into a datera one", who)
+		require.Contains(t, err.Error(), "spec.persistentvolumesource is immutable after creation", who)
 	}
+	t.Log("without the policy: spec.flexVolume of any PV is immutable for everyone (apiserver validation)")
 
 	e.install("")
 	e.waitEnforced(pvPolicy, func(ctx context.Context) error {
