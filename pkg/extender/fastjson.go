@@ -5,56 +5,97 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // decodeArgs parses an ExtenderArgs body. It replaces json.Unmarshal for the top level
 // because the body is mostly a list of thousands of node names (or Node objects), and
 // encoding/json's reflective decoder spends most of a request's time there. It validates
-// the whole document as strictly as json.Valid (fastjson_test.go fuzzes the two against
-// each other), matches the keys Pod, Nodes and NodeNames case-insensitively and keeps the
-// last of duplicate keys, as encoding/json does, decodes Pod with encoding/json, reads
-// splits NodeNames into element spans and keeps Nodes raw.
+// the whole document as strictly as json.Valid, decodes Pod with encoding/json, splits
+// NodeNames into element spans and keeps Nodes raw, and it must mean exactly what
+// encoding/json (what kube-scheduler and any proxy use) makes of the same bytes:
+// fastjson_test.go fuzzes the decoded values of the two against each other.
+//
+// encoding/json matches the keys Pod, Nodes and NodeNames case-insensitively, and merges
+// rather than replaces: a second "Pod" decodes into the first Pod, a second "items" array
+// decodes element by element into the Nodes of the first, a null element leaves the
+// element it lands on as it was. The fast reader handles documents where each of those
+// keys occurs once (everything kube-scheduler sends); for any other it hands the whole
+// document to decodeArgsMerged, which lets encoding/json apply its own rules.
+//
+// One difference remains, by design: of each Nodes item only metadata.name is
+// type-checked. The items are returned to the scheduler byte for byte, and decoding
+// thousands of Nodes only to validate them would cost most of the request.
 func decodeArgs(b []byte, a *args) error {
 	p := &jparser{b: b}
 	p.ws()
+	if p.i < len(b) && b[p.i] == 'n' {
+		// A top-level null is an empty ExtenderArgs to encoding/json.
+		if err := p.literal("null"); err != nil {
+			return err
+		}
+		p.ws()
+		if p.i != len(b) {
+			return p.errorf("data after the top-level value")
+		}
+		return nil
+	}
 	if p.i >= len(b) || b[p.i] != '{' {
 		return p.errorf("ExtenderArgs must be a JSON object")
 	}
 	var pod, nodes, names []byte
 	var list *rawNodeList
+	var pods, nodeLists, nameLists int
 	if err := p.members(func(key []byte) error {
 		start := p.i
 		var err error
 		switch {
-		case keyIs(key, "Nodes") && p.i < len(b) && b[p.i] == '{':
-			// Split the NodeList into items and read their names in this same pass.
-			list, err = p.nodeList()
+		case keyIs(key, "Pod"):
+			pods++
+			err = p.value()
+			pod = b[start:p.i]
+		case keyIs(key, "Nodes"):
+			nodeLists++
+			list = nil
+			if b[p.i] == '{' {
+				// Split the NodeList into items and read their names in this same pass.
+				list, err = p.nodeList()
+			} else {
+				err = p.value()
+			}
+			nodes = b[start:p.i]
+		case keyIs(key, "NodeNames"):
+			nameLists++
+			err = p.value()
+			names = b[start:p.i]
 		default:
 			err = p.value()
 		}
-		if err != nil {
-			return err
-		}
-		switch {
-		case keyIs(key, "Pod"):
-			pod = b[start:p.i]
-		case keyIs(key, "Nodes"):
-			nodes = b[start:p.i]
-			if b[start] != '{' {
-				list = nil
-			}
-		case keyIs(key, "NodeNames"):
-			names = b[start:p.i]
-		}
-		return nil
+		return err
 	}); err != nil {
 		return err
 	}
 	p.ws()
 	if p.i != len(b) {
 		return p.errorf("data after the top-level object")
+	}
+	// Type errors first: they are errors whatever the merge rules make of the rest.
+	if nodes != nil && !isNull(nodes) && (nodes[0] != '{' || list == nil) {
+		return errors.New("field Nodes must be a NodeList object")
+	}
+	var spans [][2]int
+	var nullName bool
+	if names != nil && !isNull(names) {
+		var err error
+		if spans, nullName, err = stringSpans(names); err != nil {
+			return fmt.Errorf("field NodeNames: %w", err)
+		}
+	}
+	if pods > 1 || nodeLists > 1 || nameLists > 1 || nullName || (list != nil && list.merged) {
+		return decodeArgsMerged(b, a)
 	}
 	if pod != nil && !isNull(pod) {
 		a.Pod = new(corev1.Pod)
@@ -63,22 +104,141 @@ func decodeArgs(b []byte, a *args) error {
 		}
 	}
 	if nodes != nil && !isNull(nodes) {
-		if nodes[0] != '{' || list == nil {
-			return errors.New("field Nodes must be a NodeList object")
-		}
-		for i, n := range list.names {
-			if n == "" {
-				return fmt.Errorf("field Nodes.items[%d] has no metadata.name", i)
-			}
+		if err := list.check(); err != nil {
+			return err
 		}
 		a.Nodes, a.list = nodes, list
 	}
 	if names != nil && !isNull(names) {
-		spans, err := stringSpans(names)
+		a.namesRaw, a.nameSpans, a.namesGiven = names, spans, true
+	}
+	return nil
+}
+
+// check applies to a NodeList what decoding it into a v1.NodeList would check and what
+// the extender relies on: ListMeta types, and a name on every item.
+func (l *rawNodeList) check() error {
+	if len(l.Metadata) > 0 && !isNull(l.Metadata) {
+		var lm metav1.ListMeta
+		if err := json.Unmarshal(l.Metadata, &lm); err != nil {
+			return fmt.Errorf("field Nodes.metadata: %w", err)
+		}
+	}
+	for i, n := range l.names {
+		if n == "" {
+			return fmt.Errorf("field Nodes.items[%d] has no metadata.name", i)
+		}
+	}
+	return nil
+}
+
+// mergedArgs is ExtenderArgs as decodeArgsMerged has encoding/json decode it: Pod and
+// NodeNames as the scheduler's types, the NodeList's metadata and items as mergedObjects.
+type mergedArgs struct {
+	Pod       *corev1.Pod
+	Nodes     *mergedNodeList
+	NodeNames *[]string
+}
+
+// mergedNodeList has v1.NodeList's JSON fields (TypeMeta inline, ListMeta, items).
+type mergedNodeList struct {
+	Kind       string         `json:"kind"`
+	APIVersion string         `json:"apiVersion"`
+	Metadata   mergedObject   `json:"metadata"`
+	Items      []mergedObject `json:"items"`
+}
+
+// mergedObject stands in for a struct (a Node, a ListMeta) that encoding/json may decode
+// several objects into, one after the other: for a duplicate key, and for the elements of
+// a second array decoded over a first (encoding/json reuses a slice's elements, even those
+// between its length and capacity). Decoding objects one after the other into a struct is
+// decoding their members, in that order, as one object; so mergedObject keeps the members
+// and Bytes joins them. null leaves a struct as it is, and adds nothing.
+type mergedObject struct {
+	members [][]byte
+	set     bool
+}
+
+func (m *mergedObject) UnmarshalJSON(b []byte) error {
+	switch b[0] {
+	case 'n':
+		return nil
+	case '{':
+		m.set = true
+		inner := bytes.TrimSpace(b[1 : len(b)-1])
+		if len(inner) > 0 {
+			m.members = append(m.members, inner)
+		}
+		return nil
+	}
+	kind := "number"
+	switch b[0] {
+	case '[':
+		kind = "array"
+	case '"':
+		kind = "string"
+	case 't', 'f':
+		kind = "bool"
+	}
+	return fmt.Errorf("json: cannot unmarshal %s into an object", kind)
+}
+
+// Bytes is the one object whose members are all the members seen, in order.
+func (m *mergedObject) Bytes() []byte {
+	out := []byte{'{'}
+	for i, mem := range m.members {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, mem...)
+	}
+	return append(out, '}')
+}
+
+// decodeArgsMerged decodes a document the fast reader cannot (duplicate keys, null
+// elements) with encoding/json itself, so that every merge rule is encoding/json's, and
+// converts the result: names re-encoded, Nodes items rebuilt from their merged members
+// (kept verbatim, so unknown fields and exact timestamps survive). kube-scheduler never
+// sends such documents; this path only has to be right, not fast.
+func decodeArgsMerged(b []byte, a *args) error {
+	var m mergedArgs
+	if err := json.Unmarshal(b, &m); err != nil {
+		return fmt.Errorf("ExtenderArgs: %w", err)
+	}
+	*a = args{Pod: m.Pod}
+	if m.NodeNames != nil {
+		raw, err := json.Marshal(*m.NodeNames)
 		if err != nil {
 			return fmt.Errorf("field NodeNames: %w", err)
 		}
-		a.namesRaw, a.nameSpans, a.namesGiven = names, spans, true
+		spans, _, err := stringSpans(raw)
+		if err != nil {
+			return fmt.Errorf("field NodeNames: %w", err)
+		}
+		a.namesRaw, a.nameSpans, a.namesGiven = raw, spans, true
+	}
+	if m.Nodes != nil {
+		l := &rawNodeList{Kind: m.Nodes.Kind, APIVersion: m.Nodes.APIVersion}
+		if m.Nodes.Metadata.set {
+			l.Metadata = m.Nodes.Metadata.Bytes()
+		}
+		all := make([]int, len(m.Nodes.Items))
+		for i := range m.Nodes.Items {
+			raw := m.Nodes.Items[i].Bytes()
+			p := &jparser{b: raw}
+			name, _, err := p.nodeItem(i)
+			if err != nil {
+				return err
+			}
+			l.Items = append(l.Items, raw)
+			l.names = append(l.names, name)
+			all[i] = i
+		}
+		if err := l.check(); err != nil {
+			return err
+		}
+		a.list = l
+		a.Nodes = appendNodeList(nil, l, all)
 	}
 	return nil
 }
@@ -100,38 +260,46 @@ func keyIs(raw []byte, name string) bool {
 }
 
 // stringSpans splits a validated JSON array into the spans of its elements, which must
-// all be strings.
-func stringSpans(v []byte) ([][2]int, error) {
+// all be strings or null (hasNull reports a null: encoding/json leaves the element it lands
+// on unchanged, which only decodeArgsMerged can follow).
+func stringSpans(v []byte) (spans [][2]int, hasNull bool, err error) {
 	if v[0] != '[' {
-		return nil, errors.New("not an array")
+		return nil, false, errors.New("not an array")
 	}
 	p := &jparser{b: v, i: 1}
 	out := make([][2]int, 0, bytes.Count(v, []byte{','})+1)
 	p.ws()
 	if p.i < len(v) && v[p.i] == ']' {
-		return out, nil
+		return out, false, nil
 	}
 	for {
 		p.ws()
-		if p.i >= len(v) || v[p.i] != '"' {
-			return nil, errors.New("must be an array of strings")
+		switch {
+		case p.i < len(v) && v[p.i] == 'n':
+			if err := p.literal("null"); err != nil {
+				return nil, false, err
+			}
+			hasNull = true
+		case p.i < len(v) && v[p.i] == '"':
+			start := p.i
+			if _, err := p.str(); err != nil {
+				return nil, false, err
+			}
+			out = append(out, [2]int{start, p.i})
+		default:
+			return nil, false, errors.New("must be an array of strings")
 		}
-		start := p.i
-		if _, err := p.str(); err != nil {
-			return nil, err
-		}
-		out = append(out, [2]int{start, p.i})
 		p.ws()
 		if p.i >= len(v) {
-			return nil, errors.New("unterminated array")
+			return nil, false, errors.New("unterminated array")
 		}
 		switch v[p.i] {
 		case ',':
 			p.i++
 		case ']':
-			return out, nil
+			return out, hasNull, nil
 		default:
-			return nil, errors.New("must be an array of strings")
+			return nil, false, errors.New("must be an array of strings")
 		}
 	}
 }
@@ -288,9 +456,10 @@ func (p *jparser) stringValue() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if !escaped {
-		return string(p.b[start+1 : p.i-1]), nil
+	if raw := p.b[start+1 : p.i-1]; !escaped && utf8.Valid(raw) {
+		return string(raw), nil
 	}
+	// Escapes, or invalid UTF-8 (which encoding/json turns into U+FFFD).
 	var s string
 	if err := json.Unmarshal(p.b[start:p.i], &s); err != nil {
 		return "", err
@@ -299,48 +468,61 @@ func (p *jparser) stringValue() (string, error) {
 }
 
 // nodeList parses a v1.NodeList at p.i ('{'): items stay raw byte spans, and each item's
-// metadata.name is read on the way.
+// metadata.name is read on the way. A member that would be a type error in a v1.NodeList
+// is an error; a document whose meaning depends on encoding/json's merge rules (a repeated
+// key, a null item) sets merged.
 func (p *jparser) nodeList() (*rawNodeList, error) {
 	l := &rawNodeList{}
+	var items, kinds, versions, metas int
 	err := p.members(func(key []byte) error {
 		start := p.i
+		c := p.b[p.i]
 		switch {
-		case keyIs(key, "items") && p.b[p.i] == '[':
+		case keyIs(key, "items"):
+			items++
+			l.Items, l.names = l.Items[:0], l.names[:0]
+			switch c {
+			case 'n':
+				return p.literal("null")
+			case '[':
+			default:
+				return p.errorf("field Nodes.items must be an array")
+			}
 			return p.elements(func() error {
 				itemStart := p.i
-				if p.b[p.i] != '{' {
-					return p.errorf("Nodes.items[%d] is not an object", len(l.Items))
-				}
-				name := ""
-				err := p.members(func(k []byte) error {
-					if !keyIs(k, "metadata") || p.b[p.i] != '{' {
-						return p.value()
-					}
-					return p.members(func(k2 []byte) error {
-						if !keyIs(k2, "name") || p.b[p.i] != '"' {
-							return p.value()
-						}
-						var err error
-						name, err = p.stringValue()
-						return err
-					})
-				})
+				name, null, err := p.nodeItem(len(l.Items))
 				if err != nil {
 					return err
+				}
+				if null {
+					l.merged = true
 				}
 				l.Items = append(l.Items, p.b[itemStart:p.i])
 				l.names = append(l.names, name)
 				return nil
 			})
-		case keyIs(key, "kind") && p.b[p.i] == '"':
-			var err error
-			l.Kind, err = p.stringValue()
-			return err
-		case keyIs(key, "apiVersion") && p.b[p.i] == '"':
-			var err error
-			l.APIVersion, err = p.stringValue()
-			return err
+		case keyIs(key, "kind"), keyIs(key, "apiVersion"):
+			field := &l.Kind
+			if keyIs(key, "kind") {
+				kinds++
+			} else {
+				versions++
+				field = &l.APIVersion
+			}
+			switch c {
+			case 'n':
+				return p.literal("null")
+			case '"':
+				var err error
+				*field, err = p.stringValue()
+				return err
+			}
+			return p.errorf("field Nodes.%s must be a string", key[1:len(key)-1])
 		case keyIs(key, "metadata"):
+			metas++
+			if c != '{' && c != 'n' {
+				return p.errorf("field Nodes.metadata must be an object")
+			}
 			if err := p.value(); err != nil {
 				return err
 			}
@@ -349,7 +531,51 @@ func (p *jparser) nodeList() (*rawNodeList, error) {
 		}
 		return p.value()
 	})
+	if items > 1 || kinds > 1 || versions > 1 || metas > 1 {
+		l.merged = true
+	}
 	return l, err
+}
+
+// nodeItem parses one element of Nodes.items at p.i and returns its metadata.name as
+// encoding/json would decode it into a v1.Node: the last string "name" of any "metadata"
+// object; null for either leaves it as it was. Other types for those two are errors; the
+// rest of the item is only validated as JSON. null reports a null element.
+func (p *jparser) nodeItem(index int) (name string, null bool, err error) {
+	switch p.b[p.i] {
+	case 'n':
+		return "", true, p.literal("null")
+	case '{':
+	default:
+		return "", false, p.errorf("Nodes.items[%d] is not an object", index)
+	}
+	err = p.members(func(k []byte) error {
+		if !keyIs(k, "metadata") {
+			return p.value()
+		}
+		switch p.b[p.i] {
+		case 'n':
+			return p.literal("null")
+		case '{':
+		default:
+			return p.errorf("Nodes.items[%d].metadata is not an object", index)
+		}
+		return p.members(func(k2 []byte) error {
+			if !keyIs(k2, "name") {
+				return p.value()
+			}
+			switch p.b[p.i] {
+			case 'n':
+				return p.literal("null")
+			case '"':
+				var err error
+				name, err = p.stringValue()
+				return err
+			}
+			return p.errorf("Nodes.items[%d].metadata.name is not a string", index)
+		})
+	})
+	return name, false, err
 }
 
 func (p *jparser) array() error {

@@ -73,7 +73,7 @@ func TestDecodeArgs(t *testing.T) {
 		wantErr string
 	}{
 		{name: "names", in: `{"Pod":{"metadata":{"name":"p","namespace":"n"}},"Nodes":null,"NodeNames":["a","b\u002dc"]}`, names: []string{"a", "b-c"}, pod: "p"},
-		{name: "lower-case keys, last duplicate wins", in: `{"pod":{"metadata":{"name":"x"}},"POD":{"metadata":{"name":"y"}},"nodenames":[]}`, names: []string{}, pod: "y"},
+		{name: "lower-case keys; a repeated Pod merges into the first, as with encoding/json", in: `{"pod":{"metadata":{"name":"x"}},"POD":{"metadata":{"name":"y"}},"nodenames":[]}`, names: []string{}, pod: "y"},
 		{name: "escaped key", in: `{"Node\u004eames":["z"]}`, names: []string{"z"}},
 		{name: "nodes raw", in: `{"Nodes":{"items":[{"metadata":{"name":"a"}}]}}`, nodes: `{"items":[{"metadata":{"name":"a"}}]}`},
 		{

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
 )
@@ -39,10 +40,11 @@ func (a *args) nodeNames() ([]string, error) {
 	out := make([]string, len(a.nameSpans))
 	for i, sp := range a.nameSpans {
 		raw := a.namesRaw[sp[0]:sp[1]]
-		if bytes.IndexByte(raw, '\\') < 0 {
+		if bytes.IndexByte(raw, '\\') < 0 && utf8.Valid(raw) {
 			out[i] = string(raw[1 : len(raw)-1])
 			continue
 		}
+		// Escapes, or invalid UTF-8 (which encoding/json turns into U+FFFD).
 		if err := json.Unmarshal(raw, &out[i]); err != nil {
 			return nil, fmt.Errorf("field NodeNames[%d]: %w", i, err)
 		}
@@ -59,6 +61,9 @@ type rawNodeList struct {
 	Metadata   json.RawMessage `json:"metadata,omitempty"`
 	Items      []json.RawMessage
 	names      []string
+	// merged: the document repeats a key of the list or has a null item, so its meaning
+	// follows encoding/json's merge rules (decodeArgsMerged).
+	merged bool
 }
 
 // filterResult is extenderv1.ExtenderFilterResult with raw Nodes. It is written by hand
