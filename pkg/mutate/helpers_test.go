@@ -111,20 +111,3 @@ func stsFromJSON(t testing.TB, raw []byte) *appsv1.StatefulSet {
 	return &sts
 }
 
-// claimFor is the claim the StatefulSet controller creates for one ordinal of template i:
-// a copy of the template named <template>-<sts>-<ordinal>, in the StatefulSet's namespace,
-// with the selector's labels added.
-func claimFor(sts *appsv1.StatefulSet, i, ordinal int) *corev1.PersistentVolumeClaim {
-	c := sts.Spec.VolumeClaimTemplates[i].DeepCopy()
-	c.Name = ClaimName(c.Name, sts.Name, ordinal)
-	c.Namespace = sts.Namespace
-	if sts.Spec.Selector != nil && len(sts.Spec.Selector.MatchLabels) > 0 {
-		if c.Labels == nil {
-			c.Labels = map[string]string{}
-		}
-		for k, v := range sts.Spec.Selector.MatchLabels {
-			c.Labels[k] = v
-		}
-	}
-	return c
-}
