@@ -110,4 +110,3 @@ func stsFromJSON(t testing.TB, raw []byte) *appsv1.StatefulSet {
 	require.NoError(t, json.Unmarshal(raw, &sts))
 	return &sts
 }
-
