@@ -126,20 +126,11 @@ func newController(r *Reconciler) (*controller, error) {
 	pvcs := all.Core().V1().PersistentVolumeClaims()
 	scs := all.Storage().V1().StorageClasses()
 	nss := all.Core().V1().Namespaces()
-	pods := all.Core().V1().Pods()
 	if err := pvs.Informer().AddIndexers(cache.Indexers{byStatefulSet: indexPVByStatefulSet, mutate.PVClaimIndex: mutate.PVClaimIndexFunc}); err != nil {
-		return nil, err
-	}
-	// Pods are many: keep only what fencing reads (node, phase, claims, deletion).
-	if err := pods.Informer().SetTransform(slimPod); err != nil {
-		return nil, err
-	}
-	if err := pods.Informer().AddIndexers(cache.Indexers{byClaim: indexPodByClaim}); err != nil {
 		return nil, err
 	}
 	c.stsLister, c.pvLister, c.pvIndexer = sts.Lister(), pvs.Lister(), pvs.Informer().GetIndexer()
 	c.pvcLister, c.scLister, c.nsLister = pvcs.Lister(), scs.Lister(), nss.Lister()
-	c.podIndexer = pods.Informer().GetIndexer()
 
 	handlers := []struct {
 		inf cache.SharedIndexInformer
@@ -156,11 +147,6 @@ func newController(r *Reconciler) (*controller, error) {
 			DeleteFunc: c.onPVDelete,
 		}},
 		{pvcs.Informer(), cache.ResourceEventHandlerFuncs{AddFunc: c.onClaimAdd, DeleteFunc: c.onClaimDelete}},
-		{pods.Informer(), cache.ResourceEventHandlerFuncs{
-			AddFunc:    c.onPod,
-			UpdateFunc: func(_, n any) { c.onPod(n) },
-			DeleteFunc: c.onPod,
-		}},
 		{scs.Informer(), cache.ResourceEventHandlerFuncs{
 			AddFunc:    c.onStorageClass,
 			UpdateFunc: func(_, n any) { c.onStorageClass(n) },
@@ -170,7 +156,26 @@ func newController(r *Reconciler) (*controller, error) {
 			UpdateFunc: func(o, n any) { c.onNamespaceUpdate(o, n) },
 		}},
 	}
+	// Fencing: the node reports and the pods of every claim (only with a report namespace;
+	// without one the loop cannot tell whose an initiator is and never fences).
 	if o.ReportNamespace != "" {
+		pods := all.Core().V1().Pods()
+		// Pods are many: keep only what fencing reads (node, phase, claims, deletion).
+		if err := pods.Informer().SetTransform(slimPod); err != nil {
+			return nil, err
+		}
+		if err := pods.Informer().AddIndexers(cache.Indexers{byClaim: indexPodByClaim}); err != nil {
+			return nil, err
+		}
+		c.podIndexer = pods.Informer().GetIndexer()
+		handlers = append(handlers, struct {
+			inf cache.SharedIndexInformer
+			h   cache.ResourceEventHandler
+		}{pods.Informer(), cache.ResourceEventHandlerFuncs{
+			AddFunc:    c.onPod,
+			UpdateFunc: func(_, n any) { c.onPod(n) },
+			DeleteFunc: c.onPod,
+		}})
 		c.reports = newReportTracker(o.now)
 		reportFactory := informers.NewSharedInformerFactoryWithOptions(o.Client, o.Resync,
 			informers.WithNamespace(o.ReportNamespace),
