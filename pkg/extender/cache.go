@@ -275,8 +275,8 @@ func (c *Cache) setLease(obj any) {
 	if nr.Err != nil {
 		c.log.Warn("unreadable node report", "node", nr.Node, "lease", l.Name, "err", nr.Err)
 	}
-	// Freshness is judged by when this cache saw the renewTime change, never by the
-	// renewTime itself (written with the node's clock).
+	// Freshness is judged by when this cache saw the Lease written (a new renewTime or
+	// resourceVersion), never by the renewTime itself (written with the node's clock).
 	prev, _ := c.index.NodeReport(nr.Node)
 	nr.Observe(prev, c.now(), c.maxTTL)
 	if nr.DeclaredTTL > c.maxTTL && (prev == nil || prev.DeclaredTTL != nr.DeclaredTTL) {

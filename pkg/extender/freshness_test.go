@@ -116,9 +116,9 @@ func TestCacheConfiguredCapAndRelist(t *testing.T) {
 	assert.Equal(t, 10*time.Second, report().TTL, "leaseDurationSeconds 40 capped at the configured 10s")
 
 	clk.Step(8 * time.Second)
-	relisted := l.DeepCopy()
-	relisted.ResourceVersion = "999"
-	c.setLease(relisted) // the informer delivering the same Lease again
+	stored, err := client.CoordinationV1().Leases(ns).Get(ctx, l.Name, metav1.GetOptions{})
+	require.NoError(t, err)
+	c.setLease(stored) // the informer delivering the same Lease again (relist, resync)
 	assert.Equal(t, testNow, report().ObservedAt, "an unchanged renewTime is not a renewal")
 	clk.Step(3 * time.Second)
 	fresh, stale, _ := c.ReportStats(clk.Now())

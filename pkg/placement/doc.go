@@ -8,7 +8,7 @@
 // petfabric-node-<node> (LeaseName) in the release namespace, with holderIdentity = node,
 // renewTime = the end of its last probe round and leaseDurationSeconds = the freshness TTL.
 // A reader never compares renewTime with its own clock: a report is fresh while less than
-// the TTL (capped, DefaultMaxReportTTL) has passed since the reader saw renewTime change
+// the TTL (capped, DefaultMaxReportTTL) has passed since the reader saw the Lease written
 // (NodeReport.Observe; the rules are on NodeReport).
 // Its annotation petfabric.io/report holds a JSON Report: the node's initiator name, for
 // every configured backstoreServer the result of an iSCSI discovery probe of each portal

@@ -120,27 +120,35 @@ func TestDeclaredLeaseDurationIsCappedByMaxReportTTL(t *testing.T) {
 	assert.Equal(t, ttl, nr.TTL)
 }
 
-// Seeing the same renewTime again (an informer relist, a label edited by someone else) is
-// not a renewal: it must not freshen the report. A renewTime that moves backwards is a
-// change, hence a renewal (a node whose clock was stepped back keeps reporting).
-func TestOnlyAChangedRenewTimeCountsAsRenewal(t *testing.T) {
+// Seeing the same Lease again (an informer relist or resync: same resourceVersion, same
+// renewTime) is not a renewal: it must not freshen the report. A write is: a renewTime
+// that moves backwards (a node whose clock was stepped back keeps reporting), or a new
+// resourceVersion (any write; only the node's own agent may write its Lease).
+func TestOnlyAWriteCountsAsRenewal(t *testing.T) {
 	r := newReader(0)
 	l := renewedLease(t, "a", now.Add(-time.Hour), ttl)
+	l.ResourceVersion = "10"
 	r.observe(t, l)
 	r.clock = r.clock.Add(ttl - time.Second)
 
-	relisted := l.DeepCopy()
-	relisted.Labels = map[string]string{"edited": "by-someone"}
-	r.observe(t, relisted)
+	r.observe(t, l.DeepCopy()) // relist
 	r.clock = r.clock.Add(2 * time.Second)
-	assert.False(t, r.fresh(t, "a"), "an unchanged renewTime kept the report fresh")
+	assert.False(t, r.fresh(t, "a"), "the same Lease seen again kept the report fresh")
 
 	back := renewedLease(t, "a", now.Add(-2*time.Hour), ttl)
+	back.ResourceVersion = "10" // renewTime alone changed (readers without resourceVersions)
 	r.observe(t, back)
 	assert.True(t, r.fresh(t, "a"), "a renewTime that went backwards is still a renewal")
 
-	gone := back.DeepCopy()
+	r.clock = r.clock.Add(ttl + time.Second)
+	written := back.DeepCopy()
+	written.ResourceVersion = "11"
+	r.observe(t, written)
+	assert.True(t, r.fresh(t, "a"), "a new resourceVersion is a write")
+
+	gone := written.DeepCopy()
 	gone.Spec.RenewTime = nil
+	gone.ResourceVersion = "12"
 	r.observe(t, gone)
 	assert.False(t, r.fresh(t, "a"), "a Lease without renewTime is never fresh")
 }

@@ -154,13 +154,17 @@ const DefaultMaxReportTTL = 2 * time.Minute
 // # Freshness
 //
 // A report is fresh while less than TTL has passed, on the reader's own clock, since the
-// reader saw its Lease renewed, that is, saw a renewTime it had not seen before (Observe).
-// renewTime is written with the node's clock, which may be off by any amount or forged; it
-// is compared for change only, never with the reader's clock. This is how kube-controller-
-// manager's node lifecycle controller judges kubelet leases. Consequences:
+// reader saw its Lease written: a renewTime or a resourceVersion it had not seen before
+// (Observe). renewTime is written with the node's clock, which may be off by any amount or
+// forged; it is compared for change only, never with the reader's clock. This is how
+// kube-controller-manager's node lifecycle controller judges kubelet leases, and how the
+// reconcile loop judges these reports before fencing, so both agree on what is stale.
+// Counting any write (not only a new renewTime) errs towards keeping a holder alive; the
+// chart's admission policy lets only the node's own agent write its Lease. Consequences:
 //   - a Lease that claims a renewal in the future, or declares a TTL of a day, but is not
 //     renewed again goes stale TTL (capped by the reader's maximum) after it was seen;
 //   - a node whose clock is minutes behind or ahead stays fresh as long as it renews;
+//   - re-reading an unchanged Lease (an informer relist or resync) is not a renewal;
 //   - when the reader starts, every Lease counts as just renewed: a node whose agent died
 //     before the restart is fresh for one more TTL. That errs towards keeping a dead node's
 //     ReadWriteOnce holds, never towards lifting a live node's;
@@ -175,6 +179,8 @@ type NodeReport struct {
 	// RenewTime is the Lease's renewTime as the node wrote it (node clock): only its changes
 	// mean anything.
 	RenewTime time.Time
+	// ResourceVersion is the Lease's resourceVersion: a change is a write.
+	ResourceVersion string
 	// ObservedAt is when the reader first saw RenewTime, on the reader's clock (Observe).
 	// Zero means not observed, or never renewed: not fresh.
 	ObservedAt time.Time
@@ -247,9 +253,9 @@ func (n *NodeReport) backstore(name string) (BackstoreSummary, bool) {
 // Observe sets ObservedAt and TTL. prev is the same node's report as this reader last held
 // it (nil if none); now is the reader's clock (time.Now, whose monotonic reading makes ages
 // immune to wall-clock steps); maxTTL caps DeclaredTTL (≤ 0: DefaultMaxReportTTL).
-// A renewTime prev did not have counts as a renewal seen now; the same renewTime keeps
-// prev's ObservedAt, so re-reading an unchanged Lease (informer relists, edits that do not
-// renew) never freshens it.
+// A renewTime or resourceVersion prev did not have counts as a renewal seen now; the same
+// Lease seen again keeps prev's ObservedAt, so informer relists and resyncs never freshen
+// a report.
 func (n *NodeReport) Observe(prev *NodeReport, now time.Time, maxTTL time.Duration) {
 	if maxTTL <= 0 {
 		maxTTL = DefaultMaxReportTTL
@@ -258,7 +264,7 @@ func (n *NodeReport) Observe(prev *NodeReport, now time.Time, maxTTL time.Durati
 	switch {
 	case n.RenewTime.IsZero():
 		n.ObservedAt = time.Time{}
-	case prev != nil && !prev.ObservedAt.IsZero() && prev.RenewTime.Equal(n.RenewTime):
+	case prev != nil && !prev.ObservedAt.IsZero() && prev.RenewTime.Equal(n.RenewTime) && prev.ResourceVersion == n.ResourceVersion:
 		n.ObservedAt = prev.ObservedAt
 	default:
 		n.ObservedAt = now
@@ -284,7 +290,7 @@ func NodeReportFromLease(l *coordinationv1.Lease) (nr *NodeReport, ok bool) {
 	if l.Name != LeaseName(node) {
 		return nil, false
 	}
-	nr = &NodeReport{Node: node}
+	nr = &NodeReport{Node: node, ResourceVersion: l.ResourceVersion}
 	if l.Spec.RenewTime != nil {
 		nr.RenewTime = l.Spec.RenewTime.Time
 	}
