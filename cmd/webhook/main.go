@@ -82,9 +82,7 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	restCfg.UserAgent = "petfabric-webhook"
-	loopCfg := rest.CopyConfig(restCfg)
-	restCfg.QPS, restCfg.Burst = float32(*apiQPS), *apiBurst
+	restCfg, loopCfg := clientConfigs(restCfg, *apiQPS, *apiBurst)
 	client, err := kubernetes.NewForConfig(restCfg)
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
@@ -111,7 +109,6 @@ func run(args []string) error {
 				return fmt.Errorf("--datera-ca-file: %w", err)
 			}
 		}
-		loopCfg.UserAgent = "petfabric-webhook-reconcile"
 		loop, err := reconcile.New(reconcile.Options{
 			// A client of its own (built from KubeConfig with these limits, and another for
 			// leader election), so admission creates, the loop and lease renewals never wait
@@ -161,6 +158,21 @@ const (
 	DefaultKubeAPIQPS   = 50
 	DefaultKubeAPIBurst = 100
 )
+
+// clientConfigs splits the loaded configuration into the admission path's (with its QPS and
+// burst) and a separate copy for the reconcile loop, which builds its own client, rate limiter
+// and leader-election client from it: admission PV creates never spend the loop's or the
+// lease renewals' budget.
+func clientConfigs(base *rest.Config, qps float64, burst int) (admission, loop *rest.Config) {
+	admission = rest.CopyConfig(base)
+	admission.UserAgent = "petfabric-webhook"
+	admission.QPS, admission.Burst = float32(qps), burst
+	admission.RateLimiter = nil
+	loop = rest.CopyConfig(base)
+	loop.UserAgent = "petfabric-webhook-reconcile"
+	loop.RateLimiter = nil
+	return admission, loop
+}
 
 // checkFlags rejects limits that cannot work, naming the flag.
 func checkFlags(maxOrdinals int, apiQPS float64, apiBurst int, loopQPS float64, loopBurst int) error {

@@ -10,6 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/rest"
 )
 
 // An empty --cluster-id used to reach the PVs as an empty prefix: two clusters sharing a
@@ -63,4 +64,18 @@ func TestCheckFlags(t *testing.T) {
 		})
 	}
 	assert.ErrorContains(t, run([]string{"--max-ordinals", "-3"}), "--max-ordinals -3")
+}
+
+// The admission path and the reconcile loop never share a rate limiter: the loop (and its
+// leader election) builds clients of its own from a separate configuration.
+func TestAdmissionAndLoopClientsAreSeparate(t *testing.T) {
+	base := &rest.Config{Host: "https://127.0.0.1:6443", QPS: 5, Burst: 10}
+	adm, loop := clientConfigs(base, 50, 100)
+	assert.NotSame(t, adm, loop)
+	assert.Equal(t, float32(50), adm.QPS)
+	assert.Equal(t, 100, adm.Burst)
+	assert.Equal(t, "petfabric-webhook", adm.UserAgent)
+	assert.Equal(t, "petfabric-webhook-reconcile", loop.UserAgent)
+	assert.Nil(t, loop.RateLimiter)
+	assert.Equal(t, float32(5), base.QPS, "the loaded configuration is not modified")
 }
