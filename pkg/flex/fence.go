@@ -28,7 +28,7 @@ import (
 //
 // Who yields when both see each other needs an arbiter that both compute alike. Datera's API
 // documents no order for acl_policy.initiators (the simulator keeps grant order; the real
-// system may sort or not; the research found no statement), so "first in the list wins" is not
+// system may sort or not, and we know of no statement either way), so "first in the list wins" is not
 // something to bet data on. The arbiter is the IQN: a node that sees a smaller IQN than its own
 // next to it yields at once; the node with the smallest IQN waits (RWOSettleTimeout, default 5s)
 // for the others to withdraw and wins when alone. An initiator that is there without racing (a
