@@ -3,7 +3,10 @@
 # Services the packages ship (tgtd, iscsid) are not started: tests start their own on 127.0.0.1.
 set -euo pipefail
 
-PACKAGES=(tgt open-iscsi libiscsi-bin xfsprogs e2fsprogs util-linux iproute2 kmod)
+# qemu-system-x86 and udev serve test/guest: a qemu guest with a real kernel initiator, whose
+# iscsid, iscsiadm, udevd and mkfs tools are copied from these host packages (hack/setup-guest.sh
+# fetches its kernel and busybox).
+PACKAGES=(tgt open-iscsi libiscsi-bin xfsprogs e2fsprogs util-linux iproute2 kmod qemu-system-x86 udev)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -11,7 +14,7 @@ for p in "${PACKAGES[@]}"; do
 done
 if [[ ${#missing[@]} -eq 0 ]]; then
   echo "[setup-apt] all packages present: ${PACKAGES[*]}"
-  exit 0
+  exec "$(dirname "$0")/setup-guest.sh"
 fi
 
 SUDO=""
@@ -30,3 +33,4 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 echo "[setup-apt] done"
+"$(dirname "$0")/setup-guest.sh"
