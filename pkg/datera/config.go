@@ -70,8 +70,8 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Retry is a capped exponential backoff: the n-th retry waits a random duration in
-// [d/2, d] where d = min(Max, Initial·2ⁿ).
+// Retry is a capped exponential backoff: the n-th retry (n = 1, 2, …) waits a random
+// duration in [d/2, d] where d = min(Max, Initial·2ⁿ⁻¹).
 type Retry struct {
 	// Initial is the first backoff (default 250ms).
 	Initial time.Duration

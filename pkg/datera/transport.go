@@ -9,11 +9,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
+	"math"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
+
+	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // ErrRedirect: the server answered with a redirect. The client never follows one: it would
@@ -63,6 +65,7 @@ func (c *Client) do(ctx context.Context, r request) error {
 		connFailed  bool // an earlier attempt may have reached the server
 		lastErr     error
 		retriesDone int
+		backoff     = c.retry.backoff()
 	)
 	for {
 		token, gen := "", uint64(0)
@@ -118,10 +121,10 @@ func (c *Client) do(ctx context.Context, r request) error {
 		if retriesDone >= c.retry.Attempts {
 			return fmt.Errorf("datera %s %s: giving up after %d attempts: %w", r.method, r.path, retriesDone, lastErr)
 		}
-		wait := c.retry.backoff(retriesDone)
+		delay := backoff.Step()
 		c.log.WarnContext(ctx, "datera request failed, retrying", "method", r.method, "path", r.path,
-			"attempt", retriesDone, "backoff", wait, "error", lastErr)
-		if err := sleep(ctx, wait); err != nil {
+			"attempt", retriesDone, "backoff", delay, "error", lastErr)
+		if err := sleep(ctx, delay); err != nil {
 			return fmt.Errorf("datera %s %s: %w after %d attempts (last: %w)", r.method, r.path, err, retriesDone, lastErr)
 		}
 	}
@@ -222,16 +225,14 @@ func retryableTransportError(err error) bool {
 		errors.As(err, &invalidCert) || errors.As(err, &recordErr))
 }
 
-// backoff returns the wait before retry n (1-based): uniform in [d/2, d], d = min(Max, Initial·2ⁿ⁻¹).
-func (r Retry) backoff(n int) time.Duration {
-	d := r.Max
-	if n-1 < 62 {
-		if x := r.Initial << (n - 1); x > 0 && x < r.Max {
-			d = x
-		}
-	}
-	half := d / 2
-	return half + rand.N(d-half+1)
+// backoff is the request's retry schedule, as apimachinery's wait.Backoff (the mechanism the
+// node agent uses too): retry n waits a uniform random duration in [d/2, d] with
+// d = min(Max, Initial·2ⁿ⁻¹). wait.Backoff jitters upwards (a step of s waits s·(1+j·U[0,1))),
+// so it runs on half the durations with jitter 1: Max stays a true cap on every wait, and the
+// spread keeps a fleet of clients that met the same 503 from retrying in step. Steps is
+// unlimited here; Attempts bounds the retries and ctx the time.
+func (r Retry) backoff() *wait.Backoff {
+	return &wait.Backoff{Duration: r.Initial / 2, Factor: 2, Jitter: 1, Cap: r.Max / 2, Steps: math.MaxInt32}
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

@@ -95,7 +95,11 @@ func TestBackoff(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(fmt.Sprint(tt.retry), func(t *testing.T) {
 			for range 200 {
-				d := r.backoff(tt.retry)
+				b := r.backoff()
+				var d time.Duration
+				for range tt.retry {
+					d = b.Step()
+				}
 				require.GreaterOrEqual(t, d, tt.min)
 				require.LessOrEqual(t, d, tt.max)
 			}
