@@ -35,6 +35,29 @@ type CertReloader struct {
 	clients *x509.CertPool
 	// raw holds the bytes last loaded successfully, to detect changes.
 	raw [3][]byte
+	// notAfter is the expiry of the certificate being served.
+	notAfter time.Time
+	// failingSince is when the polls started failing to load changed files (zero while the
+	// files load or are unchanged); lastErr is the latest failure.
+	failingSince time.Time
+	lastErr      error
+}
+
+// Status is the health of the served certificate.
+type Status struct {
+	// NotAfter is when the certificate being served expires.
+	NotAfter time.Time
+	// FailingSince is when the files started failing to load (zero while they load or are
+	// unchanged); Err is the latest failure.
+	FailingSince time.Time
+	Err          error
+}
+
+// Status returns the served certificate's expiry and how long reloads have been failing.
+func (r *CertReloader) Status() Status {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return Status{NotAfter: r.notAfter, FailingSince: r.failingSince, Err: r.lastErr}
 }
 
 // NewCertReloader loads the files once; an error here is fatal (nothing to serve yet).
@@ -90,6 +113,9 @@ func (r *CertReloader) reload() (changed bool, err error) {
 	}
 	r.mu.Lock()
 	r.cert, r.clients, r.raw = &cert, pool, raw
+	if cert.Leaf != nil {
+		r.notAfter = cert.Leaf.NotAfter
+	}
 	r.mu.Unlock()
 	return true, nil
 }
@@ -104,15 +130,33 @@ func (r *CertReloader) Run(ctx context.Context, interval time.Duration) {
 			return
 		case <-t.C:
 		}
-		changed, err := r.reload()
-		switch {
-		case err != nil:
-			r.log.Error("TLS files changed but cannot be loaded; still serving the previous certificate", "err", err)
-			r.observe("error")
-		case changed:
-			r.log.Info("reloaded TLS certificate", "cert", r.certFile, "clientCA", r.caFile)
-			r.observe("success")
+		r.Poll()
+	}
+}
+
+// Poll checks the files once (Run calls it every interval): a changed, consistent set takes
+// effect; a changed set that does not load keeps the previous one and starts (or continues)
+// the failure period Status reports, which ends at the next poll that loads or finds the
+// files back to the set being served.
+func (r *CertReloader) Poll() {
+	changed, err := r.reload()
+	r.mu.Lock()
+	if err != nil {
+		if r.failingSince.IsZero() {
+			r.failingSince = time.Now()
 		}
+		r.lastErr = err
+	} else {
+		r.failingSince, r.lastErr = time.Time{}, nil
+	}
+	r.mu.Unlock()
+	switch {
+	case err != nil:
+		r.log.Error("TLS files changed but cannot be loaded; still serving the previous certificate", "err", err)
+		r.observe("error")
+	case changed:
+		r.log.Info("reloaded TLS certificate", "cert", r.certFile, "clientCA", r.caFile)
+		r.observe("success")
 	}
 }
 
