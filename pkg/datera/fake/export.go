@@ -30,6 +30,14 @@ type TargetSpec struct {
 	AllowAll bool
 	// Initiators are the IQNs in its ACL.
 	Initiators []string
+	// CHAP is the storage_instance's initiator CHAP (auth type chap), nil for none. A
+	// TgtExporter with its own TgtOptions.CHAP uses that when this is nil.
+	CHAP *CHAPAccount
+}
+
+// CHAPAccount is the user name and secret an initiator must present to log in.
+type CHAPAccount struct {
+	User, Password string
 }
 
 // LUNSpec is one volume of a target.
@@ -41,6 +49,9 @@ type LUNSpec struct {
 
 func (s *Server) targetSpec(si *storageInstance) TargetSpec {
 	spec := TargetSpec{IQN: si.iqn, AllowAll: si.accessControlMode == "allow_all", Initiators: aclIQNs(si)}
+	if si.auth.typ == "chap" && si.auth.initiatorUser != "" {
+		spec.CHAP = &CHAPAccount{User: si.auth.initiatorUser, Password: si.auth.initiatorPwd}
+	}
 	for _, v := range si.volumes {
 		spec.LUNs = append(spec.LUNs, LUNSpec{VolumeUUID: v.uuid, SizeGiB: v.size})
 	}

@@ -50,6 +50,10 @@ type TgtOptions struct {
 	Runner CommandRunner
 	// Logger (default: discard).
 	Logger *slog.Logger
+	// CHAP, when set, is required of every initiator logging in to a target whose spec names no
+	// CHAP of its own (TargetSpec.CHAP): the driver's volumes carry no auth settings, so this
+	// is how a test puts CHAP on them.
+	CHAP *CHAPAccount
 }
 
 // TgtExporter exports storage_instances through a running tgtd (Linux SCSI target framework):
@@ -60,9 +64,10 @@ type TgtExporter struct {
 	opts TgtOptions
 	log  *slog.Logger
 
-	mu      sync.Mutex
-	targets map[string]*tgtTarget // by IQN
-	usedTID map[int]bool
+	mu       sync.Mutex
+	targets  map[string]*tgtTarget // by IQN
+	usedTID  map[int]bool
+	accounts map[string]string // CHAP accounts created in tgtd: user → password
 }
 
 type tgtTarget struct {
@@ -90,7 +95,7 @@ func NewTgtExporter(ctx context.Context, opts TgtOptions) (*TgtExporter, error) 
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	e := &TgtExporter{opts: opts, log: opts.Logger.With("component", "tgt-exporter"),
-		targets: map[string]*tgtTarget{}, usedTID: map[int]bool{}}
+		targets: map[string]*tgtTarget{}, usedTID: map[int]bool{}, accounts: map[string]string{}}
 	out, err := e.tgtadm(ctx, "--op", "show", "--mode", "target")
 	if err != nil {
 		return nil, fmt.Errorf("tgt exporter: tgtd not reachable on control port %d: %w", opts.ControlPort, err)
@@ -173,10 +178,40 @@ func (e *TgtExporter) Export(ctx context.Context, t TargetSpec) error {
 			return undo(fmt.Errorf("setting LUN %s identity on %s: %w", lun, t.IQN, err))
 		}
 	}
+	if err := e.bindCHAPLocked(ctx, tidArg, t); err != nil {
+		return undo(err)
+	}
 	if err := e.setACLLocked(ctx, t.IQN, t.AllowAll, t.Initiators); err != nil {
 		return undo(err)
 	}
 	e.log.Info("iSCSI target exported", "iqn", t.IQN, "tid", tid, "luns", len(t.LUNs), "initiators", t.Initiators)
+	return nil
+}
+
+// bindCHAPLocked makes the target demand CHAP: the spec's account, else the exporter's. tgtd
+// keeps accounts globally, so one is created once and bound to every target that uses it.
+func (e *TgtExporter) bindCHAPLocked(ctx context.Context, tid string, t TargetSpec) error {
+	acct := t.CHAP
+	if acct == nil {
+		acct = e.opts.CHAP
+	}
+	if acct == nil {
+		return nil
+	}
+	if acct.User == "" || acct.Password == "" {
+		return fmt.Errorf("CHAP of target %s: user name and password are required", t.IQN)
+	}
+	if pw, ok := e.accounts[acct.User]; ok && pw != acct.Password {
+		return fmt.Errorf("CHAP of target %s: user %s already exists in tgtd with another password", t.IQN, acct.User)
+	} else if !ok {
+		if _, err := e.tgtadm(ctx, "--op", "new", "--mode", "account", "--user", acct.User, "--password", acct.Password); err != nil {
+			return fmt.Errorf("creating CHAP account %s: %w", acct.User, err)
+		}
+		e.accounts[acct.User] = acct.Password
+	}
+	if _, err := e.tgtadm(ctx, "--op", "bind", "--mode", "account", "--tid", tid, "--user", acct.User); err != nil {
+		return fmt.Errorf("requiring CHAP user %s on %s: %w", acct.User, t.IQN, err)
+	}
 	return nil
 }
 
