@@ -197,38 +197,30 @@ func validNames(sts *appsv1.StatefulSet, t *corev1.PersistentVolumeClaim, field 
 	return nil
 }
 
-// dateraClassOf returns the Datera class a template is bound to, if any, in this order:
-// spec.storageClassName naming a Datera class; the beta annotation naming one (the PV
-// controller honours it over storageClassName, so the patch rewrites it to match); the alpha
-// annotation naming one; and, in an opted-in namespace, a template with no storageClassName
-// (nil; "" explicitly asks for no class) or with the alpha annotation of any value.
+// dateraClassOf returns the Datera class a template is bound to, if any: its effective class
+// (ClaimClass: the beta annotation when present, else spec.storageClassName) when that names a
+// Datera class; else the alpha annotation naming one; else, in an opted-in namespace, the
+// default class for a template that asks for no class at all (HasClass false; an empty
+// storageClassName or beta annotation explicitly asks for none) or carries the alpha
+// annotation of any value.
 func dateraClassOf(cfg Config, classes map[string]Class, t *corev1.PersistentVolumeClaim, optedIn bool) (string, bool) {
 	isDatera := func(name string) bool { _, ok := classes[name]; return ok }
-	sc := t.Spec.StorageClassName
-	if sc != nil && *sc != "" {
-		return *sc, isDatera(*sc)
-	}
-	if beta := t.Annotations[BetaClassAnnotation]; beta != "" {
-		return beta, isDatera(beta)
+	if c := ClaimClass(t); c != "" {
+		return c, isDatera(c)
 	}
 	alpha, hasAlpha := t.Annotations[AlphaClassAnnotation]
 	if hasAlpha && isDatera(alpha) {
 		return alpha, true
 	}
-	if optedIn && cfg.DefaultClass != "" && sc == nil {
+	if optedIn && cfg.DefaultClass != "" && !HasClass(t) {
 		return cfg.DefaultClass, true
 	}
 	return "", false
 }
 
-// pinned reports whether the stored template already asks for class through a field the PV
-// controller honours.
-func pinned(t *corev1.PersistentVolumeClaim, class string) bool {
-	if beta, ok := t.Annotations[BetaClassAnnotation]; ok {
-		return beta == class
-	}
-	return t.Spec.StorageClassName != nil && *t.Spec.StorageClassName == class
-}
+// pinned reports whether the stored template already asks for class through the fields the
+// PV controller honours.
+func pinned(t *corev1.PersistentVolumeClaim, class string) bool { return ClaimClass(t) == class }
 
 func planTemplate(cfg Config, i int, t *corev1.PersistentVolumeClaim, class Class, field string) (TemplatePlan, error) {
 	tp := TemplatePlan{Index: i, Name: t.Name, Class: class, AccessModes: t.Spec.AccessModes}

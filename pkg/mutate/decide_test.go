@@ -152,7 +152,7 @@ func TestPatchFixtures(t *testing.T) {
 			require.NotNil(t, patch)
 			patchedRaw := applyPatch(t, raw, patch)
 			patched := stsFromJSON(t, patchedRaw)
-			assert.Equal(t, plan.Apply(sts), patched, "the patch does what Apply does")
+			assert.Equal(t, applyPlan(plan, sts), patched, "the patch does what applyPlan does")
 
 			bound := map[int]wantTemplate{}
 			for _, w := range tc.want {
@@ -253,9 +253,10 @@ func TestLegacyBetaAnnotation(t *testing.T) {
 		{name: "beta names a Datera class", beta: ptr.To("datera-gold"), wantClass: "datera-gold", wantBeta: ptr.To("datera-gold")},
 		{name: "beta names a non-Datera class", beta: ptr.To("standard")},
 		{name: "beta names a non-Datera class in an opted-in namespace", beta: ptr.To("standard"), nsLabels: optedIn},
-		{name: "beta anything next to a Datera storageClassName is rewritten", beta: ptr.To("anything"), sc: ptr.To("datera-gold"), wantClass: "datera-gold", wantBeta: ptr.To("datera-gold")},
-		{name: "empty beta next to a Datera storageClassName is rewritten", beta: ptr.To(""), sc: ptr.To("datera-gold"), wantClass: "datera-gold", wantBeta: ptr.To("datera-gold")},
-		{name: "beta Datera next to a non-Datera storageClassName: not ours", beta: ptr.To("datera-gold"), sc: ptr.To("standard")},
+		// The beta annotation decides for the PV controller, so it decides here too (ClaimClass).
+		{name: "beta non-Datera next to a Datera storageClassName: not ours", beta: ptr.To("anything"), sc: ptr.To("datera-gold")},
+		{name: "empty beta (no class) next to a Datera storageClassName: not ours", beta: ptr.To(""), sc: ptr.To("datera-gold")},
+		{name: "beta Datera next to a non-Datera storageClassName: storageClassName pinned to it", beta: ptr.To("datera-gold"), sc: ptr.To("standard"), wantClass: "datera-gold", wantBeta: ptr.To("datera-gold")},
 		{name: "beta Datera next to an explicitly empty storageClassName", beta: ptr.To("datera-silver"), sc: ptr.To(""), wantClass: "datera-silver", wantBeta: ptr.To("datera-silver")},
 	}
 	for _, tc := range cases {

@@ -11,30 +11,6 @@ import (
 	sigsjson "sigs.k8s.io/json"
 )
 
-// Apply returns a copy of the StatefulSet with every planned template pinned: storageClassName
-// set to its Datera class, a legacy beta annotation rewritten to match (the PV controller
-// would otherwise prefer it), and the resolved options (except the admin-only ones and size) plus
-// petfabric.io/statefulset and petfabric.io/claim-template recorded as annotations, which
-// every claim inherits.
-func (p Plan) Apply(sts *appsv1.StatefulSet) *appsv1.StatefulSet {
-	out := sts.DeepCopy()
-	for _, tp := range p.Templates {
-		t := &out.Spec.VolumeClaimTemplates[tp.Index]
-		class := tp.Class.Name
-		t.Spec.StorageClassName = &class
-		if t.Annotations == nil {
-			t.Annotations = map[string]string{}
-		}
-		if _, ok := t.Annotations[BetaClassAnnotation]; ok {
-			t.Annotations[BetaClassAnnotation] = class
-		}
-		for k, v := range recordedAnnotations(tp, sts.Name) {
-			t.Annotations[k] = v
-		}
-	}
-	return out
-}
-
 // recordedAnnotations are the annotations the patch sets on a planned template.
 func recordedAnnotations(tp TemplatePlan, statefulSet string) map[string]string {
 	out := make(map[string]string, len(tp.Options.raw)+2)
@@ -57,8 +33,11 @@ type patchOp struct {
 	Value any    `json:"value"`
 }
 
-// Patch returns the RFC 6902 JSON Patch that turns the object as the apiserver sent it (raw)
-// into p.Apply(sts), or nil when it is already mutated (the webhook must be idempotent).
+// Patch returns the RFC 6902 JSON Patch that pins every planned template of the object as the
+// apiserver sent it (raw): storageClassName set to its Datera class, a legacy beta annotation
+// rewritten to match, and the resolved options (except the admin-only ones and size) plus
+// petfabric.io/statefulset and petfabric.io/claim-template recorded as annotations, which every
+// claim inherits. It is nil when the object is already mutated (the webhook must be idempotent).
 // It is written against raw, member by member, and touches only the members the webhook owns:
 // each planned template's spec.storageClassName, its petfabric.io/* annotations and the beta
 // class annotation. Everything else in raw — including fields this build's types do not

@@ -62,7 +62,7 @@ func (c *controller) syncFree(ctx context.Context, cached *corev1.PersistentVolu
 		ref == nil || ref.UID == "" || ref.Namespace != claim.Namespace || ref.Name != claim.Name || pv.Spec.FlexVolume == nil {
 		return 0, nil
 	}
-	if cls := claimClass(claim.Annotations, claim.Spec.StorageClassName); cls != pv.Spec.StorageClassName {
+	if cls := mutate.ClaimClass(claim); cls != pv.Spec.StorageClassName {
 		c.log.Debug("not freeing: the new claim's class differs", "pv", pv.Name, "claimClass", cls, "pvClass", pv.Spec.StorageClassName)
 		return 0, nil
 	}

@@ -190,9 +190,8 @@ func (c *controller) orphanReason(pv *corev1.PersistentVolume, getSts func(ns, n
 	if err != nil {
 		return "", sts // cannot tell its ordinal: keep
 	}
-	start, count := ordinalRange(sts)
-	if n < start || n >= start+count {
-		return fmt.Sprintf("its ordinal %d is outside StatefulSet %s/%s's ordinals [%d, %d)", n, ns, stsName, start, start+count), sts
+	if rng := mutate.OrdinalRangeOf(sts); !rng.Contains(int64(n)) {
+		return fmt.Sprintf("its ordinal %d is outside StatefulSet %s/%s's ordinals [%d, %d)", n, ns, stsName, rng.Start, rng.End), sts
 	}
 	return "", sts
 }

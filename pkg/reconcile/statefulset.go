@@ -45,30 +45,6 @@ func mutateVolumeID(clusterID string) (string, error) {
 	return mutate.VolumeID(clusterID, "namespace", "claim")
 }
 
-// ordinalRange is the StatefulSet's ordinals: [start, start+replicas).
-func ordinalRange(sts *appsv1.StatefulSet) (start, count int) {
-	count = 1
-	if sts.Spec.Replicas != nil {
-		count = int(*sts.Spec.Replicas)
-	}
-	if sts.Spec.Ordinals != nil {
-		start = int(sts.Spec.Ordinals.Start)
-	}
-	return start, max(count, 0)
-}
-
-// claimClass is the class the PV controller sees on a claim (or template): the beta annotation
-// wins over spec.storageClassName, as in k8s.io/component-helpers' GetPersistentVolumeClaimClass.
-func claimClass(annotations map[string]string, storageClassName *string) string {
-	if c, ok := annotations[mutate.BetaClassAnnotation]; ok {
-		return c
-	}
-	if storageClassName != nil {
-		return *storageClassName
-	}
-	return ""
-}
-
 // dateraClasses lists the Datera StorageClasses by name.
 func (c *controller) dateraClasses() (map[string]mutate.Class, error) {
 	scs, err := c.scLister.List(labels.Everything())
@@ -130,20 +106,20 @@ func (c *controller) syncStatefulSet(ctx context.Context, key string) error {
 	c.clearWarning(warnKey(key, "invalid"))
 	c.warnNotPinned(sts, key, in, plan)
 
-	start, count := ordinalRange(sts)
 	// Never a PV for an ordinal at or above the ceiling: replicas is an int32 any user with
 	// StatefulSet access sets, and the webhook (which denies it) may have been down.
-	end := start + count
-	if ceiling := c.opts.Mutate.OrdinalCeiling(); end > ceiling {
-		from := max(start, ceiling)
+	all := mutate.OrdinalRangeOf(sts)
+	ceiling := c.opts.Mutate.OrdinalCeiling()
+	rng := all.Below(ceiling)
+	if rng != all {
+		from := max(all.Start, int64(ceiling))
 		msg := fmt.Sprintf("ordinals %d to %d of %d reach the ceiling of %d Datera ordinals per StatefulSet: no PersistentVolumes are created for them (raise the webhook's --max-ordinals if this StatefulSet really needs them)",
-			from, end-1, end-start, ceiling)
+			from, all.End-1, all.Len(), ceiling)
 		if c.warnOnce(warnKey(key, "ceiling"), msg) {
 			c.r.metrics.ordinalCeiling.Inc()
 			c.r.recorder.Event(sts, corev1.EventTypeWarning, EventOrdinalCeiling, msg)
-			c.log.Warn("StatefulSet ordinals above the ceiling: not creating their PVs", "statefulset", key, "from", from, "to", end-1, "ceiling", ceiling)
+			c.log.Warn("StatefulSet ordinals above the ceiling: not creating their PVs", "statefulset", key, "from", from, "to", all.End-1, "ceiling", ceiling)
 		}
-		end = max(start, min(end, ceiling))
 	} else {
 		c.clearWarning(warnKey(key, "ceiling"))
 	}
@@ -151,14 +127,14 @@ func (c *controller) syncStatefulSet(ctx context.Context, key string) error {
 	var names []string
 	var errs []error
 	for _, tp := range plan.Templates {
-		for n := start; n < end; n++ {
-			cv := plan.Ordinal(tp, n)
+		for n := rng.Start; n < rng.End; n++ {
+			cv := plan.Ordinal(tp, int(n))
 			pvName, ok, err := c.ensurePV(ctx, sts, key, cv)
 			if err != nil {
 				errs = append(errs, err)
 			}
 			if ok {
-				created[tp.Name] = append(created[tp.Name], n)
+				created[tp.Name] = append(created[tp.Name], int(n))
 				names = append(names, pvName)
 			}
 		}
@@ -184,7 +160,7 @@ func (c *controller) warnNotPinned(sts *appsv1.StatefulSet, key string, in mutat
 			continue
 		}
 		t := &sts.Spec.VolumeClaimTemplates[tp.Index]
-		msg := fmt.Sprintf("claim template %q should get Datera class %q, but the StatefulSet was stored without the webhook pinning it, so its claims (class %q) cannot bind a Datera PV; re-create the StatefulSet while the webhook is running", tp.Name, tp.Class.Name, claimClass(t.Annotations, t.Spec.StorageClassName))
+		msg := fmt.Sprintf("claim template %q should get Datera class %q, but the StatefulSet was stored without the webhook pinning it, so its claims (class %q) cannot bind a Datera PV; re-create the StatefulSet while the webhook is running", tp.Name, tp.Class.Name, mutate.ClaimClass(t))
 		if c.warnOnce(warnKey(key, "notpinned/"+tp.Name), msg) {
 			c.r.recorder.Event(sts, corev1.EventTypeWarning, EventNotPinned, msg)
 		}
@@ -220,7 +196,7 @@ func (c *controller) ensurePV(ctx context.Context, sts *appsv1.StatefulSet, key 
 		case pvc.Spec.VolumeName == pvName:
 			return pvName, false, nil // bound to it: the PV exists, the cache is behind
 		}
-		if cls := claimClass(pvc.Annotations, pvc.Spec.StorageClassName); cls != cv.Class.Name {
+		if cls := mutate.ClaimClass(pvc); cls != cv.Class.Name {
 			msg := fmt.Sprintf("claim %s/%s has class %q, not the template's Datera class %q: no PV created for it", cv.Namespace, cv.Claim, cls, cv.Class.Name)
 			if c.warnOnce(warnKey(key, "claimclass/"+cv.Claim), msg) {
 				c.r.metrics.errors.WithLabelValues(ReasonClaimNotBinding).Inc()

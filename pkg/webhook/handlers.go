@@ -40,7 +40,7 @@ func (s *Server) admitStatefulSet(r *http.Request, req *admissionv1.AdmissionReq
 	if sts.Namespace == "" {
 		sts.Namespace = req.Namespace
 	}
-	fresh := []ordinals{ordinalsOf(&sts)}
+	fresh := []mutate.OrdinalRange{mutate.OrdinalRangeOf(&sts)}
 	var old *appsv1.StatefulSet
 	if req.Operation == admissionv1.Update {
 		old = &appsv1.StatefulSet{}
@@ -49,7 +49,7 @@ func (s *Server) admitStatefulSet(r *http.Request, req *admissionv1.AdmissionReq
 		}
 		// Templates are immutable after CREATE: an UPDATE matters only when it adds ordinals,
 		// and one that adds none (an image rollout, a scale-down) is never refused.
-		if fresh = ordinalsOf(&sts).minus(ordinalsOf(old)); count(fresh) == 0 {
+		if fresh = mutate.OrdinalRangeOf(&sts).Minus(mutate.OrdinalRangeOf(old)); count(fresh) == 0 {
 			return allowed()
 		}
 	}
@@ -105,7 +105,7 @@ func (s *Server) admitScale(r *http.Request, req *admissionv1.AdmissionRequest) 
 	old.Spec.Replicas = &oldScale.Spec.Replicas
 	next := sts.DeepCopy()
 	next.Spec.Replicas = &scale.Spec.Replicas
-	fresh := ordinalsOf(next).minus(ordinalsOf(old))
+	fresh := mutate.OrdinalRangeOf(next).Minus(mutate.OrdinalRangeOf(old))
 	if count(fresh) == 0 {
 		return allowed()
 	}
@@ -167,13 +167,13 @@ func (s *Server) admitClaim(r *http.Request, req *admissionv1.AdmissionRequest) 
 	if i < 0 {
 		return allowed() // not a Datera-bound template of the live StatefulSet: not ours
 	}
-	if rng := ordinalsOf(sts); int64(n) < rng.lo || int64(n) >= rng.hi {
+	if !mutate.OrdinalRangeOf(sts).Contains(int64(n)) {
 		// The cache may lag a scale-up whose claims the StatefulSet controller is creating
 		// now: ask the API before refusing.
 		if sts, err = s.lookup.StatefulSetLive(r.Context(), pvc.Namespace, stsName); err != nil && !isNotFound(err) {
 			return errored(http.StatusInternalServerError, fmt.Errorf("petfabric: %w", err))
 		}
-		if sts == nil || int64(n) < ordinalsOf(sts).lo || int64(n) >= ordinalsOf(sts).hi {
+		if sts == nil || !mutate.OrdinalRangeOf(sts).Contains(int64(n)) {
 			return s.notServed(&pvc, fmt.Sprintf("StatefulSet %s/%s has no ordinal %d", pvc.Namespace, stsName, n))
 		}
 	}
@@ -204,10 +204,7 @@ func (s *Server) admitClaim(r *http.Request, req *admissionv1.AdmissionRequest) 
 // notServed allows a claim the hook makes no PV for, warning when it names a Datera class (it
 // will stay Pending unless someone else provides its PV).
 func (s *Server) notServed(pvc *corev1.PersistentVolumeClaim, why string) *admissionv1.AdmissionResponse {
-	class := pvc.Annotations[mutate.BetaClassAnnotation]
-	if class == "" && pvc.Spec.StorageClassName != nil {
-		class = *pvc.Spec.StorageClassName
-	}
+	class := mutate.ClaimClass(pvc)
 	classes, err := s.lookup.DateraClasses()
 	if err != nil {
 		return errored(http.StatusInternalServerError, fmt.Errorf("petfabric: %w", err))
@@ -321,7 +318,7 @@ func mismatchWarning(cv mutate.ClaimVolume, ms []mutate.Mismatch) string {
 // budget, at most maxCreates per call. A conflict denies the request; what is not reached in
 // time (or beyond the cap) is left to the PVC hook (which runs before each claim is stored)
 // and the reconcile loop, with a warning.
-func (s *Server) ensureOrdinals(r *http.Request, plan mutate.Plan, fresh []ordinals, resp *admissionv1.AdmissionResponse) *admissionv1.AdmissionResponse {
+func (s *Server) ensureOrdinals(r *http.Request, plan mutate.Plan, fresh []mutate.OrdinalRange, resp *admissionv1.AdmissionResponse) *admissionv1.AdmissionResponse {
 	ctx, cancel := context.WithTimeout(r.Context(), s.budget(r))
 	defer cancel()
 	var (
@@ -344,7 +341,7 @@ func (s *Server) ensureOrdinals(r *http.Request, plan mutate.Plan, fresh []ordin
 	launched := int64(0)
 launch:
 	for _, rng := range fresh {
-		for n := rng.lo; n < rng.hi; n++ {
+		for n := rng.Start; n < rng.End; n++ {
 			for _, tp := range plan.Templates {
 				if launched == s.maxCreates || ctx.Err() != nil {
 					break launch
@@ -436,41 +433,11 @@ func (s *Server) budget(r *http.Request) time.Duration {
 	return max(b, 100*time.Millisecond)
 }
 
-// ordinals is the half-open range [lo, hi) of a StatefulSet's ordinals. Ranges, never
-// slices: replicas is whatever int32 the user sent (mutating admission runs before validation).
-type ordinals struct{ lo, hi int64 }
-
-func ordinalsOf(sts *appsv1.StatefulSet) ordinals {
-	replicas := int64(1)
-	if sts.Spec.Replicas != nil {
-		replicas = max(int64(*sts.Spec.Replicas), 0)
-	}
-	start := int64(0)
-	if sts.Spec.Ordinals != nil {
-		start = int64(sts.Spec.Ordinals.Start)
-	}
-	return ordinals{start, start + replicas}
-}
-
-// minus is o without old: at most two ranges.
-func (o ordinals) minus(old ordinals) []ordinals {
-	if old.hi <= o.lo || old.lo >= o.hi || old.lo >= old.hi {
-		return []ordinals{o}
-	}
-	var out []ordinals
-	if o.lo < old.lo {
-		out = append(out, ordinals{o.lo, old.lo})
-	}
-	if old.hi < o.hi {
-		out = append(out, ordinals{old.hi, o.hi})
-	}
-	return out
-}
-
-func count(rs []ordinals) int64 {
+// count is the number of ordinals in rs.
+func count(rs []mutate.OrdinalRange) int64 {
 	var n int64
 	for _, r := range rs {
-		n += max(r.hi-r.lo, 0)
+		n += r.Len()
 	}
 	return n
 }
