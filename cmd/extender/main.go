@@ -20,7 +20,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -31,6 +30,8 @@ import (
 
 	"github.com/petfabric/petfabric/pkg/extender"
 	"github.com/petfabric/petfabric/pkg/placement"
+	"github.com/petfabric/petfabric/pkg/serving"
+	"github.com/petfabric/petfabric/pkg/version"
 )
 
 func main() {
@@ -42,18 +43,15 @@ func main() {
 
 func run(args []string) error {
 	fs := flag.NewFlagSet("extender", flag.ContinueOnError)
+	sc := serving.Config{Listen: ":8443", HealthListen: ":8080", ShutdownTimeout: 10 * time.Second}
+	sc.AddFlags(fs)
 	var (
-		kubeconfig   = fs.String("kubeconfig", "", "kubeconfig file; empty means the in-cluster configuration")
-		namespace    = fs.String("namespace", os.Getenv("POD_NAMESPACE"), "namespace of the node report Leases (default $POD_NAMESPACE)")
-		listen       = fs.String("listen", ":8443", "HTTPS address kube-scheduler calls")
-		healthListen = fs.String("health-listen", ":8080", "plain HTTP address for /healthz, /readyz and /metrics")
-		certFile     = fs.String("tls-cert-file", "", "serving certificate (PEM); reloaded on change")
-		keyFile      = fs.String("tls-key-file", "", "serving key (PEM); reloaded on change")
-		clientCA     = fs.String("client-ca-file", "", "when set, require client certificates signed by this CA bundle (reloaded on change)")
-		reload       = fs.Duration("cert-reload-interval", 10*time.Second, "how often the TLS files are checked for changes")
-		maxBody      = fs.Int64("max-body-bytes", extender.DefaultMaxBodyBytes, "largest request body accepted (413 beyond)")
-		policy       = fs.String("portal-policy", "all", "all: a node must reach every portal of a volume's backstore; any: one is enough")
-		logLevel     = fs.String("log-level", "info", "debug, info, warn or error")
+		showVersion = fs.Bool("version", false, "print the version and exit")
+		kubeconfig  = fs.String("kubeconfig", "", "kubeconfig file; empty means the in-cluster configuration")
+		namespace   = fs.String("namespace", os.Getenv("POD_NAMESPACE"), "namespace of the node report Leases (default $POD_NAMESPACE)")
+		maxBody     = fs.Int64("max-body-bytes", extender.DefaultMaxBodyBytes, "largest request body accepted (413 beyond)")
+		policy      = fs.String("portal-policy", "all", "all: a node must reach every portal of a volume's backstore; any: one is enough")
+		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
 		// The extender's only apiserver traffic is three informers (claims, volumes, report
 		// Leases): a LIST and a WATCH each at start and after a lost watch, and a re-WATCH
 		// per informer every 5–10 minutes. Requests never call the apiserver. A burst of 10
@@ -62,13 +60,13 @@ func run(args []string) error {
 		qps          = fs.Float64("kube-api-qps", 5, "client QPS towards the apiserver (informers' list/watch only: 3 LIST+WATCH at start, a re-watch per informer every 5–10 min)")
 		burst        = fs.Int("kube-api-burst", 10, "client burst towards the apiserver (covers starting all three informers at once)")
 		maxReportTTL = fs.Duration("max-report-ttl", placement.DefaultMaxReportTTL, "longest freshness a node report Lease may declare (leaseDurationSeconds); must exceed the agents' --ttl (default 4 × --interval = 40s)")
-		readHeader   = fs.Duration("read-header-timeout", extender.DefaultAPITimeouts.ReadHeader, "HTTPS listener: time to read a request's headers")
-		readTimeout  = fs.Duration("read-timeout", extender.DefaultAPITimeouts.Read, "HTTPS listener: time to read a whole request")
-		writeTimeout = fs.Duration("write-timeout", extender.DefaultAPITimeouts.Write, "HTTPS listener: time from the end of the headers to the end of the answer; keep it ≥ the scheduler's extender httpTimeout")
-		idleTimeout  = fs.Duration("idle-timeout", extender.DefaultAPITimeouts.Idle, "HTTPS listener: how long a kept-alive connection may wait for its next request")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *showVersion {
+		fmt.Println(version.String("extender"))
+		return nil
 	}
 	if *qps <= 0 {
 		return fmt.Errorf("--kube-api-qps %v: must be positive", *qps)
@@ -79,19 +77,14 @@ func run(args []string) error {
 	if *maxReportTTL < time.Second {
 		return fmt.Errorf("--max-report-ttl %s: must be at least 1s (Lease durations are whole seconds)", *maxReportTTL)
 	}
-	for _, d := range []struct {
-		flag string
-		v    time.Duration
-	}{{"--read-header-timeout", *readHeader}, {"--read-timeout", *readTimeout}, {"--write-timeout", *writeTimeout}, {"--idle-timeout", *idleTimeout}} {
-		if d.v <= 0 {
-			return fmt.Errorf("%s %s: must be positive", d.flag, d.v)
-		}
+	if err := sc.CheckFlags(); err != nil {
+		return err
 	}
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
-		return fmt.Errorf("--log-level: %w", err)
+	log, err := serving.NewLogger(*logLevel)
+	if err != nil {
+		return err
 	}
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	sc.Logger = log
 	pp, err := placement.ParsePortalPolicy(*policy)
 	if err != nil {
 		return fmt.Errorf("--portal-policy: %w", err)
@@ -104,7 +97,7 @@ func run(args []string) error {
 		return fmt.Errorf("kubernetes client configuration: %w", err)
 	}
 	cfg.QPS, cfg.Burst = float32(*qps), *burst
-	cfg.UserAgent = "petfabric-extender"
+	cfg.UserAgent = "petfabric-extender/" + version.Get()
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
@@ -112,9 +105,6 @@ func run(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	return extender.Run(ctx, client, extender.Config{
-		Namespace: *namespace, Addr: *listen, HealthAddr: *healthListen,
-		CertFile: *certFile, KeyFile: *keyFile, ClientCAFile: *clientCA, CertReloadInterval: *reload,
-		MaxBodyBytes: *maxBody, PortalPolicy: pp, Log: log, MaxReportTTL: *maxReportTTL,
-		APITimeouts: extender.Timeouts{ReadHeader: *readHeader, Read: *readTimeout, Write: *writeTimeout, Idle: *idleTimeout},
+		Serving: sc, Namespace: *namespace, MaxBodyBytes: *maxBody, PortalPolicy: pp, MaxReportTTL: *maxReportTTL,
 	})
 }

@@ -27,6 +27,9 @@ func main() {
 		usage(os.Stderr)
 		os.Exit(2)
 	}
+	if os.Args[1] == "--version" {
+		os.Args[1] = "version"
+	}
 	m, ok := modes[os.Args[1]]
 	if !ok && unknownMode != nil {
 		if code, handled := unknownMode(os.Args[1], os.Args[2:]); handled {

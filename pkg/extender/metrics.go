@@ -4,22 +4,21 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/petfabric/petfabric/pkg/placement"
 )
 
 // Metrics are the extender's Prometheus metrics, on their own registry (served on the
-// plain health port, never on the scheduler-facing TLS port).
+// plain health port, never on the scheduler-facing TLS port; pkg/serving adds the Go,
+// process, build and certificate metrics to it).
 type Metrics struct {
 	Registry  *prometheus.Registry
 	duration  *prometheus.HistogramVec
 	requests  *prometheus.CounterVec
 	decisions *prometheus.CounterVec
-	reloads   *prometheus.CounterVec
 }
 
-// NewMetrics creates and registers the metrics, plus Go runtime and process collectors.
+// NewMetrics creates and registers the extender's own metrics.
 func NewMetrics() *Metrics {
 	m := &Metrics{
 		Registry: prometheus.NewRegistry(),
@@ -37,21 +36,14 @@ func NewMetrics() *Metrics {
 			Name: "petfabric_extender_filter_decisions_total",
 			Help: "Per-node filter decisions for pods with Datera volumes, by reason (pass, no_report, stale_report, ...); fast_path counts requests for pods without Datera volumes.",
 		}, []string{"reason"}),
-		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "petfabric_extender_certificate_reloads_total",
-			Help: "Serving certificate and client CA reloads by result (success, error).",
-		}, []string{"result"}),
 	}
-	m.Registry.MustRegister(m.duration, m.requests, m.decisions, m.reloads,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.Registry.MustRegister(m.duration, m.requests, m.decisions)
 	// Pre-create the label values people alert on, so they read 0 rather than absent.
 	for _, r := range []placement.Reason{placement.ReasonPass, placement.ReasonNoReport, placement.ReasonBadReport,
 		placement.ReasonStale, placement.ReasonNotProbed, placement.ReasonUnreachable, placement.ReasonRWOHeld} {
 		m.decisions.WithLabelValues(string(r))
 	}
 	m.decisions.WithLabelValues("fast_path")
-	m.reloads.WithLabelValues("success")
-	m.reloads.WithLabelValues("error")
 	return m
 }
 

@@ -24,6 +24,7 @@ import (
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
 
 	"github.com/petfabric/petfabric/internal/testpki"
+	"github.com/petfabric/petfabric/pkg/serving"
 )
 
 type runningServer struct {
@@ -71,10 +72,12 @@ func startServer(t *testing.T, ca *testpki.CA, clientCA *testpki.CA) *runningSer
 	}
 	go func() {
 		s.done <- Run(ctx, fake.NewClientset(objs...), Config{
-			Namespace: ns, Listener: api, HealthListener: health,
-			CertFile: certFile, KeyFile: keyFile, ClientCAFile: s.caFile,
-			CertReloadInterval: 50 * time.Millisecond,
-			Log:                slog.New(slog.NewTextHandler(io.Discard, nil)),
+			Namespace: ns, Serving: serving.Config{
+				Listener: api, HealthListener: health,
+				CertFile: certFile, KeyFile: keyFile, ClientCAFile: s.caFile,
+				CertReloadInterval: 50 * time.Millisecond,
+				Logger:             slog.New(slog.NewTextHandler(io.Discard, nil)),
+			},
 		})
 	}()
 	t.Cleanup(func() {
@@ -268,10 +271,14 @@ func TestRunReloadsServingCertificate(t *testing.T) {
 
 func TestRunConfigErrors(t *testing.T) {
 	client := fake.NewClientset()
-	err := Run(context.Background(), client, Config{Namespace: "", CertFile: "x", KeyFile: "y"})
+	listen := func(c serving.Config) serving.Config {
+		c.Listen, c.HealthListen = "127.0.0.1:0", "127.0.0.1:0"
+		return c
+	}
+	err := Run(context.Background(), client, Config{Namespace: "", Serving: listen(serving.Config{CertFile: "x", KeyFile: "y"})})
 	require.ErrorContains(t, err, "namespace")
-	err = Run(context.Background(), client, Config{Namespace: ns, CertFile: "/nonexistent.crt", KeyFile: "/nonexistent.key"})
-	require.ErrorContains(t, err, "extender TLS")
+	err = Run(context.Background(), client, Config{Namespace: ns, Serving: listen(serving.Config{CertFile: "/nonexistent.crt", KeyFile: "/nonexistent.key"})})
+	require.ErrorContains(t, err, "extender serving certificate")
 	dir := t.TempDir()
 	ca, err := testpki.NewCA("x")
 	require.NoError(t, err)
@@ -281,6 +288,6 @@ func TestRunConfigErrors(t *testing.T) {
 	require.NoError(t, err)
 	bogusCA := filepath.Join(dir, "ca.crt")
 	require.NoError(t, os.WriteFile(bogusCA, []byte("nope"), 0o600))
-	err = Run(context.Background(), client, Config{Namespace: ns, CertFile: cert, KeyFile: key, ClientCAFile: bogusCA})
+	err = Run(context.Background(), client, Config{Namespace: ns, Serving: listen(serving.Config{CertFile: cert, KeyFile: key, ClientCAFile: bogusCA})})
 	require.ErrorContains(t, err, "holds no PEM certificate")
 }

@@ -20,13 +20,14 @@ import (
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
 
 	"github.com/petfabric/petfabric/internal/testpki"
+	"github.com/petfabric/petfabric/pkg/serving"
 )
 
 // shortTimeouts make the slow-client tests quick; the defaults are tested separately.
-var shortTimeouts = Timeouts{ReadHeader: 300 * time.Millisecond, Read: 800 * time.Millisecond, Write: time.Second, Idle: 500 * time.Millisecond}
+var shortTimeouts = serving.Timeouts{ReadHeader: 300 * time.Millisecond, Read: 800 * time.Millisecond, Write: time.Second, Idle: 500 * time.Millisecond}
 
 // startWithTimeouts runs Run with the given timeouts on both listeners.
-func startWithTimeouts(t *testing.T, api, health Timeouts) (apiAddr, healthAddr string, tlsConf *tls.Config) {
+func startWithTimeouts(t *testing.T, api, health serving.Timeouts) (apiAddr, healthAddr string, tlsConf *tls.Config) {
 	t.Helper()
 	ca, err := testpki.NewCA("extender-timeouts-ca")
 	require.NoError(t, err)
@@ -40,9 +41,11 @@ func startWithTimeouts(t *testing.T, api, health Timeouts) (apiAddr, healthAddr 
 	done := make(chan error, 1)
 	go func() {
 		done <- Run(ctx, fake.NewClientset(standardObjectsAt(t, time.Now())...), Config{
-			Namespace: ns, Listener: al, HealthListener: hl, CertFile: certFile, KeyFile: keyFile,
-			APITimeouts: api, HealthTimeouts: health, ShutdownTimeout: 2 * time.Second,
-			Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+			Namespace: ns, Serving: serving.Config{
+				Listener: al, HealthListener: hl, CertFile: certFile, KeyFile: keyFile,
+				Timeouts: api, HealthTimeouts: health, ShutdownTimeout: 2 * time.Second,
+				Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+			},
 		})
 	}()
 	t.Cleanup(func() { cancel(); <-done })
@@ -133,9 +136,13 @@ func TestSlowClientsAreCutOff(t *testing.T) {
 }
 
 func TestNegativeTimeoutIsRejected(t *testing.T) {
-	err := Run(context.Background(), fake.NewClientset(), Config{Namespace: ns, APITimeouts: Timeouts{Write: -time.Second}})
-	require.ErrorContains(t, err, "APITimeouts.Write timeout -1s is negative")
-	err = Run(context.Background(), fake.NewClientset(), Config{Namespace: ns, HealthTimeouts: Timeouts{Idle: -time.Second}})
+	base := serving.Config{Listen: "127.0.0.1:0", HealthListen: "127.0.0.1:0", CertFile: "x", KeyFile: "y"}
+	withAPI, withHealth := base, base
+	withAPI.Timeouts = serving.Timeouts{Write: -time.Second}
+	withHealth.HealthTimeouts = serving.Timeouts{Idle: -time.Second}
+	err := Run(context.Background(), fake.NewClientset(), Config{Namespace: ns, Serving: withAPI})
+	require.ErrorContains(t, err, "Timeouts.Write timeout -1s is negative")
+	err = Run(context.Background(), fake.NewClientset(), Config{Namespace: ns, Serving: withHealth})
 	require.ErrorContains(t, err, "HealthTimeouts.Idle timeout -1s is negative")
 }
 
@@ -153,8 +160,8 @@ func TestDefaultTimeoutsAllowTheLargestRequest(t *testing.T) {
 	require.NoError(t, err)
 	cert, err := tls.X509KeyPair(pair.CertPEM, pair.KeyPEM)
 	require.NoError(t, err)
-	srv := apiServer(NewHandler(src, HandlerOptions{Log: quiet()}), &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
-		DefaultAPITimeouts, quiet())
+	srv := serving.DefaultTimeouts.Apply(&http.Server{Handler: NewHandler(src, HandlerOptions{Log: quiet()}),
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}})
 	ln := loopback(t)
 	go func() { _ = srv.ServeTLS(ln, "", "") }()
 	t.Cleanup(func() { _ = srv.Close() })
@@ -192,8 +199,8 @@ func TestDefaultTimeoutsAllowTheLargestRequest(t *testing.T) {
 				passed = len(res.Nodes.Items)
 			}
 			assert.Greater(t, passed, 4000)
-			t.Logf("%s: %d-byte request, %d-byte answer, %s (WriteTimeout %s)", tc.name, len(tc.body), len(out), took.Round(time.Millisecond), DefaultAPITimeouts.Write)
-			assert.Less(t, took, DefaultAPITimeouts.Write/3, "too close to the default WriteTimeout")
+			t.Logf("%s: %d-byte request, %d-byte answer, %s (WriteTimeout %s)", tc.name, len(tc.body), len(out), took.Round(time.Millisecond), serving.DefaultTimeouts.Write)
+			assert.Less(t, took, serving.DefaultTimeouts.Write/3, "too close to the default WriteTimeout")
 		})
 	}
 }

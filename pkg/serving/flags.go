@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"time"
 )
 
 // AddFlags declares the scaffold's flags on fs, with c's current values as defaults; both
@@ -41,15 +42,15 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 func (c *Config) CheckFlags() error {
 	for _, d := range []struct {
 		flag string
-		v    int64
+		v    time.Duration
 	}{
-		{"--read-header-timeout", int64(c.Timeouts.ReadHeader)}, {"--read-timeout", int64(c.Timeouts.Read)},
-		{"--write-timeout", int64(c.Timeouts.Write)}, {"--idle-timeout", int64(c.Timeouts.Idle)},
-		{"--cert-reload-interval", int64(c.CertReloadInterval)}, {"--cert-failure-grace", int64(c.CertFailureGrace)},
-		{"--shutdown-timeout", int64(c.ShutdownTimeout)},
+		{"--read-header-timeout", c.Timeouts.ReadHeader}, {"--read-timeout", c.Timeouts.Read},
+		{"--write-timeout", c.Timeouts.Write}, {"--idle-timeout", c.Timeouts.Idle},
+		{"--cert-reload-interval", c.CertReloadInterval}, {"--cert-failure-grace", c.CertFailureGrace},
+		{"--shutdown-timeout", c.ShutdownTimeout},
 	} {
 		if d.v <= 0 {
-			return fmt.Errorf("%s: must be positive", d.flag)
+			return fmt.Errorf("%s %s: must be positive", d.flag, d.v)
 		}
 	}
 	return nil

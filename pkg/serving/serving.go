@@ -212,6 +212,9 @@ func New(cfg Config) (*Server, error) {
 	return &Server{cfg: cfg, log: log, certs: certs, reg: reg, now: time.Now}, nil
 }
 
+// Logger is the configured logger (slog.Default when none was).
+func (s *Server) Logger() *slog.Logger { return s.log }
+
 // Registry is the registry /metrics serves.
 func (s *Server) Registry() *prometheus.Registry { return s.reg }
 

@@ -342,7 +342,7 @@ func TestFlagsSameInBothPrograms(t *testing.T) {
 	assert.Equal(t, DefaultTimeouts.Write, c.Timeouts.Write)
 	require.NoError(t, c.CheckFlags())
 	c.Timeouts.Idle = 0
-	require.EqualError(t, c.CheckFlags(), "--idle-timeout: must be positive")
+	require.EqualError(t, c.CheckFlags(), "--idle-timeout 0s: must be positive")
 }
 
 func TestLoggerFrom(t *testing.T) {

@@ -37,6 +37,7 @@ import (
 	"github.com/petfabric/petfabric/internal/testpki"
 	"github.com/petfabric/petfabric/pkg/extender"
 	"github.com/petfabric/petfabric/pkg/placement"
+	"github.com/petfabric/petfabric/pkg/serving"
 	"github.com/petfabric/petfabric/test/cluster"
 )
 
@@ -417,9 +418,11 @@ func runInProcess(t *testing.T, c *cluster.Cluster, api, health net.Listener, ce
 	done := make(chan error, 1)
 	go func() {
 		done <- extender.Run(ctx, c.Client, extender.Config{
-			Namespace: releaseNS, Listener: api, HealthListener: health,
-			CertFile: certFile, KeyFile: keyFile, ClientCAFile: caFile,
-			Log: slog.New(slog.NewJSONHandler(logFile, &slog.HandlerOptions{Level: slog.LevelDebug})),
+			Namespace: releaseNS, Serving: serving.Config{
+				Listener: api, HealthListener: health,
+				CertFile: certFile, KeyFile: keyFile, ClientCAFile: caFile,
+				Logger: slog.New(slog.NewJSONHandler(logFile, &slog.HandlerOptions{Level: slog.LevelDebug})),
+			},
 		})
 	}()
 	t.Cleanup(func() {

@@ -15,6 +15,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/petfabric/petfabric/pkg/extender"
+	"github.com/petfabric/petfabric/pkg/serving"
 	"github.com/petfabric/petfabric/test/cluster"
 )
 
@@ -29,9 +30,11 @@ func runWithMaxReportTTL(maxTTL time.Duration) extenderRunner {
 		done := make(chan error, 1)
 		go func() {
 			done <- extender.Run(ctx, c.Client, extender.Config{
-				Namespace: releaseNS, Listener: api, HealthListener: health,
-				CertFile: certFile, KeyFile: keyFile, ClientCAFile: caFile, MaxReportTTL: maxTTL,
-				Log: slog.New(slog.NewJSONHandler(logFile, &slog.HandlerOptions{Level: slog.LevelDebug})),
+				Namespace: releaseNS, MaxReportTTL: maxTTL, Serving: serving.Config{
+					Listener: api, HealthListener: health,
+					CertFile: certFile, KeyFile: keyFile, ClientCAFile: caFile,
+					Logger: slog.New(slog.NewJSONHandler(logFile, &slog.HandlerOptions{Level: slog.LevelDebug})),
+				},
 			})
 		}()
 		t.Cleanup(func() {
