@@ -8,7 +8,7 @@ import (
 	"strconv"
 )
 
-// Defaults of CreateVolumeRequest (research §3.1, §4).
+// Defaults of CreateVolumeRequest: the values Datera's own Kubernetes drivers use.
 const (
 	DefaultReplicaCount = 3
 	DefaultIPPool       = "default"
@@ -96,7 +96,7 @@ type (
 	pathBody struct {
 		Path string `json:"path"`
 	}
-	// templateOverrideBody is keyed by names, and sizes are strings (research §2.2).
+	// templateOverrideBody is keyed by names, and the API takes sizes in it as strings.
 	templateOverrideBody struct {
 		StorageInstances map[string]overrideSI `json:"storage_instances"`
 	}

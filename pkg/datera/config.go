@@ -12,7 +12,7 @@ import (
 	"time"
 )
 
-// Conventional Datera management ports (research §1.1).
+// Conventional Datera management ports (HTTP and HTTPS REST API).
 const (
 	HTTPPort  = 7717
 	HTTPSPort = 7718

@@ -10,7 +10,7 @@ import (
 	"unicode/utf8"
 )
 
-// envelope wraps every v2.1+ success body except /login's (research §1.4).
+// envelope wraps every v2.1+ success body except /login's.
 type envelope struct {
 	Tenant  string          `json:"tenant"`
 	Path    string          `json:"path"`

@@ -3,8 +3,9 @@
 // volume "volume-1", admin state, target readiness, initiators, ACLs, access (IQN and portals),
 // performance policy, resize and delete.
 //
-// The wire facts (paths, envelopes, error names, headers, validation rules) follow
-// shared/research/datera-api.md; pkg/datera/fake is a simulator faithful to the same notes.
+// The wire facts (paths, envelopes, error names, headers, validation rules) are the Datera
+// REST API's as its schema and its own drivers use it; each is stated where it is encoded,
+// and pkg/datera/fake is a simulator faithful to the same facts.
 //
 // Behaviour that callers rely on:
 //

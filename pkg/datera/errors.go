@@ -28,7 +28,7 @@ var (
 	ErrNotReady = errors.New("datera: not ready")
 )
 
-// Datera error names (research §1.5).
+// Datera error names: the "name" field of an error body.
 const (
 	NameNotFound         = "NotFoundError"
 	NameConflict         = "ConflictError"

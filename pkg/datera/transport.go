@@ -30,7 +30,7 @@ type request struct {
 	out    any    // decoded from the envelope's data; nil ignores it
 	noAuth bool
 	// resolvePath is GET instead when a POST retried after a connection error meets 409: the
-	// first attempt most likely created the resource (research §1.6, PYSDK post_to_get).
+	// first attempt most likely created the resource (Datera's Python SDK does the same).
 	resolvePath string
 	// decode replaces envelope decoding (used by /login, whose body has no envelope).
 	decode func(status int, body []byte) error

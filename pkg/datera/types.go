@@ -6,7 +6,8 @@ import (
 	"strings"
 )
 
-// Names every driver uses for the single target and LUN of a volume (research §2.1).
+// Names every Datera driver uses for the single storage instance (the iSCSI target) and volume
+// (its LUN 0) of an app instance.
 const (
 	StorageInstanceName = "storage-1"
 	VolumeName          = "volume-1"

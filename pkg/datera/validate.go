@@ -4,7 +4,7 @@ import (
 	"regexp"
 )
 
-// Validation rules of the API schema (research §1.3, §2.1–2.6). Checking them before sending turns
+// Validation rules of the API's JSON schema (names, IQNs, sizes). Checking them before sending turns
 // a server 422 into a clear local error and saves a round trip.
 var (
 	nameRE          = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_\-.]{2,63}$`)

@@ -19,8 +19,8 @@ import (
 // SessionType=Discovery under the node's initiator name (optionally with CHAP), a Text
 // request SendTargets=All, Logout. It needs no kernel iSCSI support and no iscsid, so the
 // node agent can tell "this node's initiator can use this portal" without touching the
-// node's session database. See DESIGN.md, "Reachability report written by the node agent":
-// a portal counts as reachable only when this whole exchange succeeds.
+// node's session database. A portal counts as reachable in the node report only when this
+// whole exchange succeeds, not on a mere TCP connect (see pkg/placement, the report's home).
 
 // Sentinel errors for the ways a probe fails; match them with errors.Is. Every error Probe
 // returns is a *ProbeError that matches exactly one of them.

@@ -7,7 +7,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// DESIGN.md names the class parameter "backstore"; the PV option is "backstoreServer". A class
+// The class parameter was first named "backstore"; the PV option is "backstoreServer". A class
 // may use either; backstoreServer wins when both are set.
 func TestBackstoreClassParameterAlias(t *testing.T) {
 	tests := []struct {

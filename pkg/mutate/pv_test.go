@@ -16,7 +16,7 @@ import (
 )
 
 // TestPersistentVolumeGolden compares the PV of one ordinal with a hand-written PV of the
-// DESIGN.md contract, field by field (as JSON, so every field counts).
+// PV contract (pkg/pvoptions and ARCHITECTURE.md), field by field (as JSON, so every field counts).
 func TestPersistentVolumeGolden(t *testing.T) {
 	classes := loadClasses(t)
 	cases := []struct {

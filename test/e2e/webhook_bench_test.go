@@ -66,8 +66,8 @@ func BenchmarkStatefulSetCreate(b *testing.B) {
 
 // BenchmarkClaimsBound100 measures the time from `create statefulset` (100 Parallel pets on 50
 // kwok nodes) until all 100 claims are Bound and all pods Running: with petfabric creating the
-// PVs, and with 100 hand-made pre-bound PVs created before the clock starts (DESIGN.md's
-// baseline). FailedScheduling events per run show what the PV controller's pace costs.
+// PVs, and with 100 hand-made pre-bound PVs created before the clock starts (the baseline:
+// what an admin pre-provisioning by hand gets). FailedScheduling events per run show what the PV controller's pace costs.
 func BenchmarkClaimsBound100(b *testing.B) {
 	cluster.RequireBinaries(b)
 	const pets = 100

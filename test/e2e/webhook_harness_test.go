@@ -151,7 +151,7 @@ const (
 	credsSecret    = "datera-creds"
 )
 
-// dateraClass is the StorageClass an admin installs (DESIGN.md data flow step 1).
+// dateraClass is the StorageClass an admin installs (ARCHITECTURE.md, data flow step 1).
 func dateraClass(name, backstore string, reclaim corev1.PersistentVolumeReclaimPolicy, params map[string]string) *storagev1.StorageClass {
 	p := map[string]string{
 		"replica": "3", "fsType": "xfs", "backstoreServer": backstore,

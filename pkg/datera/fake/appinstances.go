@@ -58,7 +58,7 @@ type (
 		TargetUserName    *string `json:"target_user_name"`
 		TargetPswd        *string `json:"target_pswd"`
 	}
-	// templateOverride is keyed by names and carries sizes as strings (research §2.2).
+	// templateOverride is keyed by names and carries sizes as strings, as the API takes them.
 	templateOverride struct {
 		StorageInstances map[string]struct {
 			Volumes map[string]struct {
@@ -474,7 +474,7 @@ func (s *Server) deleteAppInstance(c *call) result {
 	}
 	for _, si := range ai.storage {
 		if si.adminState == "online" {
-			// Strict on purpose (research §3.5): every integration offlines first.
+			// Strict on purpose: every Datera integration sets admin_state offline before deleting.
 			return fail(invalidRequest("app_instance %s is online; set admin_state offline before deleting it", ai.name))
 		}
 	}
@@ -492,7 +492,7 @@ func (s *Server) getMetadata(c *call) result {
 	return ok(ai.path()+"/metadata", copyMeta(ai.metadata))
 }
 
-// putMetadata merges string values (research §2.8: merging satisfies both CINDER and CSI).
+// putMetadata merges string values (merging serves both the Cinder and the CSI driver's use).
 func (s *Server) putMetadata(c *call) result {
 	ai, aerr := s.lookupAI(c)
 	if aerr != nil {

@@ -1,7 +1,7 @@
 // Package fake is an in-memory Datera Elastic Data Fabric API (v2.1 and v2.2) for tests and the
 // demo: an http.Handler to serve with httptest.NewServer/NewTLSServer or the datera-sim command.
 //
-// It follows shared/research/datera-api.md (section 6 is its checklist): unauthenticated
+// It follows the Datera REST API as its schema and its drivers use it: unauthenticated
 // GET /api_versions; PUT /login with JSON or form bodies answering {"key","version"}; sessions
 // that expire after 15 minutes (Options.TokenTTL) with 401 AuthFailedError; the
 // {"tenant","path","version","data"} envelope on every success, paged list metadata; error bodies

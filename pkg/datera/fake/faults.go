@@ -125,7 +125,7 @@ func (s *Server) chance(p float64) bool { return p > 0 && s.rng.Float64() < p }
 func injectedError(status int) result {
 	switch status {
 	case 0, http.StatusServiceUnavailable:
-		// Real 503s may carry only a message (research §1.5).
+		// Real 503s may carry only a message, no error name.
 		return result{status: http.StatusServiceUnavailable, raw: map[string]any{"message": "Service Unavailable: the system is busy, retry later"}}
 	case http.StatusInternalServerError:
 		return result{status: http.StatusInternalServerError, raw: map[string]any{"message": msgInitializing}}

@@ -9,11 +9,11 @@ import (
 type createInitiatorBody struct {
 	ID    *string `json:"id"`
 	Name  *string `json:"name"`
-	Force *bool   `json:"force"` // v2.2 only (research §2.6)
+	Force *bool   `json:"force"` // v2.2 only
 }
 
 // visibleTenants lists a tenant and its ancestors, nearest first: initiators and templates are
-// inherited from parent tenants (research §5, §6.10).
+// inherited from parent tenants.
 func visibleTenants(path string) []string {
 	out := []string{path}
 	for p := path; strings.Count(p, "/") > 1; {

@@ -15,7 +15,7 @@ const (
 )
 
 // list renders a collection with paging (offset, limit 0–1000), filtering ("name=x" or
-// "match(name,regex)") and sorting ("name" or "-name") (research §1.4, §6.3). v2.2 metadata is
+// "match(name,regex)") and sorting ("name" or "-name"). v2.2 metadata is
 // {total_count, request_count, offset, limit}; v2.1 is {total}.
 func list(c *call, path string, items []any) result {
 	q := c.r.URL.Query()

@@ -155,7 +155,7 @@ type volumeTemplate struct {
 	placementMode string
 }
 
-// ---- rendering (research §2.2–2.7, §6.7: nested objects always present, every one with a path)
+// ---- rendering (nested objects always present, every one with a path, as the API renders them)
 
 func (s *Server) renderAI(ai *appInstance) map[string]any {
 	sis := make([]any, 0, len(ai.storage))
@@ -225,7 +225,7 @@ func (s *Server) renderSI(ai *appInstance, si *storageInstance) map[string]any {
 }
 
 // renderAccess reports the portal IPs only once the target is available: clients must poll
-// (research §3.2, Docker driver's "No IPs available for volume").
+// (Datera's Docker driver polls for the same reason: "No IPs available for volume").
 func (s *Server) renderAccess(siPath string, si *storageInstance) map[string]any {
 	ips := []string{}
 	if si.available(s.now()) {
@@ -235,7 +235,7 @@ func (s *Server) renderAccess(siPath string, si *storageInstance) map[string]any
 }
 
 // renderACL returns initiators with path, id, name and tenant, so a client that PUTs them back
-// unfiltered trips additionalProperties:false (research §6.9).
+// unfiltered trips the schema's additionalProperties:false.
 func (s *Server) renderACL(tenantPath, siPath string, si *storageInstance) map[string]any {
 	ins := make([]any, 0, len(si.acl))
 	order := si.acl
@@ -262,7 +262,7 @@ func renderAuth(siPath string, a authSettings) map[string]any {
 		if v == "" {
 			return ""
 		}
-		return "(hidden)" // research §2.3: passwords read back hidden
+		return "(hidden)" // the API never reads passwords back
 	}
 	return map[string]any{
 		"path": siPath + "/auth", "type": a.typ,
@@ -312,7 +312,7 @@ func renderPerf(volPath string, p *perfPolicy) map[string]any {
 func (s *Server) renderInitiator(version string, in *initiator) map[string]any {
 	out := map[string]any{"path": in.path(), "id": in.id, "name": in.name}
 	if version != "v2.1" {
-		out["tenant"] = in.tenant // tenant appears on 2.2 (research §2.6)
+		out["tenant"] = in.tenant // tenant appears on 2.2
 	}
 	return out
 }
@@ -359,5 +359,5 @@ func newUUID() string {
 	return strings.Join([]string{h[0:8], h[8:12], h[12:16], h[16:20], h[20:32]}, "-")
 }
 
-// newIQN follows Datera's target naming (research §6.7).
+// newIQN follows Datera's target naming.
 func newIQN() string { return fmt.Sprintf("iqn.2013-05.com.daterainc:tc:01:sn:%s", randomHex(8)) }

@@ -13,7 +13,7 @@ import (
 	"time"
 )
 
-// Datera error names (research §1.5).
+// Datera error names: the "name" field of an error body.
 const (
 	errNotFound         = "NotFoundError"
 	errConflict         = "ConflictError"

@@ -33,7 +33,7 @@ type Options struct {
 	Portals []string
 	// IPPools names access network IP pools besides "default".
 	IPPools []string
-	// TokenTTL is the absolute session lifetime (default 15 minutes, research §1.3).
+	// TokenTTL is the absolute session lifetime (default 15 minutes, as on a real system).
 	TokenTTL time.Duration
 	// OnlineDelay is how long an onlined storage_instance stays op_state "unavailable" (and
 	// without access IPs) before it turns "available", so polling code is exercised.

@@ -160,7 +160,7 @@ func (s *Server) getACL(c *call) result {
 	return ok(p+"/acl_policy", s.renderACL(c.t.path, p, si))
 }
 
-// putACL replaces the whole policy; elements must be {path} only (research §2.6).
+// putACL replaces the whole policy; elements must be {path} only.
 func (s *Server) putACL(c *call) result {
 	ai, si, aerr := s.lookupSI(c)
 	if aerr != nil {
@@ -185,7 +185,7 @@ func (s *Server) putACL(c *call) result {
 }
 
 // aclOp is the atomic add/remove of one initiator: 409 on adding a present one, 404 on removing
-// an absent one (research §2.6, DBMP).
+// an absent one (the calls Datera's DBMP tool makes).
 func (s *Server) aclOp(c *call) result {
 	ai, si, aerr := s.lookupSI(c)
 	if aerr != nil {
@@ -277,7 +277,7 @@ func (s *Server) getVolume(c *call) result {
 	return ok(p+"/volumes/"+v.name, s.renderVolume(p, si, v))
 }
 
-// updateVolume resizes (grow only: shrinking is refused, research §6.8), and changes replica
+// updateVolume resizes (grow only: the API refuses shrinking), and changes replica
 // count or placement. Works online (CSI) and offline (Cinder).
 func (s *Server) updateVolume(c *call) result {
 	ai, si, vol, aerr := s.lookupVolume(c)

@@ -51,7 +51,7 @@ type (
 	}
 )
 
-// maxTemplateSize is the volume_template size limit (research §2.7).
+// maxTemplateSize is the API's volume_template size limit.
 const maxTemplateSize = 262144
 
 // AddAppTemplate creates an app_template in a tenant, validated as POST /app_templates is.

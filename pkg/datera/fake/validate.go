@@ -5,7 +5,7 @@ import (
 	"regexp"
 )
 
-// Schema rules (SCHEMA21 as summarised in research §1.3 and §2). Go's RE2 has no lookahead, so the
+// Schema rules (the v2.1 API's JSON schema for names and IQNs). Go's RE2 has no lookahead, so the
 // initiator id's (?=.{16,223}$) is a separate length check.
 var (
 	reName          = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_\-.]{2,63}$`)
