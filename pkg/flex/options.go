@@ -14,7 +14,7 @@ import (
 	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
-// Option keys of the PersistentVolume contract (DESIGN.md) and the keys kubelet adds.
+// Option keys of the PersistentVolume contract (the webhook writes them) and the keys kubelet adds.
 const (
 	OptVolumeID        = "volumeID"
 	OptSize            = "size"

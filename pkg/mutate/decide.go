@@ -1,6 +1,6 @@
 // Package mutate holds the webhook's pure decisions, with no I/O: which claim templates of a
 // StatefulSet are Datera-bound, the patch that pins them, and the PersistentVolume of each
-// ordinal (DESIGN.md, "PersistentVolume written by the webhook").
+// ordinal (its contract is pkg/pvoptions's).
 package mutate
 
 import (
