@@ -12,7 +12,7 @@ TEST_FLAGS    ?=
 PKGS          ?= ./...
 LOG_DIR       ?= $(CURDIR)/.cache/test-logs
 
-.PHONY: all test setup apt tools lint fmt vet staticcheck gotest bench build clean
+.PHONY: all test setup apt tools lint fmt vet staticcheck tidy doccheck gotest bench build clean
 
 all: build
 
@@ -33,7 +33,7 @@ tools:
 build:
 	$(GO) build ./...
 
-lint: fmt vet staticcheck
+lint: fmt vet staticcheck tidy doccheck
 
 fmt:
 	@echo "==> gofmt"
@@ -47,6 +47,17 @@ vet:
 staticcheck:
 	@echo "==> staticcheck"
 	@$(STATICCHECK) ./...
+
+## tidy: go.mod and go.sum are what `go mod tidy` makes of the imports (a direct import is not
+## marked indirect, nothing unused is required).
+tidy:
+	@echo "==> go mod tidy -diff"
+	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy: run go mod tidy and commit the result"; exit 1; }
+
+## doccheck: no comment or document cites a file the repository does not contain.
+doccheck:
+	@echo "==> doccheck (dangling file references in comments and docs)"
+	@$(GO) run ./hack/doccheck -root .
 
 ## gotest: all suites; a missing real part fails the run (PETFABRIC_STRICT=1) instead of skipping.
 gotest:
