@@ -19,7 +19,7 @@ import (
 //   - strict: encoding/json into the upstream extenderv1.ExtenderArgs;
 //   - loose: the same, except that of each Nodes item only metadata.name is decoded (with
 //     the same merge rules, since ObjectMeta is a struct and name a string). decodeArgs
-//     type-checks nothing else inside an item, by design (fastjson.go).
+//     type-checks nothing else inside an item, by design (argsreader.go).
 //
 // Both add what decodeArgs requires beyond encoding/json: every Nodes item has a name.
 
@@ -72,16 +72,9 @@ func looseReference(b []byte) (*looseArgs, error) {
 }
 
 // decodedValue is what decodeArgs's result means, in the upstream types: the Pod, the
-// names as nodeNames decodes them, and the NodeList with each raw item decoded.
+// names, and the NodeList with each raw item decoded.
 func decodedValue(a *args) (*extenderv1.ExtenderArgs, error) {
-	out := &extenderv1.ExtenderArgs{Pod: a.Pod}
-	if a.namesGiven {
-		names, err := a.nodeNames()
-		if err != nil {
-			return nil, err
-		}
-		out.NodeNames = &names
-	}
+	out := &extenderv1.ExtenderArgs{Pod: a.Pod, NodeNames: a.NodeNames}
 	if a.hasNodes() {
 		l := &corev1.NodeList{}
 		l.Kind, l.APIVersion = a.list.Kind, a.list.APIVersion

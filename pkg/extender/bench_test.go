@@ -23,6 +23,8 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/petfabric/petfabric/pkg/placement"
+
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
 // The benchmarks serve the real handler on a loopback httptest server and drive it with
@@ -120,7 +122,7 @@ func benchState(b testing.TB, n int) (staticSource, *corev1.Pod, []string) {
 				Spec: corev1.PersistentVolumeSpec{AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
 					ClaimRef: &corev1.ObjectReference{Namespace: "shop", Name: claim},
 					PersistentVolumeSource: corev1.PersistentVolumeSource{FlexVolume: &corev1.FlexPersistentVolumeSource{Driver: placement.FlexDriver,
-						Options: map[string]string{placement.OptionVolumeID: fmt.Sprintf("db-%d-%s", ord, tpl), placement.OptionBackstore: bs}}}},
+						Options: map[string]string{pvoptions.OptVolumeID: fmt.Sprintf("db-%d-%s", ord, tpl), pvoptions.OptBackstoreServer: bs}}}},
 			}
 			lk.pvs[pvName] = pv
 			lk.claims["shop/"+claim] = &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: claim}, Spec: corev1.PersistentVolumeClaimSpec{VolumeName: pvName}}
@@ -319,40 +321,4 @@ func mustMarshal(b *testing.B, v any) []byte {
 		b.Fatal(err)
 	}
 	return out
-}
-
-// BenchmarkDecodeArgs isolates the request reader on the two large shapes (5,000 names;
-// 500 full Nodes), next to encoding/json decoding the same bytes into the upstream type
-// (the baseline the reader exists to beat).
-func BenchmarkDecodeArgs(b *testing.B) {
-	_, pod, names := benchState(b, 5000)
-	namesBody := mustMarshal(b, extenderv1.ExtenderArgs{Pod: pod, NodeNames: &names})
-	items := make([]string, 500)
-	for i := range items {
-		items[i] = string(kwokNode(names[i]))
-	}
-	fullBody := []byte(`{"Pod":` + string(mustMarshal(b, pod)) + `,"Nodes":{"metadata":{},"items":[` + strings.Join(items, ",") + `]},"NodeNames":null}`)
-	for _, tc := range []struct {
-		name string
-		body []byte
-	}{{"names5000", namesBody}, {"fullNodes500", fullBody}} {
-		b.Run(tc.name, func(b *testing.B) {
-			b.SetBytes(int64(len(tc.body)))
-			for b.Loop() {
-				var a args
-				if err := decodeArgs(tc.body, &a); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
-		b.Run(tc.name+"-encoding-json-baseline", func(b *testing.B) {
-			b.SetBytes(int64(len(tc.body)))
-			for b.Loop() {
-				var a extenderv1.ExtenderArgs
-				if err := json.Unmarshal(tc.body, &a); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
-	}
 }

@@ -151,7 +151,7 @@ func (h *handler) filter(w http.ResponseWriter, r *http.Request) {
 // decideFilter returns the answer and the metrics path label.
 func (h *handler) decideFilter(ctx context.Context, a *args) (*filterResult, string) {
 	res := &filterResult{}
-	namesMode := a.namesGiven
+	namesMode := a.NodeNames != nil
 	switch {
 	case a.Pod == nil:
 		res.err = errNoPod.Error()
@@ -172,7 +172,7 @@ func (h *handler) decideFilter(ctx context.Context, a *args) (*filterResult, str
 	if len(vols) == 0 {
 		// Fast path: no Datera volume, nothing to decide. Echo the input untouched.
 		if namesMode {
-			res.namesRaw, res.hasNames = a.namesRaw, true
+			res.names, res.hasNames = *a.NodeNames, true
 		} else {
 			res.nodesRaw = a.Nodes
 		}
@@ -184,11 +184,7 @@ func (h *handler) decideFilter(ctx context.Context, a *args) (*filterResult, str
 
 	var names []string
 	if namesMode {
-		var err error
-		if names, err = a.nodeNames(); err != nil {
-			res.err = err.Error()
-			return res, "error"
-		}
+		names = *a.NodeNames
 	} else {
 		res.list = a.list
 		names = a.list.names
@@ -199,7 +195,10 @@ func (h *handler) decideFilter(ctx context.Context, a *args) (*filterResult, str
 		d = placement.Filter(now, vols, names, st, h.opts.PortalPolicy)
 	})
 	if namesMode {
-		res.hasNames, res.nameSrc, res.namePass = true, a, d.Pass
+		res.hasNames, res.names = true, make([]string, len(d.Pass))
+		for i, idx := range d.Pass {
+			res.names[i] = names[idx]
+		}
 	} else {
 		res.pass = d.Pass
 	}
@@ -236,24 +235,11 @@ func (h *handler) prioritize(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var names []string
-	var hosts [][]byte // JSON-encoded names for the answer
 	switch {
-	case a.namesGiven:
-		var err error
-		if names, err = a.nodeNames(); err != nil {
-			h.fail(w, "prioritize", start, &requestError{http.StatusBadRequest, err.Error()})
-			return
-		}
-		hosts = make([][]byte, len(a.nameSpans))
-		for i, sp := range a.nameSpans {
-			hosts[i] = a.namesRaw[sp[0]:sp[1]]
-		}
+	case a.NodeNames != nil:
+		names = *a.NodeNames
 	case a.hasNodes():
 		names = a.list.names
-		hosts = make([][]byte, len(names))
-		for i, n := range names {
-			hosts[i] = appendString(nil, n)
-		}
 	default:
 		h.fail(w, "prioritize", start, &requestError{http.StatusBadRequest, "ExtenderArgs has neither NodeNames nor Nodes"})
 		return
@@ -276,6 +262,6 @@ func (h *handler) prioritize(w http.ResponseWriter, r *http.Request) {
 	if len(vols) == 0 {
 		path = "fast"
 	}
-	out := appendPriorities(make([]byte, 0, len(names)*32+2), hosts, scores)
+	out := appendPriorities(make([]byte, 0, len(names)*32+2), names, scores)
 	h.reply(w, "prioritize", path, start, out)
 }

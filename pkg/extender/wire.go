@@ -4,10 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"slices"
 	"strconv"
-	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
 )
@@ -15,41 +13,19 @@ import (
 // The wire types mirror k8s.io/kube-scheduler/extender/v1 (whose structs carry no JSON tags,
 // so the field names are the JSON keys) with one difference: Node objects stay raw JSON.
 // kube-scheduler v1.36 rebuilds its NodeInfo from the Nodes an extender returns in
-// full-Node mode (pkg/scheduler/extender.go, HTTPExtender.Filter: NodeInfo.SetNode on each
+// full-Node mode (k8s.io/kubernetes/pkg/scheduler/extender.go, HTTPExtender.Filter: NodeInfo.SetNode on each
 // returned item), so every passing Node must come back exactly as it was sent. Decoding
 // into corev1.Node and encoding again would drop fields this build does not know and
-// re-format quantities; keeping the bytes cannot. wire_test.go checks both directions
-// against the upstream types.
+// re-format quantities; keeping the bytes cannot. handler_test.go and the differential
+// fuzzer in argsreader_equiv_test.go check both directions against the upstream types.
 
 // args is extenderv1.ExtenderArgs with Nodes kept raw.
 type args struct {
-	Pod   *corev1.Pod
-	Nodes json.RawMessage // *v1.NodeList, or null
-	// NodeNames is kept as the raw, validated JSON array plus the span of each element
-	// (quotes included): answers copy those bytes instead of re-encoding thousands of
-	// names, and names are decoded to strings only when a decision needs them.
-	namesRaw   []byte
-	nameSpans  [][2]int
-	namesGiven bool
+	Pod       *corev1.Pod
+	Nodes     json.RawMessage // *v1.NodeList, or null
+	NodeNames *[]string
 	// list is Nodes split into items, with their names (set when Nodes is given).
 	list *rawNodeList
-}
-
-// nodeNames decodes the NodeNames elements.
-func (a *args) nodeNames() ([]string, error) {
-	out := make([]string, len(a.nameSpans))
-	for i, sp := range a.nameSpans {
-		raw := a.namesRaw[sp[0]:sp[1]]
-		if bytes.IndexByte(raw, '\\') < 0 && utf8.Valid(raw) {
-			out[i] = string(raw[1 : len(raw)-1])
-			continue
-		}
-		// Escapes, or invalid UTF-8 (which encoding/json turns into U+FFFD).
-		if err := json.Unmarshal(raw, &out[i]); err != nil {
-			return nil, fmt.Errorf("field NodeNames[%d]: %w", i, err)
-		}
-	}
-	return out, nil
 }
 
 func (a *args) hasNodes() bool { return len(a.Nodes) > 0 && !bytes.Equal(a.Nodes, []byte("null")) }
@@ -74,12 +50,9 @@ type filterResult struct {
 	// list and pass select the items of a parsed NodeList to return.
 	list *rawNodeList
 	pass []int
-	// In names-only mode the answer is either namesRaw verbatim (fast path) or the
-	// elements of args.namesRaw selected by namePass.
+	// hasNames: names-only mode; names are the answer's NodeNames.
 	hasNames bool
-	namesRaw []byte
-	nameSrc  *args
-	namePass []int
+	names    []string
 
 	failed, unresolvable map[string]string
 	err                  string
@@ -97,18 +70,8 @@ func appendFilterResult(b []byte, r *filterResult) []byte {
 	}
 	b = append(b, `,"NodeNames":`...)
 	switch {
-	case r.hasNames && r.namesRaw != nil:
-		b = append(b, r.namesRaw...)
 	case r.hasNames:
-		b = append(b, '[')
-		for i, idx := range r.namePass {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			sp := r.nameSrc.nameSpans[idx]
-			b = append(b, r.nameSrc.namesRaw[sp[0]:sp[1]]...)
-		}
-		b = append(b, ']')
+		b = appendStrings(b, r.names)
 	default:
 		b = append(b, "null"...)
 	}
@@ -190,15 +153,27 @@ func appendString(b []byte, s string) []byte {
 	return append(b, '"')
 }
 
-// appendPriorities writes an extenderv1.HostPriorityList; hosts are JSON-encoded names.
-func appendPriorities(b []byte, hosts [][]byte, scores []int64) []byte {
+// appendStrings writes names as a JSON array of strings.
+func appendStrings(b []byte, names []string) []byte {
+	b = append(b, '[')
+	for i, n := range names {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, n)
+	}
+	return append(b, ']')
+}
+
+// appendPriorities writes an extenderv1.HostPriorityList.
+func appendPriorities(b []byte, hosts []string, scores []int64) []byte {
 	b = append(b, '[')
 	for i, h := range hosts {
 		if i > 0 {
 			b = append(b, ',')
 		}
 		b = append(b, `{"Host":`...)
-		b = append(b, h...)
+		b = appendString(b, h)
 		b = append(b, `,"Score":`...)
 		b = strconv.AppendInt(b, scores[i], 10)
 		b = append(b, '}')
