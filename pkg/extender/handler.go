@@ -13,6 +13,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/petfabric/petfabric/pkg/placement"
+	"github.com/petfabric/petfabric/pkg/serving"
 )
 
 // Source gives the handler a consistent view of claims, volumes and node reports. *Cache
@@ -113,13 +114,22 @@ func (h *handler) release(buf *bytes.Buffer) {
 	}
 }
 
-func (h *handler) fail(w http.ResponseWriter, verb string, start time.Time, err error) {
+// withPodLogger puts the request-scoped logger in ctx: every line about this request names
+// the pod being scheduled.
+func (h *handler) withPodLogger(ctx context.Context, a *args) context.Context {
+	if a.Pod == nil {
+		return ctx
+	}
+	return serving.WithLogger(ctx, h.log.With("pod", a.Pod.Namespace+"/"+a.Pod.Name))
+}
+
+func (h *handler) fail(ctx context.Context, w http.ResponseWriter, verb string, start time.Time, err error) {
 	code := http.StatusBadRequest
 	var re *requestError
 	if errors.As(err, &re) {
 		code = re.code
 	}
-	h.log.Warn("rejected extender request", "verb", verb, "code", code, "err", err)
+	serving.LoggerFrom(ctx, h.log).Warn("rejected extender request", "verb", verb, "code", code, "err", err)
 	http.Error(w, err.Error(), code)
 	if h.opts.Metrics != nil {
 		h.opts.Metrics.observe(verb, "error", code, time.Since(start))
@@ -139,11 +149,11 @@ func (h *handler) filter(w http.ResponseWriter, r *http.Request) {
 	var a args
 	buf, err := h.decode(r, &a)
 	if err != nil {
-		h.fail(w, "filter", start, err)
+		h.fail(r.Context(), w, "filter", start, err)
 		return
 	}
 	defer h.release(buf)
-	res, path := h.decideFilter(r.Context(), &a)
+	res, path := h.decideFilter(h.withPodLogger(r.Context(), &a), &a)
 	out := appendFilterResult(make([]byte, 0, len(buf.Bytes())+256), res)
 	h.reply(w, "filter", path, start, out)
 }
@@ -166,7 +176,7 @@ func (h *handler) decideFilter(ctx context.Context, a *args) (*filterResult, str
 	h.src.Read(func(lk placement.Lookup, _ placement.State) { vols, verr = placement.PodVolumes(a.Pod, lk) })
 	if verr != nil {
 		res.err = fmt.Sprintf("pod %s: %v", pod, verr)
-		h.log.Warn("cannot place pod", "pod", pod, "err", verr)
+		serving.LoggerFrom(ctx, h.log).Warn("cannot place pod", "err", verr)
 		return res, "error"
 	}
 	if len(vols) == 0 {
@@ -214,7 +224,7 @@ func (h *handler) decideFilter(ctx context.Context, a *args) (*filterResult, str
 	if len(d.Pass) == 0 {
 		level = slog.LevelInfo
 	}
-	h.log.Log(ctx, level, "filtered nodes", "pod", pod, "volumes", len(vols), "nodes", len(names),
+	serving.LoggerFrom(ctx, h.log).Log(ctx, level, "filtered nodes", "volumes", len(vols), "nodes", len(names),
 		"passed", len(d.Pass), "failed", len(d.Failed))
 	return res, "full"
 }
@@ -224,16 +234,17 @@ func (h *handler) prioritize(w http.ResponseWriter, r *http.Request) {
 	var a args
 	buf, err := h.decode(r, &a)
 	if err != nil {
-		h.fail(w, "prioritize", start, err)
+		h.fail(r.Context(), w, "prioritize", start, err)
 		return
 	}
 	defer h.release(buf)
 	// HostPriorityList has no error field: a bad request can only be an HTTP error, which
 	// kube-scheduler logs and treats as "no scores from this extender".
 	if a.Pod == nil {
-		h.fail(w, "prioritize", start, &requestError{http.StatusBadRequest, errNoPod.Error()})
+		h.fail(r.Context(), w, "prioritize", start, &requestError{http.StatusBadRequest, errNoPod.Error()})
 		return
 	}
+	ctx := h.withPodLogger(r.Context(), &a)
 	var names []string
 	switch {
 	case a.NodeNames != nil:
@@ -241,7 +252,7 @@ func (h *handler) prioritize(w http.ResponseWriter, r *http.Request) {
 	case a.hasNodes():
 		names = a.list.names
 	default:
-		h.fail(w, "prioritize", start, &requestError{http.StatusBadRequest, "ExtenderArgs has neither NodeNames nor Nodes"})
+		h.fail(ctx, w, "prioritize", start, &requestError{http.StatusBadRequest, "ExtenderArgs has neither NodeNames nor Nodes"})
 		return
 	}
 	var vols []placement.Volume
@@ -255,7 +266,7 @@ func (h *handler) prioritize(w http.ResponseWriter, r *http.Request) {
 		}
 	})
 	if verr != nil {
-		h.fail(w, "prioritize", start, &requestError{http.StatusBadRequest, fmt.Sprintf("pod %s/%s: %v", a.Pod.Namespace, a.Pod.Name, verr)})
+		h.fail(ctx, w, "prioritize", start, &requestError{http.StatusBadRequest, fmt.Sprintf("pod %s/%s: %v", a.Pod.Namespace, a.Pod.Name, verr)})
 		return
 	}
 	path := "full"
