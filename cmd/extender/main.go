@@ -97,7 +97,7 @@ func run(args []string) error {
 		return fmt.Errorf("kubernetes client configuration: %w", err)
 	}
 	cfg.QPS, cfg.Burst = float32(*qps), *burst
-	cfg.UserAgent = "petfabric-extender/" + version.Get()
+	cfg.UserAgent = "petfabric-extender"
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
