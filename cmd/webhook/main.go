@@ -8,7 +8,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
@@ -24,6 +23,8 @@ import (
 	"github.com/petfabric/petfabric/pkg/mutate"
 	"github.com/petfabric/petfabric/pkg/pvoptions"
 	"github.com/petfabric/petfabric/pkg/reconcile"
+	"github.com/petfabric/petfabric/pkg/serving"
+	"github.com/petfabric/petfabric/pkg/version"
 	"github.com/petfabric/petfabric/pkg/webhook"
 )
 
@@ -36,13 +37,14 @@ func main() {
 
 func run(args []string) error {
 	fs := flag.NewFlagSet("webhook", flag.ContinueOnError)
+	sc := serving.Config{
+		Listen: ":8443", HealthListen: ":8080",
+		CertFile: "/etc/petfabric/tls/tls.crt", KeyFile: "/etc/petfabric/tls/tls.key",
+	}
+	sc.AddFlags(fs)
 	var (
+		showVersion  = fs.Bool("version", false, "print the version and exit")
 		kubeconfig   = fs.String("kubeconfig", "", "kubeconfig file (default: in-cluster configuration)")
-		listen       = fs.String("listen", ":8443", "TLS address for admission reviews")
-		healthListen = fs.String("health-listen", ":8080", "plain HTTP address for /healthz, /readyz and /metrics")
-		certFile     = fs.String("tls-cert-file", "/etc/petfabric/tls/tls.crt", "serving certificate (reloaded when it changes)")
-		keyFile      = fs.String("tls-key-file", "/etc/petfabric/tls/tls.key", "serving key")
-		clientCA     = fs.String("client-ca-file", "", "if set, require client certificates signed by this CA")
 		clusterID    = fs.String("cluster-id", "", "prefix of every Datera volume ID (letters, digits, _ . -); empty: derived from the kube-system namespace UID")
 		defaultClass = fs.String("default-class", "", "Datera StorageClass for classless claim templates in namespaces labelled petfabric.io/inject=enabled")
 		createBudget = fs.Duration("create-budget", 4*time.Second, "time an admission call may spend creating PVs (cut to the apiserver's timeout)")
@@ -61,23 +63,27 @@ func run(args []string) error {
 		loopBurst    = fs.Int("reconcile-kube-api-burst", reconcile.DefaultKubeAPIBurst, "API request burst of the reconcile loop")
 		fenceAfter   = fs.Duration("fence-after", reconcile.DefaultFenceAfter, "how long a node's report must have been seen unchanged before the loop may fence its initiator out of a ReadWriteOnce volume")
 		reportNS     = fs.String("report-namespace", "", "namespace of the node agents' report Leases (default: --lease-namespace)")
-		readHeader   = fs.Duration("read-header-timeout", webhook.DefaultReadHeaderTimeout, "listeners: time to read a request's headers")
-		readTimeout  = fs.Duration("read-timeout", webhook.DefaultReadTimeout, "listeners: time to read a whole request")
-		writeTimeout = fs.Duration("write-timeout", webhook.DefaultWriteTimeout, "listeners: time to read a request and write its answer (keep above 30s, the largest webhook timeout)")
-		idleTimeout  = fs.Duration("idle-timeout", webhook.DefaultIdleTimeout, "listeners: how long an idle keep-alive connection is kept")
 		defaults     = keyValues{}
 	)
 	fs.Var(defaults, "default", "option default key=value (repeatable): replica, fsType, backstoreServer, secretName, secretNamespace, …")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if *showVersion {
+		fmt.Println(version.String("webhook"))
+		return nil
+	}
 	if err := checkFlags(*maxOrdinals, *apiQPS, *apiBurst, *loopQPS, *loopBurst); err != nil {
 		return err
 	}
-	log, err := newLogger(*logLevel)
+	if err := sc.CheckFlags(); err != nil {
+		return err
+	}
+	log, err := serving.NewLogger(*logLevel)
 	if err != nil {
 		return err
 	}
+	sc.Logger = log
 	restCfg, err := loadConfig(*kubeconfig)
 	if err != nil {
 		return err
@@ -95,7 +101,7 @@ func run(args []string) error {
 	}
 	log.Info("cluster id", "clusterID", id, "derived", *clusterID == "")
 	mutateCfg := mutate.Config{ClusterID: id, DefaultClass: *defaultClass, Defaults: defaults, MaxOrdinals: *maxOrdinals}
-	reg := prometheus.NewRegistry()
+	sc.Registry = prometheus.NewRegistry()
 	var background func(context.Context) error
 	if *reconcileOn {
 		if *identity == "" {
@@ -118,7 +124,7 @@ func run(args []string) error {
 			LeaseNamespace: *leaseNS, Identity: *identity,
 			OrphanGrace: *orphanGrace, Resync: *resync,
 			FenceAfter: *fenceAfter, ReportNamespace: *reportNS,
-			DateraCACertPEM: caPEM, Metrics: reg, Logger: log,
+			DateraCACertPEM: caPEM, Metrics: sc.Registry, Logger: log,
 		})
 		if err != nil {
 			return fmt.Errorf("reconcile loop: %w", err)
@@ -126,22 +132,11 @@ func run(args []string) error {
 		background = loop.Run
 	}
 	return webhook.Run(ctx, client, webhook.RunConfig{
+		Serving:      sc,
 		Mutate:       mutateCfg,
-		Registry:     reg,
 		Background:   background,
-		Listen:       *listen,
-		HealthListen: *healthListen,
-		CertFile:     *certFile,
-		KeyFile:      *keyFile,
-		ClientCAFile: *clientCA,
 		CreateBudget: *createBudget,
 		Concurrency:  *concurrency,
-		Logger:       log,
-
-		ReadHeaderTimeout: *readHeader,
-		ReadTimeout:       *readTimeout,
-		WriteTimeout:      *writeTimeout,
-		IdleTimeout:       *idleTimeout,
 	})
 }
 
@@ -231,14 +226,6 @@ func loadConfig(kubeconfig string) (*rest.Config, error) {
 		return nil, fmt.Errorf("in-cluster configuration (pass --kubeconfig outside a cluster): %w", err)
 	}
 	return cfg, nil
-}
-
-func newLogger(level string) (*slog.Logger, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: %w", level, err)
-	}
-	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
 }
 
 // keyValues is a repeatable key=value flag.

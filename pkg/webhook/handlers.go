@@ -192,7 +192,7 @@ func (s *Server) admitClaim(r *http.Request, req *admissionv1.AdmissionRequest) 
 	defer cancel()
 	mismatches, err := s.ensurePV(ctx, pv, cv)
 	if err != nil {
-		return s.failure(err)
+		return s.failure(r.Context(), err)
 	}
 	out := allowed()
 	if len(mismatches) > 0 {
@@ -294,7 +294,7 @@ func (s *Server) ensurePV(ctx context.Context, pv *corev1.PersistentVolume, cv m
 			s.recorder.Event(have, corev1.EventTypeWarning, EventPVMismatch, fmt.Sprintf("does not fit claim %s/%s: %s", cv.Namespace, cv.Claim, m))
 		}
 		if len(ms) > 0 {
-			s.log.Warn("existing PV does not fit its claim", "pv", have.Name, "claim", cv.Namespace+"/"+cv.Claim, "mismatches", fmt.Sprint(ms))
+			s.logger(ctx).Warn("existing PV does not fit its claim", "pv", have.Name, "claim", cv.Namespace+"/"+cv.Claim, "mismatches", fmt.Sprint(ms))
 		}
 		out = append(out, ms...)
 	}
@@ -353,7 +353,7 @@ launch:
 					// process: turn it into this request's error.
 					defer func() {
 						if p := recover(); p != nil {
-							s.log.Error("PV creation panicked", "claim", cv.Namespace+"/"+cv.Claim, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+							s.logger(ctx).Error("PV creation panicked", "claim", cv.Namespace+"/"+cv.Claim, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 							fail(fmt.Errorf("internal error in petfabric webhook: %v", p))
 						}
 					}()
@@ -385,7 +385,7 @@ launch:
 	}
 	_ = g.Wait()
 	if firstErr != nil {
-		return s.failure(firstErr)
+		return s.failure(r.Context(), firstErr)
 	}
 	sort.Strings(misfits)
 	if len(misfits) > maxMismatchWarnings {
@@ -398,7 +398,7 @@ launch:
 		resp.Warnings = append(resp.Warnings, fmt.Sprintf(
 			"petfabric: pre-created %d of %d PersistentVolumes within the admission call; the rest are created before each claim (PVC hook) and by the reconcile loop",
 			done.Load(), total))
-		s.log.Info("PV creation deferred past the admission call", "statefulset", plan.Namespace+"/"+plan.StatefulSet, "created", done.Load(), "deferred", d)
+		s.logger(r.Context()).Info("PV creation deferred past the admission call", "statefulset", plan.Namespace+"/"+plan.StatefulSet, "created", done.Load(), "deferred", d)
 	}
 	return resp
 }
@@ -409,11 +409,11 @@ const maxMismatchWarnings = 10
 
 // failure maps an error to a denial: conflicts are the user's to fix (409); anything else is
 // ours or the apiserver's (500) and failurePolicy decides.
-func (s *Server) failure(err error) *admissionv1.AdmissionResponse {
+func (s *Server) failure(ctx context.Context, err error) *admissionv1.AdmissionResponse {
 	if isConflict(err) {
 		return denied(http.StatusConflict, "petfabric: "+err.Error())
 	}
-	s.log.Error("admission failed", "err", err)
+	s.logger(ctx).Error("admission failed", "err", err)
 	return errored(http.StatusInternalServerError, fmt.Errorf("petfabric: %w", err))
 }
 

@@ -1,16 +1,20 @@
 package webhook
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"mime"
 	"net/http"
 	"runtime/debug"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/petfabric/petfabric/pkg/serving"
 )
 
 // MaxBodyBytes bounds an AdmissionReview: the apiserver caps request bodies at 3 MiB, and a
@@ -64,13 +68,18 @@ func (s *Server) serveReview(route string, admit admitFunc) http.HandlerFunc {
 			return
 		}
 		req := review.Request
+		// Every log line about this request names it: the admission UID (the apiserver's
+		// audit log has it too), the kind and the object.
+		log := s.log.With("uid", req.UID, "route", route, "operation", req.Operation,
+			"kind", req.Kind.Kind, "namespace", req.Namespace, "name", req.Name)
+		r = r.WithContext(serving.WithLogger(r.Context(), log))
 		resp := s.admitSafely(r, req, admit, route)
 		resp.UID = req.UID
 		result = resultOf(resp)
 		out := admissionv1.AdmissionReview{TypeMeta: review.TypeMeta, Response: resp}
 		w.Header().Set("Content-Type", "application/json")
 		if err := json.NewEncoder(w).Encode(&out); err != nil {
-			s.log.Error("write admission response", "route", route, "uid", req.UID, "err", err)
+			log.Error("write admission response", "err", err)
 		}
 	}
 }
@@ -80,12 +89,15 @@ func (s *Server) serveReview(route string, admit admitFunc) http.HandlerFunc {
 func (s *Server) admitSafely(r *http.Request, req *admissionv1.AdmissionRequest, admit admitFunc, route string) (resp *admissionv1.AdmissionResponse) {
 	defer func() {
 		if p := recover(); p != nil {
-			s.log.Error("admission handler panicked", "route", route, "uid", req.UID, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			s.logger(r.Context()).Error("admission handler panicked", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 			resp = errored(http.StatusInternalServerError, fmt.Errorf("internal error in petfabric webhook: %v", p))
 		}
 	}()
 	return admit(r, req)
 }
+
+// logger is the request-scoped logger serveReview put in ctx, or the server's.
+func (s *Server) logger(ctx context.Context) *slog.Logger { return serving.LoggerFrom(ctx, s.log) }
 
 func resultOf(resp *admissionv1.AdmissionResponse) string {
 	switch {

@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/petfabric/petfabric/internal/testpki"
+	"github.com/petfabric/petfabric/pkg/serving"
 )
 
 // runForTest starts Run on 127.0.0.1 with a fake clientset and returns the admission address.
@@ -27,9 +28,12 @@ func runForTest(t *testing.T, mod func(*RunConfig)) (addr string, tlsCfg *tls.Co
 	require.NoError(t, err)
 	ready := make(chan string, 1)
 	cfg := RunConfig{
-		Mutate: testCfg, Listen: "127.0.0.1:0", HealthListen: "127.0.0.1:0", CertFile: certFile, KeyFile: keyFile,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), ShutdownGrace: time.Second,
-		Ready: func(a, _ string) { ready <- a },
+		Mutate: testCfg,
+		Serving: serving.Config{
+			Listen: "127.0.0.1:0", HealthListen: "127.0.0.1:0", CertFile: certFile, KeyFile: keyFile,
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), ShutdownTimeout: time.Second,
+		},
+		OnServing: func(a, _ string) { ready <- a },
 	}
 	if mod != nil {
 		mod(&cfg)
@@ -119,8 +123,8 @@ func TestHealthListenerIdleIsClosed(t *testing.T) {
 	var health string
 	_, _ = runForTest(t, func(c *RunConfig) {
 		shortTimeouts(c)
-		ready := c.Ready
-		c.Ready = func(a, h string) { health = h; ready(a, h) }
+		ready := c.OnServing
+		c.OnServing = func(a, h string) { health = h; ready(a, h) }
 	})
 	conn, err := net.Dial("tcp", health)
 	require.NoError(t, err)
@@ -132,18 +136,20 @@ func TestHealthListenerIdleIsClosed(t *testing.T) {
 	require.Less(t, after, 5*time.Second)
 }
 
-// The defaults are set (a zero RunConfig gets them) and fit the apiserver's call: the write
-// timeout outlasts the largest webhook timeout (30 s).
+// The defaults fit the apiserver's call: the write timeout outlasts the largest webhook
+// timeout (30 s).
 func TestDefaultTimeouts(t *testing.T) {
-	require.Greater(t, DefaultWriteTimeout, 30*time.Second)
-	for _, d := range []time.Duration{DefaultReadHeaderTimeout, DefaultReadTimeout, DefaultIdleTimeout} {
+	d := serving.DefaultTimeouts
+	require.Greater(t, d.Write, 30*time.Second)
+	for _, d := range []time.Duration{d.ReadHeader, d.Read} {
 		require.Greater(t, d, time.Duration(0))
 		require.LessOrEqual(t, d, 30*time.Second)
 	}
 }
 
 func shortTimeouts(c *RunConfig) {
-	c.ReadHeaderTimeout, c.ReadTimeout, c.WriteTimeout, c.IdleTimeout = time.Second, 2*time.Second, 3*time.Second, time.Second
+	short := serving.Timeouts{ReadHeader: time.Second, Read: 2 * time.Second, Write: 3 * time.Second, Idle: time.Second}
+	c.Serving.Timeouts, c.Serving.HealthTimeouts = short, short
 }
 
 // An idle keep-alive connection is closed by the server.

@@ -22,6 +22,7 @@ import (
 
 	"github.com/petfabric/petfabric/internal/testpki"
 	"github.com/petfabric/petfabric/pkg/mutate"
+	"github.com/petfabric/petfabric/pkg/serving"
 	"github.com/petfabric/petfabric/pkg/webhook"
 	"github.com/petfabric/petfabric/test/cluster"
 )
@@ -62,10 +63,13 @@ func startWebhook(t testing.TB, c *cluster.Cluster, cfg mutate.Config, opts ...f
 
 	ready := make(chan string, 1)
 	rc := webhook.RunConfig{
-		Mutate: cfg, Listen: "127.0.0.1:0", HealthListen: "127.0.0.1:0",
-		CertFile: certFile, KeyFile: keyFile, ShutdownGrace: 5 * time.Second,
-		Logger: slog.New(slog.NewJSONHandler(logFile, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Ready:  func(tlsAddr, _ string) { ready <- tlsAddr },
+		Mutate: cfg,
+		Serving: serving.Config{
+			Listen: "127.0.0.1:0", HealthListen: "127.0.0.1:0",
+			CertFile: certFile, KeyFile: keyFile, ShutdownTimeout: 5 * time.Second,
+			Logger: slog.New(slog.NewJSONHandler(logFile, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		},
+		OnServing: func(tlsAddr, _ string) { ready <- tlsAddr },
 	}
 	for _, o := range opts {
 		o(&rc)

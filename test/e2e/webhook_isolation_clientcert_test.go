@@ -86,8 +86,8 @@ plugins:
 	require.NoError(t, err)
 
 	w := startWebhook(t, c, mutate.Config{ClusterID: "e2e"}, func(rc *webhook.RunConfig) {
-		rc.Listen = hostPort
-		rc.ClientCAFile = clientCAFile
+		rc.Serving.Listen = hostPort
+		rc.Serving.ClientCAFile = clientCAFile
 	})
 
 	t.Run("the apiserver presents its client certificate and admission works", func(t *testing.T) {
