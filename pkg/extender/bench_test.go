@@ -24,6 +24,7 @@ import (
 
 	"github.com/petfabric/petfabric/pkg/placement"
 
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
 // The benchmarks serve the real handler on a loopback httptest server and drive it with
@@ -121,7 +122,7 @@ func benchState(b testing.TB, n int) (staticSource, *corev1.Pod, []string) {
 				Spec: corev1.PersistentVolumeSpec{AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
 					ClaimRef: &corev1.ObjectReference{Namespace: "shop", Name: claim},
 					PersistentVolumeSource: corev1.PersistentVolumeSource{FlexVolume: &corev1.FlexPersistentVolumeSource{Driver: placement.FlexDriver,
-						Options: map[string]string{placement.OptionVolumeID: fmt.Sprintf("db-%d-%s", ord, tpl), placement.OptionBackstore: bs}}}},
+						Options: map[string]string{pvoptions.OptVolumeID: fmt.Sprintf("db-%d-%s", ord, tpl), pvoptions.OptBackstoreServer: bs}}}},
 			}
 			lk.pvs[pvName] = pv
 			lk.claims["shop/"+claim] = &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: claim}, Spec: corev1.PersistentVolumeClaimSpec{VolumeName: pvName}}

@@ -26,6 +26,8 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/petfabric/petfabric/pkg/placement"
+
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
 const (
@@ -68,7 +70,7 @@ func dateraPV(name, claimNS, claim, volumeID string) *corev1.PersistentVolume {
 			AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
 			ClaimRef:    &corev1.ObjectReference{Namespace: claimNS, Name: claim},
 			PersistentVolumeSource: corev1.PersistentVolumeSource{FlexVolume: &corev1.FlexPersistentVolumeSource{
-				Driver: placement.FlexDriver, Options: map[string]string{placement.OptionVolumeID: volumeID, placement.OptionBackstore: backstore},
+				Driver: placement.FlexDriver, Options: map[string]string{pvoptions.OptVolumeID: volumeID, pvoptions.OptBackstoreServer: backstore},
 			}},
 		},
 	}

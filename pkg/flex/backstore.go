@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/petfabric/petfabric/pkg/datera"
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
 // The backstore allowlist. A PersistentVolume's backstoreServer names the host the driver logs
@@ -62,21 +63,21 @@ func endpointHostPort(endpoint string) (hostport, scheme string, err error) {
 func (c *NodeConfig) checkBackstore(backstore, endpoint string) error {
 	hp, scheme, err := endpointHostPort(endpoint)
 	if err != nil {
-		return fmt.Errorf("option %s %q: %w", OptBackstoreServer, clip(backstore), err)
+		return fmt.Errorf("option %s %q: %w", pvoptions.OptBackstoreServer, clip(backstore), err)
 	}
 	if len(c.AllowedBackstores) == 0 {
 		return fmt.Errorf("option %s %q (%s): this node's allowedBackstores is empty, so it may talk to no backstore; "+
 			"list the Datera management endpoints this node may use as host:port in allowedBackstores of %s",
-			OptBackstoreServer, clip(backstore), hp, c.describePath())
+			pvoptions.OptBackstoreServer, clip(backstore), hp, c.describePath())
 	}
 	if !slices.Contains(c.AllowedBackstores, hp) {
 		return fmt.Errorf("option %s %q resolves to %s, which is not in this node's allowedBackstores (%s)",
-			OptBackstoreServer, clip(backstore), hp, strings.Join(c.AllowedBackstores, ", "))
+			pvoptions.OptBackstoreServer, clip(backstore), hp, strings.Join(c.AllowedBackstores, ", "))
 	}
 	if scheme == "http" && !c.AllowInsecureHTTP {
 		return fmt.Errorf("option %s %q resolves to %s: plain http would send the Datera credentials unencrypted, "+
 			"and allowInsecureHTTP is false in %s (https only: use port %d or an https:// URL)",
-			OptBackstoreServer, clip(backstore), endpoint, c.describePath(), datera.HTTPSPort)
+			pvoptions.OptBackstoreServer, clip(backstore), endpoint, c.describePath(), datera.HTTPSPort)
 	}
 	return nil
 }

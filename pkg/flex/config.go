@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/petfabric/petfabric/pkg/iscsi"
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
 // Environment variables. kubelet runs the driver with its own environment, so on a node the
@@ -240,7 +241,7 @@ func (c *NodeConfig) complete() error {
 	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.LogLevel) {
 		return fmt.Errorf("logLevel %q: want debug, info, warn or error", c.LogLevel)
 	}
-	if !slices.Contains(supportedFSTypes, c.DefaultFSType) {
+	if !pvoptions.ValidFSType(c.DefaultFSType) {
 		return fmt.Errorf("defaultFSType %q is not supported", c.DefaultFSType)
 	}
 	if c.CHAP != nil {

@@ -5,28 +5,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
-	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/petfabric/petfabric/pkg/datera"
 	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
-// Option keys of the PersistentVolume contract (the webhook writes them) and the keys kubelet adds.
+// Keys kubelet adds to the PV's options (which are the contract of pkg/pvoptions).
 const (
-	OptVolumeID        = "volumeID"
-	OptSize            = "size"
-	OptReplica         = "replica"
-	OptBackstoreServer = "backstoreServer"
-	OptTemplate        = "template"
-	OptPlacementMode   = "placementMode"
-	OptMaxIOPS         = "maxIops"
-	OptMaxBW           = "maxBW"
-	OptIPPool          = "ipPool"
-	OptTenant          = "tenant"
-
 	KeyFSType       = "kubernetes.io/fsType"
 	KeyReadWrite    = "kubernetes.io/readwrite"
 	KeyPVName       = "kubernetes.io/pvOrVolumeName"
@@ -46,18 +33,6 @@ const (
 	SecretCHAPUserIn     = "node.session.auth.username_in"
 	SecretCHAPPasswordIn = "node.session.auth.password_in"
 )
-
-var knownOptions = []string{
-	OptVolumeID, OptSize, OptReplica, OptBackstoreServer, OptTemplate, OptPlacementMode,
-	OptMaxIOPS, OptMaxBW, OptIPPool, OptTenant,
-	pvoptions.OptAccessMode, pvoptions.OptClusterID, pvoptions.OptClaimNamespace, pvoptions.OptClaimName, pvoptions.OptNamespaceUID,
-}
-
-// volumeIDRE is the Datera app_instance name rule; the ID also becomes a file name.
-var volumeIDRE = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_.-]{2,63}$`)
-
-// Filesystems the driver creates and mounts.
-var supportedFSTypes = []string{"ext3", "ext4", "xfs"}
 
 // MountRequest is a validated `mount <dir> <json>` call.
 type MountRequest struct {
@@ -88,12 +63,10 @@ type MountRequest struct {
 	Ignored []string
 }
 
-// ValidateVolumeID checks a volumeID option.
+// ValidateVolumeID checks a volumeID option (pvoptions.ParseVolumeID).
 func ValidateVolumeID(id string) error {
-	if !volumeIDRE.MatchString(id) {
-		return fmt.Errorf("option %s %q is not a valid Datera volume name (want ^[a-zA-Z_][a-zA-Z0-9_.-]{2,63}$)", OptVolumeID, clip(id))
-	}
-	return nil
+	_, err := pvoptions.ParseVolumeID(id)
+	return err
 }
 
 // ValidateMountDir checks the pod volume directory kubelet passes: absolute, clean, and not the
@@ -138,114 +111,36 @@ func ParseMountRequest(dir, optsJSON, defaultFSType string) (*MountRequest, erro
 	return r, nil
 }
 
+// fromOptions reads the PV's options through the contract's one parser (pvoptions.Parse,
+// which accepts contract versions 1 and 2), then the keys kubelet adds and the secrets.
 func (r *MountRequest) fromOptions(opts map[string]string, defaultFSType string) error {
-	r.VolumeID = opts[OptVolumeID]
-	if r.VolumeID == "" {
-		return fmt.Errorf("option %s is required", OptVolumeID)
-	}
-	if err := ValidateVolumeID(r.VolumeID); err != nil {
-		return err
-	}
-	v := datera.CreateVolumeRequest{Name: r.VolumeID, Template: opts[OptTemplate],
-		IPPool: opts[OptIPPool], PlacementMode: datera.PlacementMode(opts[OptPlacementMode]),
-		Description: "petfabric FlexVolume " + opts[KeyPVName]}
-	if v.Template != "" {
-		if err := datera.ValidateName("template", v.Template); err != nil {
-			return fmt.Errorf("option %s: %w", OptTemplate, err)
-		}
-	}
-	var err error
-	if v.SizeGiB, err = parseInt(opts, OptSize, datera.MinSizeGiB, datera.MaxSizeGiB); err != nil {
-		return err
-	}
-	if v.SizeGiB == 0 && v.Template == "" {
-		return fmt.Errorf("option %s is required (GiB, %d-%d) unless %s is set", OptSize, datera.MinSizeGiB, datera.MaxSizeGiB, OptTemplate)
-	}
-	replica, err := parseInt(opts, OptReplica, datera.MinReplicaCount, datera.MaxReplicaCount)
+	pv, err := pvoptions.Parse(opts)
 	if err != nil {
 		return err
 	}
-	v.ReplicaCount = int(replica)
-	switch v.PlacementMode {
-	case "", datera.PlacementHybrid, datera.PlacementSingleFlash, datera.PlacementAllFlash:
-	default:
-		return fmt.Errorf("option %s %q: want hybrid, single_flash or all_flash", OptPlacementMode, clip(string(v.PlacementMode)))
-	}
-	if v.IPPool != "" {
-		if err := datera.ValidateName("ip_pool", v.IPPool); err != nil {
-			return fmt.Errorf("option %s: %w", OptIPPool, err)
-		}
-	}
-	r.Volume = v
-	if r.MaxIOPS, err = parseInt(opts, OptMaxIOPS, 0, datera.MaxIOPS); err != nil {
-		return err
-	}
-	if r.MaxBWKiB, err = parseInt(opts, OptMaxBW, 0, datera.MaxBandwidthKiB); err != nil {
-		return err
-	}
-	if err := r.parseBackstore(opts); err != nil {
+	r.VolumeID = pv.VolumeID
+	r.Volume = datera.CreateVolumeRequest{Name: pv.VolumeID, SizeGiB: pv.SizeGiB, ReplicaCount: pv.Replica,
+		Template: pv.Template, IPPool: pv.IPPool, PlacementMode: datera.PlacementMode(pv.PlacementMode),
+		Description: "petfabric FlexVolume " + opts[KeyPVName]}
+	r.MaxIOPS, r.MaxBWKiB = pv.MaxIOPS, pv.MaxBWKiB
+	r.BackstoreServer, r.Tenant = pv.BackstoreServer, pv.Tenant
+	if r.Endpoint, err = pvoptions.ParseBackstoreServer(pv.BackstoreServer); err != nil {
 		return err
 	}
 	if err := r.parseKubelet(opts, defaultFSType); err != nil {
 		return err
 	}
-	if err := r.parseContractV2(opts); err != nil {
-		return err
-	}
-	return r.parseSecrets(opts)
-}
-
-// parseContractV2 reads the access mode and the owner. A ReadOnlyMany volume is always mounted
-// read-only, whatever kubelet asks: several nodes mount it at once, and a local filesystem
-// written by one node while another has it mounted is corrupted for the reader (refusing the
-// mount instead would break pods that only read but did not declare readOnly; a pod that writes
-// gets EROFS, which names the problem).
-func (r *MountRequest) parseContractV2(opts map[string]string) error {
-	mode, err := pvoptions.ParseAccessMode(opts[pvoptions.OptAccessMode])
-	if err != nil {
-		return err
-	}
-	r.AccessMode = mode
-	if mode == pvoptions.AccessReadOnlyMany && !r.ReadOnly {
+	// A ReadOnlyMany volume is always mounted read-only, whatever kubelet asks: several nodes
+	// mount it at once, and a local filesystem written by one node while another has it
+	// mounted is corrupted for the reader (refusing the mount instead would break pods that
+	// only read but did not declare readOnly; a pod that writes gets EROFS, which names the
+	// problem).
+	r.AccessMode = pv.AccessMode
+	if pv.AccessMode == pvoptions.AccessReadOnlyMany && !r.ReadOnly {
 		r.ReadOnly, r.AskedRW = true, true
 	}
-	r.Owner, r.HasOwner = pvoptions.OwnerFromOptions(opts)
-	if !r.HasOwner {
-		var present []string
-		for _, k := range []string{pvoptions.OptClusterID, pvoptions.OptClaimNamespace, pvoptions.OptClaimName, pvoptions.OptNamespaceUID} {
-			if opts[k] != "" {
-				present = append(present, k)
-			}
-		}
-		if len(present) > 0 {
-			return fmt.Errorf("options %s, %s and %s come together (the PV's owner); this volume has only %s",
-				pvoptions.OptClaimNamespace, pvoptions.OptClaimName, pvoptions.OptNamespaceUID, strings.Join(present, ", "))
-		}
-	}
-	return nil
-}
-
-func (r *MountRequest) parseBackstore(opts map[string]string) error {
-	r.BackstoreServer = opts[OptBackstoreServer]
-	if r.BackstoreServer == "" {
-		return fmt.Errorf("option %s is required (host:port of the Datera management API)", OptBackstoreServer)
-	}
-	ep, err := datera.EndpointForBackstore(r.BackstoreServer)
-	if err != nil {
-		return fmt.Errorf("option %s: %w", OptBackstoreServer, err)
-	}
-	r.Endpoint = ep
-	tenant := opts[OptTenant]
-	if tenant != "" {
-		norm := datera.NormalizeTenant(tenant)
-		for _, seg := range strings.Split(strings.TrimPrefix(norm, "/root"), "/")[1:] {
-			if !volumeIDRE.MatchString(seg) {
-				return fmt.Errorf("option %s %q is not a valid tenant path", OptTenant, clip(tenant))
-			}
-		}
-		r.Tenant = norm
-	}
-	return nil
+	r.Owner, r.HasOwner = pv.Owner, pv.HasOwner
+	return r.parseSecrets(opts)
 }
 
 func (r *MountRequest) parseKubelet(opts map[string]string, defaultFSType string) error {
@@ -253,8 +148,8 @@ func (r *MountRequest) parseKubelet(opts map[string]string, defaultFSType string
 	if r.FSType == "" {
 		r.FSType = defaultFSType
 	}
-	if !slices.Contains(supportedFSTypes, r.FSType) {
-		return fmt.Errorf("fsType %q is not supported (want one of %s)", clip(r.FSType), strings.Join(supportedFSTypes, ", "))
+	if !pvoptions.ValidFSType(r.FSType) {
+		return fmt.Errorf("fsType %q is not supported (want one of %s)", clip(r.FSType), strings.Join(pvoptions.FSTypes(), ", "))
 	}
 	switch opts[KeyReadWrite] {
 	case "", "rw":
@@ -268,7 +163,7 @@ func (r *MountRequest) parseKubelet(opts map[string]string, defaultFSType string
 		r.Pod = ns + "/" + name
 	}
 	for k := range opts {
-		if !strings.HasPrefix(k, "kubernetes.io/") && !slices.Contains(knownOptions, k) {
+		if !strings.HasPrefix(k, "kubernetes.io/") && !pvoptions.Known(k) {
 			r.Ignored = append(r.Ignored, k)
 		}
 	}
@@ -291,19 +186,6 @@ func (r *MountRequest) parseSecrets(opts map[string]string) error {
 		r.Secrets[key] = string(b)
 	}
 	return nil
-}
-
-// parseInt reads an optional integer option; absent means 0.
-func parseInt(opts map[string]string, key string, lo, hi int64) (int64, error) {
-	s, ok := opts[key]
-	if !ok || s == "" {
-		return 0, nil
-	}
-	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
-	if err != nil || n < lo || n > hi {
-		return 0, fmt.Errorf("option %s %q: want an integer in %d-%d", key, clip(s), lo, hi)
-	}
-	return n, nil
 }
 
 func clip(s string) string {

@@ -14,6 +14,8 @@ import (
 	storagev1 "k8s.io/api/storage/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/utils/ptr"
+
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
 // wantTemplate is the expected decision for one Datera-bound claim template.
@@ -28,9 +30,9 @@ type wantTemplate struct {
 // defaults are the options testCfg and a class without them resolve to.
 func withDefaults(m map[string]string) map[string]string {
 	out := map[string]string{
-		OptBackstoreServer: "datera-mgmt.example.com:7718",
-		OptSecretName:      "datera-credentials",
-		OptSecretNamespace: "petfabric-system",
+		pvoptions.OptBackstoreServer: "datera-mgmt.example.com:7718",
+		OptSecretName:                "datera-credentials",
+		OptSecretNamespace:           "petfabric-system",
 	}
 	for k, v := range m {
 		out[k] = v
@@ -39,9 +41,9 @@ func withDefaults(m map[string]string) map[string]string {
 }
 
 var (
-	gold   = withDefaults(map[string]string{OptReplica: "3", OptFSType: "xfs", OptPlacementMode: "hybrid", OptMaxIOPS: "1000", OptBackstoreServer: "tlx170.tlx.daterainc.com:7717"})
-	silver = withDefaults(map[string]string{OptReplica: "2", OptFSType: "ext4", OptTemplate: "silver_tpl", OptMaxBW: "51200", OptIPPool: "pool_b", OptTenant: "/root/shop"})
-	plain  = withDefaults(map[string]string{OptReplica: "3", OptFSType: "xfs"})
+	gold   = withDefaults(map[string]string{pvoptions.OptReplica: "3", pvoptions.OptFSType: "xfs", pvoptions.OptPlacementMode: "hybrid", pvoptions.OptMaxIOPS: "1000", pvoptions.OptBackstoreServer: "tlx170.tlx.daterainc.com:7717"})
+	silver = withDefaults(map[string]string{pvoptions.OptReplica: "2", pvoptions.OptFSType: "ext4", pvoptions.OptTemplate: "silver_tpl", pvoptions.OptMaxBW: "51200", pvoptions.OptIPPool: "pool_b", pvoptions.OptTenant: "/root/shop"})
+	plain  = withDefaults(map[string]string{pvoptions.OptReplica: "3", pvoptions.OptFSType: "xfs"})
 )
 
 // decideCases are the fixtures of issue 4: the 2016 blogs' manifests translated to apps/v1,
@@ -79,7 +81,7 @@ var decideCases = []struct {
 	{
 		name: "mixed templates, namespace not opted in", fixture: "mixed.yaml", nsLabels: notOptedIn,
 		want: []wantTemplate{
-			{0, "data", "datera-gold", 2, withDefaults(map[string]string{OptReplica: "2", OptFSType: "xfs", OptPlacementMode: "hybrid", OptMaxIOPS: "1000", OptBackstoreServer: "tlx170.tlx.daterainc.com:7717"})},
+			{0, "data", "datera-gold", 2, withDefaults(map[string]string{pvoptions.OptReplica: "2", pvoptions.OptFSType: "xfs", pvoptions.OptPlacementMode: "hybrid", pvoptions.OptMaxIOPS: "1000", pvoptions.OptBackstoreServer: "tlx170.tlx.daterainc.com:7717"})},
 			{2, "cache", "datera-silver", 2, silver},
 			{4, "wal", "datera-silver", 1, silver},
 		},
@@ -87,7 +89,7 @@ var decideCases = []struct {
 	{
 		name: "mixed templates, opted-in namespace: the classless one gets the default class too", fixture: "mixed.yaml", nsLabels: optedIn,
 		want: []wantTemplate{
-			{0, "data", "datera-gold", 2, withDefaults(map[string]string{OptReplica: "2", OptFSType: "xfs", OptPlacementMode: "hybrid", OptMaxIOPS: "1000", OptBackstoreServer: "tlx170.tlx.daterainc.com:7717"})},
+			{0, "data", "datera-gold", 2, withDefaults(map[string]string{pvoptions.OptReplica: "2", pvoptions.OptFSType: "xfs", pvoptions.OptPlacementMode: "hybrid", pvoptions.OptMaxIOPS: "1000", pvoptions.OptBackstoreServer: "tlx170.tlx.daterainc.com:7717"})},
 			{2, "cache", "datera-silver", 2, silver},
 			{4, "wal", "datera-silver", 1, silver},
 			{5, "archive", "datera", 3, plain},
@@ -314,39 +316,39 @@ func TestOptionPrecedence(t *testing.T) {
 		l    layer
 		want string
 	}{
-		{OptReplica, layer{"1", "2", "3"}, "1"},
-		{OptReplica, layer{"", "2", "1"}, "2"},
-		{OptReplica, layer{"", "", "1"}, "1"},
-		{OptFSType, layer{"ext3", "ext4", "xfs"}, "ext3"},
-		{OptFSType, layer{"", "ext4", "xfs"}, "ext4"},
-		{OptFSType, layer{"", "", "ext4"}, "ext4"},
+		{pvoptions.OptReplica, layer{"1", "2", "3"}, "1"},
+		{pvoptions.OptReplica, layer{"", "2", "1"}, "2"},
+		{pvoptions.OptReplica, layer{"", "", "1"}, "1"},
+		{pvoptions.OptFSType, layer{"ext3", "ext4", "xfs"}, "ext3"},
+		{pvoptions.OptFSType, layer{"", "ext4", "xfs"}, "ext4"},
+		{pvoptions.OptFSType, layer{"", "", "ext4"}, "ext4"},
 		// size is accepted up to the request (100 GiB here) and never changes the size.
-		{OptSize, layer{"100", "50", "20"}, "100"},
-		{OptSize, layer{"", "50", "20"}, "50"},
-		{OptSize, layer{"", "", "20"}, "20"},
+		{pvoptions.OptSize, layer{"100", "50", "20"}, "100"},
+		{pvoptions.OptSize, layer{"", "50", "20"}, "50"},
+		{pvoptions.OptSize, layer{"", "", "20"}, "20"},
 		// Choices: a template may pick the class's value or one of its allowed* list.
-		{OptTemplate, layer{"tpl_a", "tpl_b", "tpl_c"}, "tpl_a"},
-		{OptTemplate, layer{"", "tpl_b", "tpl_c"}, "tpl_b"},
-		{OptPlacementMode, layer{"all_flash", "hybrid", "single_flash"}, "all_flash"},
-		{OptPlacementMode, layer{"", "", "single_flash"}, "single_flash"},
-		{OptMaxIOPS, layer{"100", "200", "300"}, "100"},
-		{OptMaxIOPS, layer{"", "200", "300"}, "200"},
-		{OptMaxBW, layer{"0", "0", "300"}, "0"},
-		{OptMaxBW, layer{"", "", "300"}, "300"},
-		{OptIPPool, layer{"pool_a", "pool_b", "pool_c"}, "pool_a"},
-		{OptIPPool, layer{"", "pool_b", "pool_c"}, "pool_b"},
+		{pvoptions.OptTemplate, layer{"tpl_a", "tpl_b", "tpl_c"}, "tpl_a"},
+		{pvoptions.OptTemplate, layer{"", "tpl_b", "tpl_c"}, "tpl_b"},
+		{pvoptions.OptPlacementMode, layer{"all_flash", "hybrid", "single_flash"}, "all_flash"},
+		{pvoptions.OptPlacementMode, layer{"", "", "single_flash"}, "single_flash"},
+		{pvoptions.OptMaxIOPS, layer{"100", "200", "300"}, "100"},
+		{pvoptions.OptMaxIOPS, layer{"", "200", "300"}, "200"},
+		{pvoptions.OptMaxBW, layer{"0", "0", "300"}, "0"},
+		{pvoptions.OptMaxBW, layer{"", "", "300"}, "300"},
+		{pvoptions.OptIPPool, layer{"pool_a", "pool_b", "pool_c"}, "pool_a"},
+		{pvoptions.OptIPPool, layer{"", "pool_b", "pool_c"}, "pool_b"},
 		// Admin-only options: class > default; a template cannot set them (TestInvalidOptions).
-		{OptBackstoreServer, layer{"", "a.example:7718", "b.example:7717"}, "a.example:7718"},
-		{OptBackstoreServer, layer{"", "", "b.example:7717"}, "b.example:7717"},
-		{OptTenant, layer{"", "/root/team_a", "/root/team_b"}, "/root/team_a"},
-		{OptTenant, layer{"", "", "/root"}, "/root"},
+		{pvoptions.OptBackstoreServer, layer{"", "a.example:7718", "b.example:7717"}, "a.example:7718"},
+		{pvoptions.OptBackstoreServer, layer{"", "", "b.example:7717"}, "b.example:7717"},
+		{pvoptions.OptTenant, layer{"", "/root/team_a", "/root/team_b"}, "/root/team_a"},
+		{pvoptions.OptTenant, layer{"", "", "/root"}, "/root"},
 		{OptSecretName, layer{"", "class-secret", "default-secret"}, "class-secret"},
 		{OptSecretNamespace, layer{"", "", "default-ns"}, "default-ns"},
 	}
 	for _, tc := range cases {
 		t.Run(fmt.Sprintf("%s=%s/%s/%s", tc.key, tc.l.ann, tc.l.class, tc.l.def), func(t *testing.T) {
 			cfg := Config{ClusterID: "pf", Defaults: map[string]string{
-				OptBackstoreServer: "d.example:7718", OptSecretName: "s", OptSecretNamespace: "ns",
+				pvoptions.OptBackstoreServer: "d.example:7718", OptSecretName: "s", OptSecretNamespace: "ns",
 			}}
 			params := map[string]string{}
 			if tc.l.def != "" {
@@ -373,16 +375,16 @@ func TestOptionPrecedence(t *testing.T) {
 			require.NoError(t, err)
 			fv := pv.Spec.FlexVolume
 			switch tc.key {
-			case OptFSType:
+			case pvoptions.OptFSType:
 				assert.Equal(t, tc.want, fv.FSType)
 			case OptSecretName:
 				assert.Equal(t, tc.want, fv.SecretRef.Name)
 			case OptSecretNamespace:
 				assert.Equal(t, tc.want, fv.SecretRef.Namespace)
-			case OptSize: // the request, whatever the option says
+			case pvoptions.OptSize: // the request, whatever the option says
 				assert.Equal(t, "100", fv.Options["size"])
 				assert.Equal(t, int64(100)<<30, pv.Spec.Capacity.Storage().Value())
-			case OptMaxBW, OptMaxIOPS:
+			case pvoptions.OptMaxBW, pvoptions.OptMaxIOPS:
 				if tc.want == "0" { // 0 = unlimited: the option is left out
 					assert.NotContains(t, fv.Options, tc.key)
 				} else {
@@ -483,7 +485,7 @@ func TestInvalidOptions(t *testing.T) {
 			wantField: "storageclass c.parameters[backstoreServer]", wantMsg: []string{"port 7718 (https) or 7717 (http)"}},
 		{name: "backstoreServer as a URL", class: map[string]string{"backstoreServer": "https://datera.example:7718"},
 			wantField: "storageclass c.parameters[backstoreServer]", wantMsg: []string{"host:port"}},
-		{name: "missing credentials secret", defaults: map[string]string{OptBackstoreServer: "d.example:7718"},
+		{name: "missing credentials secret", defaults: map[string]string{pvoptions.OptBackstoreServer: "d.example:7718"},
 			wantField: "storageclass c.parameters[secretName, secretNamespace]", wantMsg: []string{"credentials Secret"}},
 		{name: "bad tenant", class: map[string]string{"tenant": "/other/x"},
 			wantField: "storageclass c.parameters[tenant]", wantMsg: []string{"/root or /root/<name>"}},

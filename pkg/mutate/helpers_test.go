@@ -13,6 +13,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
 // testCfg is the webhook configuration of every test: the default class "datera" names no
@@ -21,9 +23,9 @@ var testCfg = Config{
 	ClusterID:    "pf",
 	DefaultClass: "datera",
 	Defaults: map[string]string{
-		OptBackstoreServer: "datera-mgmt.example.com:7718",
-		OptSecretName:      "datera-credentials",
-		OptSecretNamespace: "petfabric-system",
+		pvoptions.OptBackstoreServer: "datera-mgmt.example.com:7718",
+		OptSecretName:                "datera-credentials",
+		OptSecretNamespace:           "petfabric-system",
 	},
 }
 

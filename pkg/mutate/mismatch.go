@@ -65,7 +65,7 @@ func CheckPV(cfg Config, cv ClaimVolume, pv *corev1.PersistentVolume) []Mismatch
 	}
 	wantID, err := VolumeID(cfg.ClusterID, cv.Namespace, cv.Claim)
 	legacyID, lerr := VolumeID("", cv.Namespace, cv.Claim)
-	if got := fv.Options["volumeID"]; (err != nil || got != wantID) && (lerr != nil || got != legacyID) {
+	if got := fv.Options[pvoptions.OptVolumeID]; (err != nil || got != wantID) && (lerr != nil || got != legacyID) {
 		out = append(out, Mismatch{MismatchVolumeID, fmt.Sprintf("PV %s names Datera volume %q, the claim's volume is %q", pv.Name, got, wantID)})
 	}
 	if recorded, ok := pvoptions.OwnerFromOptions(fv.Options); ok {

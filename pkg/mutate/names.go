@@ -14,25 +14,9 @@ import (
 )
 
 // validClusterID: ^[a-zA-Z_][a-zA-Z0-9_.-]{0,31}$, which leaves room in the 64-character
-// volume ID for namespace, claim and hash.
+// volume ID (pvoptions.ValidName) for namespace, claim and hash.
 func validClusterID(id string) bool {
-	return id != "" && len(id) <= 32 && ValidVolumeID(id+"__")
-}
-
-// ValidVolumeID reports whether id is a valid Datera app_instance name,
-// ^[a-zA-Z_][a-zA-Z0-9_.-]{2,63}$ (the flex driver also uses the ID as a file name, so nothing
-// outside it may ever be produced). A loop, not a regexp: it runs for every PV of every
-// admission.
-func ValidVolumeID(id string) bool {
-	if len(id) < 3 || len(id) > 64 || !isLetter(id[0]) && id[0] != '_' {
-		return false
-	}
-	for i := 1; i < len(id); i++ {
-		if c := id[i]; !isAlnum(c) && c != '_' && c != '.' && c != '-' {
-			return false
-		}
-	}
-	return true
+	return id != "" && len(id) <= 32 && pvoptions.ValidName(id+"__")
 }
 
 // isDNS1123Subdomain is validation.IsDNS1123Subdomain without the regexp and the messages.
@@ -169,7 +153,7 @@ func VolumeID(clusterID, namespace, claim string) (string, error) {
 		prefix = "_"
 	}
 	full := prefix + namespace + "_" + claim
-	if ValidVolumeID(full) {
+	if pvoptions.ValidName(full) {
 		return full, nil
 	}
 	const maxLen = 64
@@ -178,7 +162,7 @@ func VolumeID(clusterID, namespace, claim string) (string, error) {
 	if len(head) > maxLen-len(suffix) {
 		head = head[:maxLen-len(suffix)]
 	}
-	if id := head + suffix; ValidVolumeID(id) {
+	if id := head + suffix; pvoptions.ValidName(id) {
 		return id, nil
 	}
 	return "", fmt.Errorf("claim %s/%s: a Kubernetes namespace and claim name cannot make a Datera volume name", namespace, claim)

@@ -115,7 +115,7 @@ func TestVolumeID(t *testing.T) {
 	id, err = VolumeID(strings.Repeat("p", 32), ns, claim)
 	require.NoError(t, err)
 	assert.Len(t, id, 64)
-	assert.True(t, ValidVolumeID(id))
+	assert.True(t, pvoptions.ValidName(id))
 	id2, _ := VolumeID(strings.Repeat("p", 32), ns, claim)
 	assert.Equal(t, id, id2)
 	id3, _ := VolumeID(strings.Repeat("p", 32), ns, strings.Repeat("c", 200)+"-1")
@@ -186,7 +186,7 @@ func TestNamesProperties(t *testing.T) {
 		for _, cid := range []string{"", "pf", strings.Repeat("k", 32)} {
 			id, err := VolumeID(cid, ns, claim)
 			require.NoError(t, err)
-			assert.True(t, ValidVolumeID(id), "%s → %s", key, id)
+			assert.True(t, pvoptions.ValidName(id), "%s → %s", key, id)
 			assert.LessOrEqual(t, len(id), 64)
 			if other, ok := seenID[cid+"|"+id]; ok {
 				assert.Equal(t, key, other, "volume ID %s shared", id)
@@ -228,7 +228,7 @@ func TestFastValidators(t *testing.T) {
 	check := func(s string) {
 		assert.Equal(t, len(validation.IsDNS1123Subdomain(s)) == 0, isDNS1123Subdomain(s), "subdomain %q", s)
 		assert.Equal(t, len(validation.IsValidLabelValue(s)) == 0, isLabelValue(s), "label value %q", s)
-		assert.Equal(t, volumeID.MatchString(s), ValidVolumeID(s), "volume ID %q", s)
+		assert.Equal(t, volumeID.MatchString(s), pvoptions.ValidName(s), "volume ID %q", s)
 		assert.Equal(t, clusterID.MatchString(s), validClusterID(s), "cluster ID %q", s)
 	}
 	for _, s := range []string{"", "a", "a.b", "a..b", ".a", "a.", "-a", "a-", "a-.b", "A", "a_b", "_ab", "abc",
@@ -254,7 +254,7 @@ func FuzzNames(f *testing.F) {
 	f.Fuzz(func(t *testing.T, cid, ns, claim string) {
 		for _, s := range []string{cid, ns, claim} {
 			if (len(validation.IsDNS1123Subdomain(s)) == 0) != isDNS1123Subdomain(s) ||
-				(len(validation.IsValidLabelValue(s)) == 0) != isLabelValue(s) || volumeIDRE.MatchString(s) != ValidVolumeID(s) {
+				(len(validation.IsValidLabelValue(s)) == 0) != isLabelValue(s) || volumeIDRE.MatchString(s) != pvoptions.ValidName(s) {
 				t.Fatalf("fast validators disagree with the regexps on %q", s)
 			}
 		}
@@ -275,7 +275,7 @@ func FuzzNames(f *testing.F) {
 			}
 			return
 		}
-		if !ValidVolumeID(id) {
+		if !pvoptions.ValidName(id) {
 			t.Fatalf("VolumeID(%q, %q, %q) = %q", cid, ns, claim, id)
 		}
 	})

@@ -2,33 +2,25 @@ package mutate
 
 import (
 	"fmt"
-	"net"
 	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/petfabric/petfabric/pkg/datera"
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
-// Option keys. Each may be set as a StorageClass parameter, as a claim-template annotation
-// "petfabric.io/<key>" (which wins), or as a webhook default — except the admin-only keys
-// (adminOnlyKeys), which only the class or the webhook may set. Values are strings because
-// FlexVolume options are map[string]string.
+// The option keys (pvoptions.OptReplica, pvoptions.OptFSType, pvoptions.OptTemplate, …) and their allowed values
+// are the PV contract's, in pkg/pvoptions. Each may be set as a StorageClass parameter, as a
+// claim-template annotation "petfabric.io/<key>" (which wins), or as a webhook default — except
+// the admin-only keys (adminOnlyKeys), which only the class or the webhook may set. Values are
+// strings because FlexVolume options are map[string]string. pvoptions.OptSize is accepted for
+// old manifests only when it is at most the claim's request, and never changes the size: a
+// volume is as large as its claim's request (what ResourceQuota counts), no larger.
+
+// Secret of type datera/iscsi with the Datera credentials (class parameters or defaults); not
+// PV options: the PV names it in spec.flexVolume.secretRef.
 const (
-	OptReplica = "replica"
-	OptFSType  = "fsType"
-	// OptSize is accepted for old manifests only when it is at most the claim's request, and
-	// never changes the size: a volume is as large as its claim's request (what ResourceQuota
-	// counts), no larger.
-	OptSize            = "size"
-	OptTemplate        = "template"
-	OptPlacementMode   = "placementMode"
-	OptMaxIOPS         = "maxIops"
-	OptMaxBW           = "maxBW"
-	OptIPPool          = "ipPool"
-	OptTenant          = "tenant"
-	OptBackstoreServer = "backstoreServer"
-	// Secret of type datera/iscsi with the Datera credentials (class parameters or defaults).
 	OptSecretName      = "secretName"
 	OptSecretNamespace = "secretNamespace"
 )
@@ -44,9 +36,9 @@ const (
 
 // allowedListParam is the class parameter listing the extra values of a choice option.
 var allowedListParam = map[string]string{
-	OptTemplate:      ClassParamAllowedTemplates,
-	OptIPPool:        ClassParamAllowedIPPools,
-	OptPlacementMode: ClassParamAllowedPlacementModes,
+	pvoptions.OptTemplate:      ClassParamAllowedTemplates,
+	pvoptions.OptIPPool:        ClassParamAllowedIPPools,
+	pvoptions.OptPlacementMode: ClassParamAllowedPlacementModes,
 }
 
 // ClassParamBackstore is the design's StorageClass parameter name for the Datera management
@@ -57,14 +49,14 @@ const ClassParamBackstore = "backstore"
 // when the latter is not set (the map is copied only then).
 func withBackstoreAlias(params map[string]string) map[string]string {
 	alias := params[ClassParamBackstore]
-	if alias == "" || params[OptBackstoreServer] != "" {
+	if alias == "" || params[pvoptions.OptBackstoreServer] != "" {
 		return params
 	}
 	out := make(map[string]string, len(params))
 	for k, v := range params {
 		out[k] = v
 	}
-	out[OptBackstoreServer] = alias
+	out[pvoptions.OptBackstoreServer] = alias
 	return out
 }
 
@@ -79,8 +71,8 @@ var annotationKey = func() map[string]string {
 
 // optionKeys are every key a user may set, in a stable order.
 var optionKeys = []string{
-	OptReplica, OptFSType, OptSize, OptTemplate, OptPlacementMode, OptMaxIOPS, OptMaxBW,
-	OptIPPool, OptTenant, OptBackstoreServer, OptSecretName, OptSecretNamespace,
+	pvoptions.OptReplica, pvoptions.OptFSType, pvoptions.OptSize, pvoptions.OptTemplate, pvoptions.OptPlacementMode, pvoptions.OptMaxIOPS, pvoptions.OptMaxBW,
+	pvoptions.OptIPPool, pvoptions.OptTenant, pvoptions.OptBackstoreServer, OptSecretName, OptSecretNamespace,
 }
 
 // adminOnlyKeys say where the Datera credentials go and which credentials and tenant are
@@ -88,15 +80,10 @@ var optionKeys = []string{
 // username and password. A user who could set them on a claim (template) could send the
 // administrator's credentials to a server of their choosing, or use another namespace's
 // Secret; so an annotation setting one is refused, and Apply never records them.
-var adminOnlyKeys = []string{OptBackstoreServer, OptSecretName, OptSecretNamespace, OptTenant}
+var adminOnlyKeys = []string{pvoptions.OptBackstoreServer, OptSecretName, OptSecretNamespace, pvoptions.OptTenant}
 
 // AdminOnly reports whether an option key may be set only by the StorageClass or the webhook.
 func AdminOnly(key string) bool { return slices.Contains(adminOnlyKeys, key) }
-
-var (
-	allowedFSTypes        = []string{"xfs", "ext4", "ext3"}
-	allowedPlacementModes = []string{"hybrid", "single_flash", "all_flash"}
-)
 
 // Options are the resolved, validated settings of one claim template.
 type Options struct {
@@ -157,7 +144,7 @@ func resolveOptions(annotations, classParams, defaults map[string]string, classF
 		switch {
 		case annotations[annotationKey[k]] != "":
 			f = fmt.Sprintf("%s[%s]", annField, annotationKey[k])
-		case k == OptBackstoreServer && declared[k] == "" && declared[ClassParamBackstore] != "":
+		case k == pvoptions.OptBackstoreServer && declared[k] == "" && declared[ClassParamBackstore] != "":
 			f = fmt.Sprintf("%s.parameters[%s]", classField, ClassParamBackstore)
 		case classParams[k] != "":
 			f = fmt.Sprintf("%s.parameters[%s]", classField, k)
@@ -167,48 +154,47 @@ func resolveOptions(annotations, classParams, defaults map[string]string, classF
 		return &ValidationError{Field: f, Value: raw[k], Allowed: allowed}
 	}
 	var err error
-	if o.Replica, err = intIn(raw, OptReplica, 3, datera.MinReplicaCount, datera.MaxReplicaCount); err != nil {
-		return o, bad(OptReplica, fmt.Sprintf("an integer replica count from %d to %d", datera.MinReplicaCount, datera.MaxReplicaCount))
+	if o.Replica, err = pvoptions.ParseReplica(raw[pvoptions.OptReplica]); err != nil {
+		return o, bad(pvoptions.OptReplica, fmt.Sprintf("an integer replica count from %d to %d", datera.MinReplicaCount, datera.MaxReplicaCount))
 	}
-	o.FSType = or(raw[OptFSType], "xfs")
-	if !slices.Contains(allowedFSTypes, o.FSType) {
-		return o, bad(OptFSType, "one of "+strings.Join(allowedFSTypes, ", "))
+	if _, set := raw[pvoptions.OptReplica]; !set {
+		o.Replica = defaultReplica
 	}
-	if v, ok := raw[OptSize]; ok {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n < datera.MinSizeGiB || n > requestGiB {
-			return o, bad(OptSize, fmt.Sprintf("a whole number of GiB from %d to the claim's storage request (%d GiB): the volume size is the request, "+
-				"which is what ResourceQuota counts; raise spec.resources.requests.storage instead, or drop %s%s", datera.MinSizeGiB, requestGiB, AnnotationPrefix, OptSize))
+	o.FSType = or(raw[pvoptions.OptFSType], "xfs")
+	if !pvoptions.ValidFSType(o.FSType) {
+		return o, bad(pvoptions.OptFSType, "one of "+strings.Join(pvoptions.FSTypes(), ", "))
+	}
+	if v, ok := raw[pvoptions.OptSize]; ok {
+		n, err := pvoptions.ParseSize(v)
+		if err != nil || n > requestGiB {
+			return o, bad(pvoptions.OptSize, fmt.Sprintf("a whole number of GiB from %d to the claim's storage request (%d GiB): the volume size is the request, "+
+				"which is what ResourceQuota counts; raise spec.resources.requests.storage instead, or drop %s%s", datera.MinSizeGiB, requestGiB, AnnotationPrefix, pvoptions.OptSize))
 		}
 	}
-	o.Template = raw[OptTemplate]
-	if o.Template != "" && !ValidVolumeID(o.Template) {
-		return o, bad(OptTemplate, "a Datera app_template name (3-64 characters of [a-zA-Z0-9_.-], starting with a letter or _)")
+	if o.Template, err = pvoptions.ParseTemplate(raw[pvoptions.OptTemplate]); err != nil {
+		return o, bad(pvoptions.OptTemplate, "a Datera app_template name (3-64 characters of [a-zA-Z0-9_.-], starting with a letter or _)")
 	}
-	o.PlacementMode = raw[OptPlacementMode]
-	if o.PlacementMode != "" && !slices.Contains(allowedPlacementModes, o.PlacementMode) {
-		return o, bad(OptPlacementMode, "one of "+strings.Join(allowedPlacementModes, ", "))
+	if o.PlacementMode, err = pvoptions.ParsePlacementMode(raw[pvoptions.OptPlacementMode]); err != nil {
+		return o, bad(pvoptions.OptPlacementMode, "one of "+strings.Join(pvoptions.PlacementModes(), ", "))
 	}
-	if o.MaxIOPS, err = upTo(raw, OptMaxIOPS, datera.MaxIOPS); err != nil {
-		return o, bad(OptMaxIOPS, fmt.Sprintf("a whole number from 0 to %d (0 = unlimited)", datera.MaxIOPS))
+	if o.MaxIOPS, err = pvoptions.ParseMaxIOPS(raw[pvoptions.OptMaxIOPS]); err != nil {
+		return o, bad(pvoptions.OptMaxIOPS, fmt.Sprintf("a whole number from 0 to %d (0 = unlimited)", datera.MaxIOPS))
 	}
-	if o.MaxBW, err = upTo(raw, OptMaxBW, datera.MaxBandwidthKiB); err != nil {
-		return o, bad(OptMaxBW, fmt.Sprintf("a whole number of KiB/s from 0 to %d (0 = unlimited)", datera.MaxBandwidthKiB))
+	if o.MaxBW, err = pvoptions.ParseMaxBW(raw[pvoptions.OptMaxBW]); err != nil {
+		return o, bad(pvoptions.OptMaxBW, fmt.Sprintf("a whole number of KiB/s from 0 to %d (0 = unlimited)", datera.MaxBandwidthKiB))
 	}
-	o.IPPool = raw[OptIPPool]
-	if o.IPPool != "" && !ValidVolumeID(o.IPPool) {
-		return o, bad(OptIPPool, "a Datera ip_pool name")
+	if o.IPPool, err = pvoptions.ParseIPPool(raw[pvoptions.OptIPPool]); err != nil {
+		return o, bad(pvoptions.OptIPPool, "a Datera ip_pool name")
 	}
-	o.Tenant = raw[OptTenant]
-	if o.Tenant != "" && !validTenant(o.Tenant) {
-		return o, bad(OptTenant, "a Datera tenant: /root or /root/<name>")
+	if o.Tenant = raw[pvoptions.OptTenant]; o.Tenant != "" && !pvoptions.ValidTenant(o.Tenant) {
+		return o, bad(pvoptions.OptTenant, "a Datera tenant: /root or /root/<name>")
 	}
-	o.BackstoreServer = raw[OptBackstoreServer]
+	o.BackstoreServer = raw[pvoptions.OptBackstoreServer]
 	if o.BackstoreServer == "" {
 		return o, &ValidationError{Field: classField + ".parameters[backstoreServer]", Value: "", Allowed: "the host:port of the Datera management API must be set by the class or the webhook"}
 	}
-	if !validBackstore(o.BackstoreServer) {
-		return o, bad(OptBackstoreServer, fmt.Sprintf("host:port of the Datera management API, port %d (https) or %d (http)", datera.HTTPSPort, datera.HTTPPort))
+	if !pvoptions.ValidBackstoreServer(o.BackstoreServer) {
+		return o, bad(pvoptions.OptBackstoreServer, fmt.Sprintf("host:port of the Datera management API, port %d (https) or %d (http)", datera.HTTPSPort, datera.HTTPPort))
 	}
 	o.SecretName, o.SecretNamespace = raw[OptSecretName], raw[OptSecretNamespace]
 	if o.SecretName == "" || o.SecretNamespace == "" {
@@ -240,18 +226,18 @@ func capByGrant(o Options, annotations, classParams, defaults map[string]string,
 	}
 	userSet := func(k string) bool { return annotations[annotationKey[k]] != "" }
 
-	if userSet(OptReplica) {
-		if g, src, ok := grant(OptReplica); ok {
+	if userSet(pvoptions.OptReplica) {
+		if g, src, ok := grant(pvoptions.OptReplica); ok {
 			n, err := strconv.Atoi(g)
 			if err != nil {
 				return &ValidationError{Field: src, Value: g, Allowed: "an integer replica count"}
 			}
 			if o.Replica > n {
-				return bad(OptReplica, fmt.Sprintf("at most %d, the replica count %s grants", n, src))
+				return bad(pvoptions.OptReplica, fmt.Sprintf("at most %d, the replica count %s grants", n, src))
 			}
 		}
 	}
-	for _, k := range []string{OptMaxIOPS, OptMaxBW} {
+	for _, k := range []string{pvoptions.OptMaxIOPS, pvoptions.OptMaxBW} {
 		if !userSet(k) {
 			continue
 		}
@@ -264,14 +250,14 @@ func capByGrant(o Options, annotations, classParams, defaults map[string]string,
 			return &ValidationError{Field: src, Value: g, Allowed: "a whole number (0 = unlimited)"}
 		}
 		v := o.MaxIOPS
-		if k == OptMaxBW {
+		if k == pvoptions.OptMaxBW {
 			v = o.MaxBW
 		}
 		if limit > 0 && (v == 0 || v > limit) {
 			return bad(k, fmt.Sprintf("from 1 to %d, the limit %s grants (0 would be unlimited)", limit, src))
 		}
 	}
-	for _, k := range []string{OptTemplate, OptIPPool, OptPlacementMode} {
+	for _, k := range []string{pvoptions.OptTemplate, pvoptions.OptIPPool, pvoptions.OptPlacementMode} {
 		if !userSet(k) {
 			continue
 		}
@@ -299,48 +285,8 @@ func capByGrant(o Options, annotations, classParams, defaults map[string]string,
 // Raw returns the resolved option strings.
 func (o Options) Raw() map[string]string { return o.raw }
 
-func intIn(raw map[string]string, k string, def, lo, hi int) (int, error) {
-	v, ok := raw[k]
-	if !ok {
-		return def, nil
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < lo || n > hi {
-		return 0, fmt.Errorf("out of range")
-	}
-	return n, nil
-}
-
-func upTo(raw map[string]string, k string, hi int64) (int64, error) {
-	v, ok := raw[k]
-	if !ok {
-		return 0, nil
-	}
-	n, err := strconv.ParseInt(v, 10, 64)
-	if err != nil || n < 0 || n > hi {
-		return 0, fmt.Errorf("invalid")
-	}
-	return n, nil
-}
-
-func validTenant(t string) bool {
-	if t == "/root" {
-		return true
-	}
-	sub, ok := strings.CutPrefix(t, "/root/")
-	return ok && ValidVolumeID(sub)
-}
-
-// validBackstore: host:port as the contract says, and a port from which the readers of the
-// PV (the flex driver, the reconcile loop: datera.EndpointForBackstore) can infer the scheme.
-func validBackstore(s string) bool {
-	host, _, err := net.SplitHostPort(s)
-	if err != nil || host == "" || strings.ContainsAny(s, "/ ") {
-		return false
-	}
-	_, err = datera.EndpointForBackstore(s)
-	return err == nil
-}
+// defaultReplica is the replica count when neither template, class nor webhook sets one.
+const defaultReplica = 3
 
 func or(v, def string) string {
 	if v == "" {

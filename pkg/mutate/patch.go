@@ -9,6 +9,8 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	sigsjson "sigs.k8s.io/json"
+
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
 // recordedAnnotations are the annotations the patch sets on a planned template.
@@ -16,7 +18,7 @@ func recordedAnnotations(tp TemplatePlan, statefulSet string) map[string]string 
 	out := make(map[string]string, len(tp.Options.raw)+2)
 	for k, v := range tp.Options.raw {
 		// size is not an option any more (the request is the size): not recorded.
-		if !AdminOnly(k) && k != OptSize {
+		if !AdminOnly(k) && k != pvoptions.OptSize {
 			out[AnnotationPrefix+k] = v
 		}
 	}

@@ -6,6 +6,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
 // rawWithUnknownFields is a StatefulSet as a newer apiserver might send it: fields this
@@ -128,10 +130,10 @@ func TestPatchRepairsDrift(t *testing.T) {
 	require.NoError(t, json.Unmarshal(patched, &obj))
 	ann := obj["spec"].(map[string]any)["volumeClaimTemplates"].([]any)[0].(map[string]any)["metadata"].(map[string]any)["annotations"].(map[string]any)
 	ann[AnnStatefulSet] = "someone-else"
-	ann[AnnotationPrefix+OptFSType] = 7 // not even a string
+	ann[AnnotationPrefix+pvoptions.OptFSType] = 7 // not even a string
 	drifted := mustJSON(t, obj)
 	// The typed object cannot hold a number annotation; decide on what it can hold.
-	ann[AnnotationPrefix+OptFSType] = "xfs"
+	ann[AnnotationPrefix+pvoptions.OptFSType] = "xfs"
 	sts2 := stsFromJSON(t, mustJSON(t, obj))
 	plan2, err := Decide(testCfg, Input{NamespaceUID: testNSUID, StatefulSet: sts2, Classes: classes})
 	require.NoError(t, err)

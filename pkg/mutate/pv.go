@@ -64,27 +64,11 @@ func (cv ClaimVolume) PersistentVolume(cfg Config) (*corev1.PersistentVolume, er
 		return nil, err
 	}
 	o := cv.Options
-	opts := map[string]string{
-		"volumeID":              volumeID,
-		"size":                  strconv.FormatInt(cv.SizeGiB, 10),
-		"replica":               strconv.Itoa(o.Replica),
-		"backstoreServer":       o.BackstoreServer,
-		pvoptions.OptAccessMode: mode,
-	}
-	for k, v := range cv.Owner(cfg).Options() {
-		opts[k] = v
-	}
-	for _, kv := range [...][2]string{{OptTemplate, o.Template}, {OptPlacementMode, o.PlacementMode}, {OptIPPool, o.IPPool}, {OptTenant, o.Tenant}} {
-		if kv[1] != "" {
-			opts[kv[0]] = kv[1]
-		}
-	}
-	if o.MaxIOPS > 0 {
-		opts[OptMaxIOPS] = strconv.FormatInt(o.MaxIOPS, 10)
-	}
-	if o.MaxBW > 0 {
-		opts[OptMaxBW] = strconv.FormatInt(o.MaxBW, 10)
-	}
+	opts := pvoptions.Volume{
+		VolumeID: volumeID, SizeGiB: cv.SizeGiB, Replica: o.Replica, BackstoreServer: o.BackstoreServer,
+		Template: o.Template, PlacementMode: o.PlacementMode, MaxIOPS: o.MaxIOPS, MaxBWKiB: o.MaxBW,
+		IPPool: o.IPPool, Tenant: o.Tenant, AccessMode: mode, Owner: cv.Owner(cfg), HasOwner: true,
+	}.Options()
 	labels := map[string]string{
 		LabelManagedBy: ManagedByValue,
 		LabelNamespace: cv.Namespace,

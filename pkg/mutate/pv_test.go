@@ -13,6 +13,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/utils/ptr"
+
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
 // TestPersistentVolumeGolden compares the PV of one ordinal with a hand-written PV of the
@@ -116,15 +118,15 @@ func checkContractPV(t *testing.T, pv *corev1.PersistentVolume, namespace, claim
 	fv := pv.Spec.FlexVolume
 	require.NotNil(t, fv)
 	assert.Equal(t, "datera/iscsi", fv.Driver)
-	assert.Equal(t, options[OptFSType], fv.FSType)
+	assert.Equal(t, options[pvoptions.OptFSType], fv.FSType)
 	assert.Equal(t, &corev1.SecretReference{Name: options[OptSecretName], Namespace: options[OptSecretNamespace]}, fv.SecretRef)
 	assert.False(t, fv.ReadOnly)
-	assert.True(t, ValidVolumeID(fv.Options["volumeID"]), fv.Options["volumeID"])
+	assert.True(t, pvoptions.ValidName(fv.Options["volumeID"]), fv.Options["volumeID"])
 	assert.Equal(t, "pf_"+namespace+"_"+claim, fv.Options["volumeID"])
 	assert.Equal(t, strconv.FormatInt(sizeGiB, 10), fv.Options["size"])
 	wantOpts := map[string]string{"volumeID": fv.Options["volumeID"], "size": strconv.FormatInt(sizeGiB, 10),
 		"accessMode": "ReadWriteOnce", "clusterID": "pf", "claimNamespace": namespace, "claimName": claim, "namespaceUID": testNSUID}
-	for _, k := range []string{OptReplica, OptBackstoreServer, OptTemplate, OptPlacementMode, OptMaxIOPS, OptMaxBW, OptIPPool, OptTenant} {
+	for _, k := range []string{pvoptions.OptReplica, pvoptions.OptBackstoreServer, pvoptions.OptTemplate, pvoptions.OptPlacementMode, pvoptions.OptMaxIOPS, pvoptions.OptMaxBW, pvoptions.OptIPPool, pvoptions.OptTenant} {
 		if v := options[k]; v != "" && v != "0" {
 			wantOpts[k] = v
 		}
@@ -146,7 +148,7 @@ func TestRecordedOptionsFrozen(t *testing.T) {
 	stored := stsFromJSON(t, applyPatch(t, raw, patch))
 
 	later := testCfg
-	later.Defaults = withDefaults(map[string]string{OptFSType: "ext4"})
+	later.Defaults = withDefaults(map[string]string{pvoptions.OptFSType: "ext4"})
 	again, err := Decide(later, Input{NamespaceUID: testNSUID, StatefulSet: stored, NamespaceLabels: optedIn, Classes: classes, PinnedOnly: true})
 	require.NoError(t, err)
 	cv := again.Ordinal(again.Templates[0], 7)
@@ -160,7 +162,7 @@ func TestRecordedOptionsFrozen(t *testing.T) {
 		for k, v := range c.Parameters {
 			params[k] = v
 		}
-		params[OptReplica] = "1"
+		params[pvoptions.OptReplica] = "1"
 		c.Parameters = params
 		lowered[n] = c
 	}
@@ -197,7 +199,7 @@ func TestPersistentVolumeLongNames(t *testing.T) {
 	}
 	id := pv.Spec.FlexVolume.Options["volumeID"]
 	assert.Len(t, id, 64)
-	assert.True(t, ValidVolumeID(id))
+	assert.True(t, pvoptions.ValidName(id))
 	again, err := cv.PersistentVolume(testCfg)
 	require.NoError(t, err)
 	assert.Equal(t, pv, again, "deterministic")

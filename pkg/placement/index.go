@@ -4,6 +4,8 @@ import (
 	"slices"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
 // Index is an in-memory State kept up to date from Lease and PersistentVolume events. It
@@ -105,7 +107,7 @@ func (x *Index) SetPV(pv *corev1.PersistentVolume) {
 	if pv.Spec.FlexVolume == nil || pv.Spec.FlexVolume.Driver != FlexDriver {
 		return
 	}
-	id := pv.Spec.FlexVolume.Options[OptionVolumeID]
+	id := pv.Spec.FlexVolume.Options[pvoptions.OptVolumeID]
 	pet := PetOfPV(pv)
 	if id == "" || !pet.Valid() {
 		return

@@ -13,6 +13,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
+
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
 const (
@@ -400,7 +402,7 @@ func datersPV(name, volumeID, sts string, ordinal, i int) *corev1.PersistentVolu
 			AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
 			ClaimRef:    &corev1.ObjectReference{Namespace: "shop", Name: "c-" + strconv.Itoa(i)},
 			PersistentVolumeSource: corev1.PersistentVolumeSource{FlexVolume: &corev1.FlexPersistentVolumeSource{
-				Driver: FlexDriver, Options: map[string]string{OptionVolumeID: volumeID, OptionBackstore: bsA},
+				Driver: FlexDriver, Options: map[string]string{pvoptions.OptVolumeID: volumeID, pvoptions.OptBackstoreServer: bsA},
 			}},
 		},
 	}
@@ -515,7 +517,7 @@ func TestPodVolumes(t *testing.T) {
 			name:    "Datera PV without backstoreServer",
 			volumes: []corev1.Volume{pvcVol("data", "data-db-0")},
 			lookup: mapLookup{pvs: map[string]*corev1.PersistentVolume{"pv1": pv("pv1", "data-db-0", func(p *corev1.PersistentVolume) {
-				delete(p.Spec.FlexVolume.Options, OptionBackstore)
+				delete(p.Spec.FlexVolume.Options, pvoptions.OptBackstoreServer)
 			})}},
 			wantErr: `PersistentVolume pv1 uses driver datera/iscsi but lacks option "volumeID" or "backstoreServer"`,
 		},
@@ -532,7 +534,7 @@ func TestPodVolumes(t *testing.T) {
 			name: "inline FlexVolume and a generic ephemeral volume",
 			volumes: []corev1.Volume{
 				{Name: "inline", VolumeSource: corev1.VolumeSource{FlexVolume: &corev1.FlexVolumeSource{Driver: FlexDriver,
-					Options: map[string]string{OptionVolumeID: "inline-1", OptionBackstore: bsB}}}},
+					Options: map[string]string{pvoptions.OptVolumeID: "inline-1", pvoptions.OptBackstoreServer: bsB}}}},
 				{Name: "other-flex", VolumeSource: corev1.VolumeSource{FlexVolume: &corev1.FlexVolumeSource{Driver: "acme/nfs"}}},
 				{Name: "scratch", VolumeSource: corev1.VolumeSource{Ephemeral: &corev1.EphemeralVolumeSource{}}},
 			},

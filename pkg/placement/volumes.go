@@ -5,14 +5,13 @@ import (
 	"strconv"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
 const (
 	// FlexDriver is the FlexVolume driver name of Datera PVs.
 	FlexDriver = "datera/iscsi"
-	// OptionVolumeID and OptionBackstore are the FlexVolume options the extender reads.
-	OptionVolumeID  = "volumeID"
-	OptionBackstore = "backstoreServer"
 	// LabelStatefulSet and LabelOrdinal are the labels the webhook puts on the PVs it
 	// creates: the StatefulSet's name (its namespace is the claimRef's) and the pet's
 	// ordinal. Prioritize uses them to spread one StatefulSet's pets.
@@ -138,9 +137,11 @@ func claimVolume(namespace, name string, lk Lookup) (Volume, bool, error) {
 }
 
 func fromOptions(opts map[string]string, what string) (Volume, error) {
-	id, bs := opts[OptionVolumeID], opts[OptionBackstore]
+	// The extender reads two options of the PV contract (pkg/pvoptions), present in every
+	// version; what the others say is the driver's to check.
+	id, bs := opts[pvoptions.OptVolumeID], opts[pvoptions.OptBackstoreServer]
 	if id == "" || bs == "" {
-		return Volume{}, fmt.Errorf("%s uses driver %s but lacks option %q or %q", what, FlexDriver, OptionVolumeID, OptionBackstore)
+		return Volume{}, fmt.Errorf("%s uses driver %s but lacks option %q or %q", what, FlexDriver, pvoptions.OptVolumeID, pvoptions.OptBackstoreServer)
 	}
 	return Volume{VolumeID: id, Backstore: bs}, nil
 }

@@ -1,10 +1,24 @@
-// Package pvoptions owns the parts of the PersistentVolume contract that the webhook writes and
-// the flex driver and the reconcile loop read to decide who a volume belongs to and how many
-// nodes may use it: the PV name, the owner options, the access-mode option, and the owner record
-// kept on the Datera app_instance as metadata.
+// Package pvoptions is the one home of the PersistentVolume contract between the programs: the
+// webhook writes a Datera PV's spec.flexVolume.options (Volume.Options), the flex driver parses
+// and checks them all (Parse), the scheduler extender reads volumeID and backstoreServer, and
+// the reconcile loop reads volumeID, backstoreServer, tenant, accessMode and the owner. Every
+// option key, its allowed values and its parsing are defined here and nowhere else, together
+// with the PV name, the owner record kept on the Datera app_instance as metadata, and the
+// default cluster ID.
 //
-// Contract version 2 (this package) adds, to the version 1 options (volumeID, size, replica,
-// backstoreServer, …):
+// Contract version 1 (the first programs):
+//
+//	volumeID         Datera app_instance name, ^[a-zA-Z_][a-zA-Z0-9_.-]{2,63}$   required
+//	size             GiB, 1-32768                                   required unless template
+//	replica          1-5
+//	backstoreServer  host:port of the Datera management API (port 7718 https, 7717 http)  required
+//	template         Datera app_template name
+//	placementMode    hybrid | single_flash | all_flash
+//	maxIops, maxBW   0 (none) up to the Datera limit; maxBW in KiB/s
+//	ipPool           Datera ip_pool name
+//	tenant           /root | /root/<name>
+//
+// Contract version 2 (this package; what the webhook writes now) adds:
 //
 //	accessMode      ReadWriteOnce | ReadOnlyMany          (absent: ReadWriteOnce)
 //	clusterID       the cluster the PV was made in
@@ -12,9 +26,16 @@
 //	claimName       name of that claim
 //	namespaceUID    UID of that namespace when the PV was made
 //
-// A reader meeting a version 1 PV (none of these options) treats it as ReadWriteOnce with no
-// recorded owner: the driver fences it like any RWO volume and skips the owner comparison.
-// A reader meeting an unknown accessMode refuses the volume instead of guessing.
+// The programs are deployed and upgraded separately, so old and new run side by side for a
+// while. A reader must accept the previous version: meeting a version 1 PV (none of the
+// version 2 options), it treats it as ReadWriteOnce with no recorded owner (the driver fences
+// it like any RWO volume and skips the owner comparison). A newer writer may add options: a
+// reader logs the keys it does not know (Known) and goes on, since a new option may only add
+// to what a volume is, never change what the known ones mean (a change of meaning takes a new
+// key). A reader meeting a known key with a value it does not know (an unknown accessMode, a
+// placementMode outside the list) refuses the volume instead of guessing. The wire format is
+// pinned by golden tests (the webhook's PV options in pkg/mutate/testdata) so a change shows up
+// in review.
 package pvoptions
 
 import (
@@ -24,7 +45,7 @@ import (
 	"strings"
 )
 
-// Option keys (spec.flexVolume.options) of contract version 2.
+// Option keys (spec.flexVolume.options) added by contract version 2.
 const (
 	OptAccessMode     = "accessMode"
 	OptClusterID      = "clusterID"

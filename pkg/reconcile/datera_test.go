@@ -13,7 +13,7 @@ import (
 
 	"github.com/petfabric/petfabric/pkg/datera"
 	"github.com/petfabric/petfabric/pkg/datera/fake"
-	"github.com/petfabric/petfabric/pkg/mutate"
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
 // simulator serves pkg/datera/fake over HTTP on port 7717 (Datera's http port: a
@@ -51,7 +51,7 @@ func TestDefaultDateraFor(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			_, backstore := simulator(t)
-			del := storageClass(testClass, corev1.PersistentVolumeReclaimDelete, map[string]string{mutate.OptBackstoreServer: backstore})
+			del := storageClass(testClass, corev1.PersistentVolumeReclaimDelete, map[string]string{pvoptions.OptBackstoreServer: backstore})
 			pv := releasedPV(t, del, 1, corev1.VolumeReleased)
 			volumeID := pv.Spec.FlexVolume.Options["volumeID"]
 			admin, err := datera.New(datera.Config{Endpoint: "http://" + backstore, Username: fake.DefaultUser, Password: fake.DefaultPassword})
@@ -88,7 +88,7 @@ func TestDefaultDateraFor(t *testing.T) {
 func TestDefaultEndpointRefusesUnknownPort(t *testing.T) {
 	del := storageClass(testClass, corev1.PersistentVolumeReclaimDelete, nil)
 	pv := releasedPV(t, del, 1, corev1.VolumeReleased)
-	pv.Spec.FlexVolume.Options[mutate.OptBackstoreServer] = "127.0.0.1:1234"
+	pv.Spec.FlexVolume.Options[pvoptions.OptBackstoreServer] = "127.0.0.1:1234"
 	e := newEnv(t, []runtime.Object{namespace(testNS, nil), pv, credentials("admin", "password")}, func(o *Options) { o.DateraFor = nil }).start()
 	e.waitFor("PV in cache", func() bool { _, err := e.c.pvLister.Get(pv.Name); return err == nil })
 	_, err := e.c.syncPV(context.Background(), pv.Name)
@@ -101,7 +101,7 @@ func TestDefaultEndpointRefusesUnknownPort(t *testing.T) {
 // volumeID predates it (it was never bound, so never mounted) and is kept.
 func TestAvailableOrphanKeepsDateraVolume(t *testing.T) {
 	_, backstore := simulator(t)
-	del := storageClass(testClass, corev1.PersistentVolumeReclaimDelete, map[string]string{mutate.OptBackstoreServer: backstore})
+	del := storageClass(testClass, corev1.PersistentVolumeReclaimDelete, map[string]string{pvoptions.OptBackstoreServer: backstore})
 	pv := managedPV(t, statefulSet("web", 3), del, 1, corev1.VolumeAvailable, t0.Add(-time.Hour))
 	volumeID := pv.Spec.FlexVolume.Options["volumeID"]
 	admin, err := datera.New(datera.Config{Endpoint: "http://" + backstore, Username: fake.DefaultUser, Password: fake.DefaultPassword})

@@ -169,7 +169,7 @@ func (c *controller) syncFence(ctx context.Context, name string) (time.Duration,
 		fv == nil || fv.Driver != mutate.Driver || ref == nil || ref.Name == "" || pv.Status.Phase != corev1.VolumeBound {
 		return 0, nil
 	}
-	volumeID := fv.Options["volumeID"]
+	volumeID := fv.Options[pvoptions.OptVolumeID]
 	in := FenceInput{
 		VolumeID: volumeID, AccessMode: fv.Options[pvoptions.OptAccessMode],
 		Pods: c.claimPods(ref.Namespace, ref.Name), Now: c.opts.now(), FenceAfter: c.opts.FenceAfter,

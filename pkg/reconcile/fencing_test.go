@@ -18,8 +18,8 @@ import (
 
 	"github.com/petfabric/petfabric/pkg/datera"
 	"github.com/petfabric/petfabric/pkg/datera/fake"
-	"github.com/petfabric/petfabric/pkg/mutate"
 	"github.com/petfabric/petfabric/pkg/placement"
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
 const (
@@ -75,7 +75,7 @@ func newFenceEnv(t *testing.T, pods ...runtime.Object) *fenceEnv {
 func newFenceEnvWith(t *testing.T, before func(*env), pods ...runtime.Object) *fenceEnv {
 	t.Helper()
 	_, backstore := simulator(t)
-	ret := storageClass(testClass, corev1.PersistentVolumeReclaimRetain, map[string]string{mutate.OptBackstoreServer: backstore})
+	ret := storageClass(testClass, corev1.PersistentVolumeReclaimRetain, map[string]string{pvoptions.OptBackstoreServer: backstore})
 	pv := managedPV(t, statefulSet("db", 1), ret, 0, corev1.VolumeBound, t0.Add(-time.Hour))
 	pv.Spec.ClaimRef.UID = "claim-uid"
 	volumeID := pv.Spec.FlexVolume.Options["volumeID"]

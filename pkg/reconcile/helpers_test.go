@@ -29,6 +29,7 @@ import (
 
 	"github.com/petfabric/petfabric/pkg/datera"
 	"github.com/petfabric/petfabric/pkg/mutate"
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
 const (
@@ -53,9 +54,9 @@ func namespace(name string, labels map[string]string) *corev1.Namespace {
 
 func storageClass(name string, policy corev1.PersistentVolumeReclaimPolicy, params map[string]string) *storagev1.StorageClass {
 	p := map[string]string{
-		mutate.OptBackstoreServer: "127.0.0.1:7717",
-		mutate.OptSecretName:      secretName,
-		mutate.OptSecretNamespace: secretNS,
+		pvoptions.OptBackstoreServer: "127.0.0.1:7717",
+		mutate.OptSecretName:         secretName,
+		mutate.OptSecretNamespace:    secretNS,
 	}
 	for k, v := range params {
 		p[k] = v

@@ -90,7 +90,7 @@ func (c *controller) replaceable(ctx context.Context, pv *corev1.PersistentVolum
 		return "it served a claim before", nil
 	case pv.Labels[mutate.LabelManagedBy] != mutate.ManagedByValue:
 		return "petfabric did not make it", nil
-	case pv.Spec.FlexVolume == nil || pv.Spec.FlexVolume.Driver != mutate.Driver || pv.Spec.FlexVolume.Options["volumeID"] == "":
+	case pv.Spec.FlexVolume == nil || pv.Spec.FlexVolume.Driver != mutate.Driver || pv.Spec.FlexVolume.Options[pvoptions.OptVolumeID] == "":
 		return "it is not a Datera volume petfabric can check", nil
 	}
 	_, err := c.opts.Client.CoreV1().PersistentVolumeClaims(cv.Namespace).Get(ctx, cv.Claim, metav1.GetOptions{})
@@ -100,7 +100,7 @@ func (c *controller) replaceable(ctx context.Context, pv *corev1.PersistentVolum
 	case !apierrors.IsNotFound(err):
 		return "", fmt.Errorf("read claim %s/%s: %w", cv.Namespace, cv.Claim, err)
 	}
-	volumeID := pv.Spec.FlexVolume.Options["volumeID"]
+	volumeID := pv.Spec.FlexVolume.Options[pvoptions.OptVolumeID]
 	wantID, err := mutate.VolumeID(c.opts.Mutate.ClusterID, cv.Namespace, cv.Claim)
 	if err != nil {
 		return err.Error(), nil

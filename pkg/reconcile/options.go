@@ -18,6 +18,7 @@ import (
 
 	"github.com/petfabric/petfabric/pkg/datera"
 	"github.com/petfabric/petfabric/pkg/mutate"
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
 // Defaults of zero Options fields.
@@ -261,7 +262,7 @@ func (c *dateraCache) forPV(ctx context.Context, pv *corev1.PersistentVolume) (D
 	if fv == nil {
 		return nil, errors.New("not a FlexVolume PV")
 	}
-	endpoint, err := c.opts.DateraEndpoint(fv.Options[mutate.OptBackstoreServer])
+	endpoint, err := c.opts.DateraEndpoint(fv.Options[pvoptions.OptBackstoreServer])
 	if err != nil {
 		return nil, err
 	}
@@ -269,7 +270,7 @@ func (c *dateraCache) forPV(ctx context.Context, pv *corev1.PersistentVolume) (D
 	if err != nil {
 		return nil, err
 	}
-	key := dateraKey{endpoint: endpoint, tenant: datera.NormalizeTenant(fv.Options[mutate.OptTenant]), username: user, password: sha256.Sum256([]byte(pass))}
+	key := dateraKey{endpoint: endpoint, tenant: datera.NormalizeTenant(fv.Options[pvoptions.OptTenant]), username: user, password: sha256.Sum256([]byte(pass))}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if cl, ok := c.clients[key]; ok {

@@ -12,7 +12,6 @@ import (
 
 	"github.com/petfabric/petfabric/pkg/datera"
 	"github.com/petfabric/petfabric/pkg/datera/fake"
-	"github.com/petfabric/petfabric/pkg/mutate"
 	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
@@ -51,7 +50,7 @@ func TestReclaimDeleteRefusesAnotherOwnersVolume(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			_, backstore := simulator(t)
-			del := storageClass(testClass, corev1.PersistentVolumeReclaimDelete, map[string]string{mutate.OptBackstoreServer: backstore})
+			del := storageClass(testClass, corev1.PersistentVolumeReclaimDelete, map[string]string{pvoptions.OptBackstoreServer: backstore})
 			pv := releasedPV(t, del, 1, corev1.VolumeReleased)
 			volumeID := pv.Spec.FlexVolume.Options["volumeID"]
 			admin, err := datera.New(datera.Config{Endpoint: "http://" + backstore, Username: fake.DefaultUser, Password: fake.DefaultPassword})

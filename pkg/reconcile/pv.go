@@ -227,7 +227,7 @@ func (c *controller) syncReleased(ctx context.Context, cached *corev1.Persistent
 	}
 	var volumeID string
 	if pv.Spec.FlexVolume != nil {
-		volumeID = pv.Spec.FlexVolume.Options["volumeID"]
+		volumeID = pv.Spec.FlexVolume.Options[pvoptions.OptVolumeID]
 	}
 	if pv.Spec.FlexVolume == nil || pv.Spec.FlexVolume.Driver != mutate.Driver {
 		volumeID = "" // not a Datera volume: nothing of Datera's to delete

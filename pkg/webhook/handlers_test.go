@@ -25,6 +25,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/petfabric/petfabric/pkg/mutate"
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
 func pvNames(tpls []string, sts string, ordinals ...int) []string {
@@ -386,7 +387,7 @@ func TestClaimInvalid(t *testing.T) {
 	resp := f.admit(t, PathClaims, claimRequest(t, admissionv1.Create, pvc))
 	require.True(t, resp.Allowed)
 	opts := f.pvs.get(mutate.PVName("shop", pvc.Name)).Spec.FlexVolume.Options
-	assert.Equal(t, testCfg.Defaults[mutate.OptBackstoreServer], opts["backstoreServer"])
+	assert.Equal(t, testCfg.Defaults[pvoptions.OptBackstoreServer], opts["backstoreServer"])
 	assert.Equal(t, "3", opts["replica"])
 
 	bad := stored.DeepCopy()

@@ -28,6 +28,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/petfabric/petfabric/pkg/mutate"
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
 // testCfg is the webhook configuration of every handler test.
@@ -35,9 +36,9 @@ var testCfg = mutate.Config{
 	ClusterID:    "pf",
 	DefaultClass: "datera",
 	Defaults: map[string]string{
-		mutate.OptBackstoreServer: "datera-mgmt.example.com:7718",
-		mutate.OptSecretName:      "datera-credentials",
-		mutate.OptSecretNamespace: "petfabric-system",
+		pvoptions.OptBackstoreServer: "datera-mgmt.example.com:7718",
+		mutate.OptSecretName:         "datera-credentials",
+		mutate.OptSecretNamespace:    "petfabric-system",
 	},
 }
 

@@ -13,7 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/utils/ptr"
 
-	"github.com/petfabric/petfabric/pkg/mutate"
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
 // Regression tests of bugs found in review of this package (all fixed): each describes the bug
@@ -85,7 +85,7 @@ func TestRegressionUpdateDeniedWithoutNewOrdinals(t *testing.T) {
 	stored := pinned(t, old, statefulSet("shop", "web", 3, dateraTemplate("data", "datera-gold", "1Gi")))
 
 	cfg := testCfg
-	cfg.Defaults = map[string]string{mutate.OptBackstoreServer: "datera-mgmt.example.com:7718"}
+	cfg.Defaults = map[string]string{pvoptions.OptBackstoreServer: "datera-mgmt.example.com:7718"}
 	f := newFixture(t, func(o *Options) { o.Mutate = cfg })
 	image := stored.DeepCopy()
 	image.Spec.Template.Spec.Containers[0].Image = "nginx:2"

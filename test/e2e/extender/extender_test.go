@@ -39,6 +39,8 @@ import (
 	"github.com/petfabric/petfabric/pkg/placement"
 	"github.com/petfabric/petfabric/pkg/serving"
 	"github.com/petfabric/petfabric/test/cluster"
+
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
 const (
@@ -187,7 +189,7 @@ func (e *env) volume(t *testing.T, claim, volumeID string, pet *placement.Pet, c
 			PersistentVolumeReclaimPolicy: corev1.PersistentVolumeReclaimRetain,
 			PersistentVolumeSource: corev1.PersistentVolumeSource{FlexVolume: &corev1.FlexPersistentVolumeSource{
 				Driver: placement.FlexDriver, FSType: "xfs",
-				Options: map[string]string{placement.OptionVolumeID: volumeID, placement.OptionBackstore: e.backstore, "size": "1", "replica": "3"},
+				Options: map[string]string{pvoptions.OptVolumeID: volumeID, pvoptions.OptBackstoreServer: e.backstore, "size": "1", "replica": "3"},
 			}},
 		},
 	}
