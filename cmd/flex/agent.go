@@ -16,6 +16,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/petfabric/petfabric/pkg/agent"
+	"github.com/petfabric/petfabric/pkg/version"
 )
 
 // The agent mode runs in the node DaemonSet: it probes the iSCSI portals of the configured
@@ -100,7 +101,7 @@ func agentMain(args []string) error {
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
-	metrics := agent.NewMetrics()
+	metrics := agentMetrics()
 	a, err := agent.New(agent.Options{
 		Node: *node, Initiator: iqn, Backstores: bs, StateDir: *stateDir,
 		Leases:   client.CoordinationV1().Leases(*namespace),
@@ -133,6 +134,13 @@ func agentMain(args []string) error {
 	log.Info("node agent starting", "node", *node, "namespace", *namespace, "initiator", iqn, "backstores", servers,
 		"interval", *interval, "stateDir", *stateDir)
 	return a.Run(ctx)
+}
+
+// agentMetrics are the agent's metrics plus petfabric_build_info.
+func agentMetrics() *agent.Metrics {
+	m := agent.NewMetrics()
+	m.Registry.MustRegister(version.NewCollector())
+	return m
 }
 
 func envOr(key, def string) string {

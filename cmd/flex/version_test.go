@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 )
 
@@ -22,4 +23,11 @@ func TestBinaryPrintsVersion(t *testing.T) {
 		require.NoError(t, err, "%s", out)
 		require.Equal(t, "flex v0.0.0-stamped ("+runtime.Version()+")\n", string(out), "%v", args)
 	}
+}
+
+// The agent exports which build it is, as the webhook and the extender do.
+func TestAgentMetricsCarryBuildInfo(t *testing.T) {
+	n, err := testutil.GatherAndCount(agentMetrics().Registry, "petfabric_build_info")
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
 }
