@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/go-chi/chi/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/client-go/tools/record"
 
@@ -80,16 +79,21 @@ func New(o Options) *Server {
 	}
 }
 
-// Handler routes the admission paths.
+// Handler routes the admission paths. Another method on an admission path gets 405 with an
+// AdmissionReview-shaped reason (the "POST /path" pattern is more specific than "/path").
 func (s *Server) Handler() http.Handler {
-	r := chi.NewRouter()
-	r.Post(PathStatefulSets, s.serveReview("statefulsets", s.admitStatefulSet))
-	r.Post(PathScale, s.serveReview("scale", s.admitScale))
-	r.Post(PathClaims, s.serveReview("persistentvolumeclaims", s.admitClaim))
-	r.MethodNotAllowed(func(w http.ResponseWriter, _ *http.Request) {
+	mux := http.NewServeMux()
+	mux.Handle("POST "+PathStatefulSets, s.serveReview("statefulsets", s.admitStatefulSet))
+	mux.Handle("POST "+PathScale, s.serveReview("scale", s.admitScale))
+	mux.Handle("POST "+PathClaims, s.serveReview("persistentvolumeclaims", s.admitClaim))
+	notPOST := func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Allow", http.MethodPost)
 		writeStatus(w, http.StatusMethodNotAllowed, "admission reviews are POSTed")
-	})
-	return r
+	}
+	for _, p := range []string{PathStatefulSets, PathScale, PathClaims} {
+		mux.HandleFunc(p, notPOST)
+	}
+	return mux
 }
 
 type metrics struct {
