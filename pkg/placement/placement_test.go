@@ -153,7 +153,7 @@ func TestFilter(t *testing.T) {
 			},
 			nodes: []string{"a", "b"},
 			failed: map[string]string{
-				"a": "node a: unreadable reachability report: unsupported report version 2 (this build reads version 1)",
+				"a": "node a: unreadable reachability report: unsupported report version 2 (this build reads versions 1 to 1; a newer agent needs a newer reader)",
 				"b": "node b: unreadable reachability report: no petfabric.io/report annotation on Lease petfabric-node-b",
 			},
 		},

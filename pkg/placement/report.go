@@ -14,15 +14,31 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 )
 
-// The reachability report is the contract between the node agent (writer, cmd/flex agent)
-// and the scheduler extender (reader). This file is its single definition.
+// The reachability report is the contract between the node agent (writer, cmd/flex agent,
+// a DaemonSet) and the scheduler extender (reader, a Deployment); the reconcile loop also reads
+// its initiator and attached list before fencing. This file is its single definition, and
+// testdata/report.golden.json pins its wire format.
+//
+// Contract version 1 (ReportVersion) is the first. The writer and the readers are upgraded
+// separately, so for a while old and new run side by side:
+//   - A field may be added without a new version when its absence means "not known" (the zero
+//     value claims nothing): a reader ignores fields it does not know, and an older writer
+//     simply does not send the new one.
+//   - A change to what a field means takes a new version. A reader accepts every version from
+//     oldestReportVersion to ReportVersion, at least the previous one, so upgrading the agents
+//     after the readers never drops a node.
+//   - A reader refuses a newer version than it knows instead of guessing what its fields mean:
+//     the node then has no usable report (the filter says so for that node) until the reader
+//     is upgraded. So readers (extender, webhook) are upgraded before the agents.
 
 const (
 	// ReportAnnotation is the Lease annotation that carries the JSON Report.
 	ReportAnnotation = "petfabric.io/report"
-	// ReportVersion is the schema version this code writes and reads. A reader refuses
-	// other versions rather than guessing what their fields mean.
+	// ReportVersion is the schema version this code writes, and the newest it reads.
 	ReportVersion = 1
+	// oldestReportVersion is the oldest version a reader still accepts (at least
+	// ReportVersion-1 once there is a version 2).
+	oldestReportVersion = 1
 	// LeaseNamePrefix starts the name of every report Lease: petfabric-node-<node>.
 	LeaseNamePrefix = "petfabric-node-"
 	// LeaseManagedByLabel marks report Leases (app.kubernetes.io/managed-by=petfabric), so a
@@ -86,8 +102,8 @@ func (r *Report) Encode() (string, error) {
 
 // Validate checks what a reader relies on.
 func (r *Report) Validate() error {
-	if r.Version != ReportVersion {
-		return fmt.Errorf("unsupported report version %d (this build reads version %d)", r.Version, ReportVersion)
+	if r.Version < oldestReportVersion || r.Version > ReportVersion {
+		return fmt.Errorf("unsupported report version %d (this build reads versions %d to %d; a newer agent needs a newer reader)", r.Version, oldestReportVersion, ReportVersion)
 	}
 	if r.Initiator == "" {
 		return errors.New("report has no initiator name")
