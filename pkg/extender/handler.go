@@ -10,8 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/go-chi/chi/v5"
-
 	"github.com/petfabric/petfabric/pkg/placement"
 	"github.com/petfabric/petfabric/pkg/serving"
 )
@@ -70,10 +68,10 @@ func NewHandler(src Source, opts HandlerOptions) http.Handler {
 		h.maxLen = DefaultMaxBodyBytes
 	}
 	h.bufs.New = func() any { return new(bytes.Buffer) }
-	r := chi.NewRouter()
-	r.Post(FilterPath, h.filter)
-	r.Post(PrioritizePath, h.prioritize)
-	return r
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+FilterPath, h.filter)
+	mux.HandleFunc("POST "+PrioritizePath, h.prioritize)
+	return mux
 }
 
 // requestError is an HTTP error status with a message for the caller.
