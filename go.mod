@@ -3,7 +3,6 @@ module github.com/petfabric/petfabric
 go 1.26.0
 
 require (
-	github.com/go-chi/chi/v5 v5.5.0
 	github.com/prometheus/client_golang v1.23.2
 	github.com/stretchr/testify v1.12.1
 	golang.org/x/sync v0.19.0
