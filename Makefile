@@ -11,6 +11,9 @@ TEST_TIMEOUT  ?= 25m
 TEST_FLAGS    ?=
 PKGS          ?= ./...
 LOG_DIR       ?= $(CURDIR)/.cache/test-logs
+# VERSION is stamped into the binaries (pkg/version; --version, petfabric_build_info).
+VERSION       ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+LDFLAGS       := -X github.com/petfabric/petfabric/pkg/version.Version=$(VERSION)
 
 .PHONY: all test setup apt tools lint fmt vet staticcheck tidy doccheck gotest bench build clean
 
@@ -30,8 +33,10 @@ tools:
 	@echo "==> pinned tools (cache: $${PETFABRIC_CACHE:-$$HOME/.cache/petfabric})"
 	@hack/build-tools.sh
 
+## build: compile everything; the three programs land in bin/, stamped with $(VERSION).
 build:
 	$(GO) build ./...
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/webhook ./cmd/extender ./cmd/flex
 
 lint: fmt vet staticcheck tidy doccheck
 
