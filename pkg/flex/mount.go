@@ -192,6 +192,9 @@ func (d *Driver) attach(ctx context.Context, log *slog.Logger, req *MountRequest
 	for p, perr := range res.Failed {
 		log.WarnContext(ctx, "portal login failed; continuing on the others", "portal", p, "error", perr)
 	}
+	if err := d.adoptLUN(log, &rec.LUN, res.LUN, func() error { return d.State.Save(rec) }); err != nil {
+		return err
+	}
 	d.crash(StepLogin)
 	loginDone := time.Now()
 

@@ -53,6 +53,9 @@ type LoginResult struct {
 	LoggedIn []string
 	// Failed maps the other portals to why they failed.
 	Failed map[string]error
+	// LUN is the volume's disk as found on the target: the requested LUN, or the one disk
+	// behind it when the requested LUN is another kind of device (Devices.DiskLUN).
+	LUN int
 }
 
 // Validate checks the request before anything reaches a command line.

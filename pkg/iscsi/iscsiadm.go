@@ -122,7 +122,7 @@ func (a *Iscsiadm) Login(ctx context.Context, req LoginRequest) (*LoginResult, e
 		// Not fatal: a login to an existing session answers 15, which is success.
 		a.log().WarnContext(ctx, "cannot list iSCSI sessions; logging in regardless", "error", err)
 	}
-	res := &LoginResult{Failed: map[string]error{}}
+	res := &LoginResult{Failed: map[string]error{}, LUN: req.LUN}
 	for _, p := range req.Portals {
 		if !hasSession(sessions, req.IQN, p) {
 			if err := a.loginPortal(ctx, req, p); err != nil {
@@ -134,6 +134,10 @@ func (a *Iscsiadm) Login(ctx context.Context, req LoginRequest) (*LoginResult, e
 		if err := a.Devices.ScanLUN(req.IQN, p, req.LUN); err != nil {
 			// The device wait that follows reports the missing device with its own bound.
 			a.log().WarnContext(ctx, "LUN scan failed", "iqn", req.IQN, "portal", p, "lun", req.LUN, "error", err)
+		} else if lun, err := a.Devices.DiskLUN(req.IQN, p, req.LUN); err != nil {
+			a.log().WarnContext(ctx, "finding the disk LUN failed", "iqn", req.IQN, "portal", p, "lun", req.LUN, "error", err)
+		} else {
+			res.LUN = lun
 		}
 		res.LoggedIn = append(res.LoggedIn, p)
 	}
