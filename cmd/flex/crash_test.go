@@ -12,6 +12,8 @@ import (
 
 	"github.com/petfabric/petfabric/pkg/flex"
 	"github.com/petfabric/petfabric/pkg/flex/flextest"
+
+	"github.com/petfabric/petfabric/pkg/flexstate"
 )
 
 // TestKillDuringMountConverges SIGKILLs the real driver process right after each step of a first
@@ -111,7 +113,7 @@ func TestKillLeavesRecordForAgent(t *testing.T) {
 	rec, err := flex.State{Dir: n.StateDir}.Load(id)
 	require.NoError(t, err)
 	require.NotNil(t, rec)
-	assert.Equal(t, flex.PhaseAttaching, rec.Phase)
+	assert.Equal(t, flexstate.PhaseAttaching, rec.Phase)
 	assert.Equal(t, n.IQN(id), rec.IQN)
 	assert.Equal(t, []string{"192.0.2.1:3260"}, rec.Portals)
 	assert.Equal(t, flextest.InitiatorName, rec.InitiatorName)

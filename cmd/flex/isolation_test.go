@@ -23,6 +23,8 @@ import (
 	"github.com/petfabric/petfabric/pkg/flex"
 	"github.com/petfabric/petfabric/pkg/flex/flextest"
 	"github.com/petfabric/petfabric/pkg/pvoptions"
+
+	"github.com/petfabric/petfabric/pkg/flexstate"
 )
 
 // Tenant isolation and data safety of the driver (issue 9): each test runs the scenario of an
@@ -65,7 +67,7 @@ func (n *node) sub(name string, f func(t *testing.T)) {
 }
 
 // record loads the node's record of id (nil when none).
-func (n *node) record(id string) *flex.VolumeRecord {
+func (n *node) record(id string) *flexstate.Record {
 	n.t.Helper()
 	rec, err := flex.State{Dir: n.StateDir}.Load(id)
 	require.NoError(n.t, err)
@@ -623,7 +625,7 @@ func TestHalfDoneAttachmentRefusesForeignCredentials(t *testing.T) {
 			assert.Equal(t, []string{n.InitiatorName}, n.ACL(id), "nor the ACL entry removed")
 			assert.Equal(t, stored, readFile(t, filepath.Join(n.StateDir, "credentials"), id+".json"), "the stored credentials are the real ones")
 			require.NotNil(t, n.record(id))
-			assert.Equal(t, flex.PhaseAttaching, n.record(id).Phase)
+			assert.Equal(t, flexstate.PhaseAttaching, n.record(id).Phase)
 		})
 	}
 	n.mustMount(a, opts) // kubelet's retry finishes the attachment

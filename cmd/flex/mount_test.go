@@ -17,6 +17,8 @@ import (
 
 	"github.com/petfabric/petfabric/pkg/flex"
 	"github.com/petfabric/petfabric/pkg/flex/flextest"
+
+	"github.com/petfabric/petfabric/pkg/flexstate"
 )
 
 // These tests run as root against real loop devices, real mkfs/blkid/mount and the Datera
@@ -65,7 +67,7 @@ func (n *node) assertAttached(id string, dirs ...string) {
 	rec, err := flex.State{Dir: n.StateDir}.Load(id)
 	require.NoError(n.t, err)
 	require.NotNil(n.t, rec, "volume record")
-	assert.Equal(n.t, flex.PhaseMounted, rec.Phase)
+	assert.Equal(n.t, flexstate.PhaseMounted, rec.Phase)
 	assert.ElementsMatch(n.t, dirs, rec.Mounts)
 	mounts := n.Mounts()
 	for _, d := range dirs {

@@ -18,6 +18,8 @@ import (
 
 	"github.com/petfabric/petfabric/pkg/iscsi"
 	"github.com/petfabric/petfabric/pkg/placement"
+
+	"github.com/petfabric/petfabric/pkg/flexstate"
 )
 
 // ProbeFunc runs one discovery probe; iscsi.Probe in production.
@@ -174,7 +176,7 @@ func (a *Agent) Run(ctx context.Context) error {
 // readAttached reads the state directory; on error it keeps the previous list (dropping
 // attachments on a transient read error would lift ReadWriteOnce protection).
 func (a *Agent) readAttached(prev []string) []string {
-	vols, unreadable, err := AttachedVolumes(a.opts.StateDir)
+	vols, unreadable, err := flexstate.Attached(a.opts.StateDir)
 	if err != nil {
 		a.log.Error("cannot read the driver's state directory; keeping the previous attached list", "dir", a.opts.StateDir, "err", err)
 		if prev == nil {

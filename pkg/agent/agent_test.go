@@ -107,28 +107,6 @@ func writeRecord(t testing.TB, dir, id, phase string) {
 	require.NoError(t, os.WriteFile(filepath.Join(dir, id+".json"), []byte(`{"version":1,"volumeID":"`+id+`","phase":"`+phase+`"}`), 0o644))
 }
 
-func TestAttachedVolumes(t *testing.T) {
-	dir := t.TempDir()
-	writeRecord(t, dir, "vol-b", "mounted")
-	writeRecord(t, dir, "vol-a", "attaching")
-	writeRecord(t, dir, "vol-c", "detached")
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "vol-d.json"), []byte("{garbage"), 0o644))
-	require.NoError(t, os.WriteFile(filepath.Join(dir, ".vol-e.json.tmp"), []byte("{}"), 0o644))
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("x"), 0o644))
-	require.NoError(t, os.MkdirAll(filepath.Join(dir, "locks"), 0o755))
-	require.NoError(t, os.MkdirAll(filepath.Join(dir, "credentials"), 0o700))
-	writeRecord(t, filepath.Join(dir, "credentials"), "vol-z", "mounted")
-
-	vols, unreadable, err := AttachedVolumes(dir)
-	require.NoError(t, err)
-	assert.Equal(t, []string{"vol-a", "vol-b", "vol-d"}, vols, "detached excluded, unreadable kept, temp files and subdirs skipped")
-	assert.Equal(t, []string{"vol-d.json"}, unreadable)
-
-	vols, _, err = AttachedVolumes(filepath.Join(dir, "never-created"))
-	require.NoError(t, err)
-	assert.Equal(t, []string{}, vols)
-}
-
 // fakeProber answers from a table and counts calls.
 type fakeProber struct {
 	mu    sync.Mutex

@@ -11,12 +11,13 @@
 //     and optional discovery CHAP credentials, given as file paths so secrets come from
 //     mounted Secrets and never sit in the config or the logs;
 //   - the driver's state directory (--state-dir, default /var/lib/petfabric/flex): the flex
-//     driver keeps one <volumeID>.json record per volume it attached on this node. Each such
-//     file counts as one attached volume, except a record whose "phase" is "detached" (the
-//     driver has logged out and removed the ACL entry and is about to delete the file).
+//     driver keeps one <volumeID>.json record per volume it attached on this node (the
+//     record's contract, and its reading here, is pkg/flexstate's: flexstate.Attached). Each
+//     such file counts as one attached volume, except a record whose "phase" is "detached"
+//     (the driver has logged out and removed the ACL entry and is about to delete the file).
 //     Files starting with "." are the driver's temporary files and are skipped. A record
-//     that cannot be parsed still counts: for ReadWriteOnce protection it is safer to claim
-//     a volume than to drop it;
+//     that cannot be read (or of a newer version) still counts: for ReadWriteOnce
+//     protection it is safer to claim a volume than to drop it;
 //   - the initiator name: --initiator, or "InitiatorName=" in --initiator-file (default
 //     /etc/iscsi/initiatorname.iscsi, the file open-iscsi and the driver use).
 //

@@ -18,6 +18,8 @@ import (
 
 	"github.com/petfabric/petfabric/pkg/datera"
 	"github.com/petfabric/petfabric/pkg/pvoptions"
+
+	"github.com/petfabric/petfabric/pkg/flexstate"
 )
 
 // The per-mount credential check. kubelet hands the driver a volumeID and the secretRef values
@@ -183,7 +185,7 @@ func (c accessCache) forget(name string) {
 // the volume is attached here (rec), that it may still be given to a new pod (stillAttachable).
 // A cache hit skips both for at most the TTL.
 // allowMissing lets a missing app_instance pass (nothing to protect yet; not cached).
-func (d *Driver) verifyAccess(ctx context.Context, log *slog.Logger, req *MountRequest, creds *credentials, rec *VolumeRecord, allowMissing bool) error {
+func (d *Driver) verifyAccess(ctx context.Context, log *slog.Logger, req *MountRequest, creds *credentials, rec *flexstate.Record, allowMissing bool) error {
 	if d.accessCheckOff {
 		return nil
 	}
@@ -227,7 +229,7 @@ func (d *Driver) verifyAccess(ctx context.Context, log *slog.Logger, req *MountR
 // node may be writing the volume, so no new pod on this node gets it. The pods still using it
 // here keep their mounts (the driver does not pull a filesystem from under a running pod);
 // they are the ones the loop judged gone.
-func stillAttachable(ai *datera.AppInstance, rec *VolumeRecord) error {
+func stillAttachable(ai *datera.AppInstance, rec *flexstate.Record) error {
 	si, _, ok := ai.Volume()
 	if !ok {
 		return nil

@@ -15,6 +15,8 @@ import (
 	"github.com/petfabric/petfabric/pkg/datera"
 	"github.com/petfabric/petfabric/pkg/iscsi"
 	"github.com/petfabric/petfabric/pkg/pvoptions"
+
+	"github.com/petfabric/petfabric/pkg/flexstate"
 )
 
 // errNoRollback marks failures after which the driver must not tear anything down (the state
@@ -69,7 +71,7 @@ func (d *Driver) Mount(ctx context.Context, req *MountRequest) (err error) {
 	if err != nil {
 		return err
 	}
-	if rec != nil && rec.Phase == PhaseDetached {
+	if rec != nil && rec.Phase == flexstate.PhaseDetached {
 		// An unmount died after detaching: finish its local cleanup first.
 		if err := d.forget(log, rec); err != nil {
 			return err
@@ -112,7 +114,7 @@ func (d *Driver) Mount(ctx context.Context, req *MountRequest) (err error) {
 		}
 	} else {
 		if rec == nil {
-			rec = &VolumeRecord{VolumeID: req.VolumeID}
+			rec = &flexstate.Record{VolumeID: req.VolumeID}
 		}
 		if err := d.attach(ctx, log, req, rec, creds, initiator); err != nil {
 			return err
@@ -123,7 +125,7 @@ func (d *Driver) Mount(ctx context.Context, req *MountRequest) (err error) {
 
 // checkAttached decides whether a mount may share the volume attached on this node: the same
 // access mode, the same owner (when both name one), and credentials that can see the volume.
-func (d *Driver) checkAttached(ctx context.Context, log *slog.Logger, req *MountRequest, rec *VolumeRecord, creds *credentials) error {
+func (d *Driver) checkAttached(ctx context.Context, log *slog.Logger, req *MountRequest, rec *flexstate.Record, creds *credentials) error {
 	if mode := rec.AccessMode; mode != "" && mode != req.AccessMode {
 		return fmt.Errorf("volume %s is attached on this node as %s; this mount asks for %s", req.VolumeID, mode, req.AccessMode)
 	}
@@ -142,7 +144,7 @@ func (d *Driver) lock(ctx context.Context, id string) (func(), error) {
 }
 
 // attachedHere reports whether the record's device is mounted at its global path.
-func (d *Driver) attachedHere(rec *VolumeRecord) (bool, error) {
+func (d *Driver) attachedHere(rec *flexstate.Record) (bool, error) {
 	if rec == nil || rec.Device == "" || rec.GlobalMountPath == "" {
 		return false, nil
 	}
@@ -161,9 +163,9 @@ func (d *Driver) attachedHere(rec *VolumeRecord) (bool, error) {
 	return true, nil
 }
 
-func (d *Driver) attach(ctx context.Context, log *slog.Logger, req *MountRequest, rec *VolumeRecord, creds *credentials, initiator string) error {
+func (d *Driver) attach(ctx context.Context, log *slog.Logger, req *MountRequest, rec *flexstate.Record, creds *credentials, initiator string) error {
 	start := time.Now()
-	rec.Phase = PhaseAttaching
+	rec.Phase = flexstate.PhaseAttaching
 	rec.BackstoreServer, rec.Endpoint, rec.Tenant = req.BackstoreServer, req.Endpoint, req.Tenant
 	rec.GlobalMountPath = d.globalPath(req.VolumeID)
 	rec.FSType, rec.ReadOnly, rec.InitiatorName = req.FSType, req.ReadOnly, initiator
@@ -241,7 +243,7 @@ func (d *Driver) attach(ctx context.Context, log *slog.Logger, req *MountRequest
 // only ever found), checks the owner, grants this node (behind the RWO fence), onlines it and
 // reads the target. It fills rec.StorageInstance (saved before the ACL changes), rec.IQN and
 // rec.Portals.
-func (d *Driver) dateraAttach(ctx context.Context, log *slog.Logger, req *MountRequest, rec *VolumeRecord, creds *credentials, initiator string) error {
+func (d *Driver) dateraAttach(ctx context.Context, log *slog.Logger, req *MountRequest, rec *flexstate.Record, creds *credentials, initiator string) error {
 	params := DateraParams{Endpoint: req.Endpoint, Tenant: req.Tenant, Username: creds.Username, Password: creds.Password}
 	api, err := d.NewDatera(params)
 	if err != nil {
@@ -338,7 +340,7 @@ func (d *Driver) dateraAttach(ctx context.Context, log *slog.Logger, req *MountR
 }
 
 // mountGlobal formats the device if it is verifiably blank and mounts it at the global path.
-func (d *Driver) mountGlobal(ctx context.Context, log *slog.Logger, req *MountRequest, rec *VolumeRecord) error {
+func (d *Driver) mountGlobal(ctx context.Context, log *slog.Logger, req *MountRequest, rec *flexstate.Record) error {
 	g := rec.GlobalMountPath
 	if err := os.MkdirAll(g, 0o750); err != nil {
 		return fmt.Errorf("creating the global mount point: %w", err)
@@ -394,7 +396,7 @@ func (d *Driver) mountGlobal(ctx context.Context, log *slog.Logger, req *MountRe
 }
 
 // bind bind-mounts the global mount into the pod directory and records it.
-func (d *Driver) bind(ctx context.Context, log *slog.Logger, req *MountRequest, rec *VolumeRecord) error {
+func (d *Driver) bind(ctx context.Context, log *slog.Logger, req *MountRequest, rec *flexstate.Record) error {
 	table, err := readMountTable()
 	if err != nil {
 		return err
@@ -409,7 +411,7 @@ func (d *Driver) bind(ctx context.Context, log *slog.Logger, req *MountRequest, 
 		}
 		log.InfoContext(ctx, "already bind-mounted")
 	} else {
-		if rec.addMount(req.Dir) {
+		if rec.AddMount(req.Dir) {
 			if err := d.State.Save(rec); err != nil {
 				return err
 			}
@@ -426,8 +428,8 @@ func (d *Driver) bind(ctx context.Context, log *slog.Logger, req *MountRequest, 
 		}
 	}
 	d.crash(StepBind)
-	rec.addMount(req.Dir)
-	rec.Phase = PhaseMounted
+	rec.AddMount(req.Dir)
+	rec.Phase = flexstate.PhaseMounted
 	if err := d.State.Save(rec); err != nil {
 		return err
 	}
@@ -438,10 +440,10 @@ func (d *Driver) bind(ctx context.Context, log *slog.Logger, req *MountRequest, 
 // rollback undoes a failed mount: the pod directory leaves the record, and the volume is
 // detached when nothing on the node uses it any more. Best effort: failures are logged, and the
 // record keeps what is left for the next mount or unmount.
-func (d *Driver) rollback(ctx context.Context, log *slog.Logger, rec *VolumeRecord, dir string) {
+func (d *Driver) rollback(ctx context.Context, log *slog.Logger, rec *flexstate.Record, dir string) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 	defer cancel()
-	if table, err := readMountTable(); err == nil && table.find(dir) == nil && rec.removeMount(dir) {
+	if table, err := readMountTable(); err == nil && table.find(dir) == nil && rec.RemoveMount(dir) {
 		if err := d.State.Save(rec); err != nil {
 			log.ErrorContext(ctx, "rollback: saving the record failed", "error", err)
 			return

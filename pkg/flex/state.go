@@ -7,74 +7,14 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
-	"strings"
 	"time"
 
-	"github.com/petfabric/petfabric/pkg/pvoptions"
+	"github.com/petfabric/petfabric/pkg/flexstate"
 )
 
-// Phases of a VolumeRecord.
-const (
-	// PhaseAttaching: a mount is in progress or was interrupted; anything from the ACL entry to
-	// the global mount may exist. Written before the first remote change, so nothing is ever
-	// attached without a record that says so.
-	PhaseAttaching = "attaching"
-	// PhaseMounted: logged in, device mounted at the global path.
-	PhaseMounted = "mounted"
-	// PhaseDetached: logged out and the ACL entry removed; only local files remain.
-	PhaseDetached = "detached"
-)
-
-// recordVersion is the schema version of VolumeRecord.
-const recordVersion = 1
-
-// VolumeRecord is the metadata of one volume attached on this node, saved outside the mount
-// point as <state dir>/<volumeID>.json. The node agent counts these files as the volumes
-// attached on this node; unmount, which gets only a path from kubelet, rebuilds everything
-// from it. It holds no secret.
-type VolumeRecord struct {
-	Version         int      `json:"version"`
-	VolumeID        string   `json:"volumeID"`
-	Phase           string   `json:"phase"`
-	BackstoreServer string   `json:"backstoreServer"`
-	Endpoint        string   `json:"endpoint"`
-	Tenant          string   `json:"tenant,omitempty"`
-	StorageInstance string   `json:"storageInstance,omitempty"`
-	IQN             string   `json:"iqn,omitempty"`
-	Portals         []string `json:"portals,omitempty"`
-	LUN             int      `json:"lun"`
-	Device          string   `json:"device,omitempty"`
-	DevicePaths     []string `json:"devicePaths,omitempty"`
-	GlobalMountPath string   `json:"globalMountPath"`
-	FSType          string   `json:"fsType"`
-	ReadOnly        bool     `json:"readOnly,omitempty"`
-	// AccessMode is the mode the volume is attached in (ReadWriteOnce or ReadOnlyMany).
-	AccessMode string `json:"accessMode,omitempty"`
-	// Owner is the claim the volume was attached for (nil for a contract-v1 PV).
-	Owner         *pvoptions.Owner `json:"owner,omitempty"`
-	InitiatorName string           `json:"initiatorName"`
-	Mounts        []string         `json:"mounts"`
-	UpdatedAt     time.Time        `json:"updatedAt"`
-}
-
-func (r *VolumeRecord) addMount(dir string) bool {
-	if slices.Contains(r.Mounts, dir) {
-		return false
-	}
-	r.Mounts = append(r.Mounts, dir)
-	slices.Sort(r.Mounts)
-	return true
-}
-
-func (r *VolumeRecord) removeMount(dir string) bool {
-	i := slices.Index(r.Mounts, dir)
-	if i < 0 {
-		return false
-	}
-	r.Mounts = slices.Delete(r.Mounts, i, i+1)
-	return true
-}
+// The state record (its type, version, file naming and the agent's reading of it) is
+// pkg/flexstate's; State is the driver's handling of the directory: locks, atomic writes,
+// stored credentials.
 
 // StoredCredentials are what unmount needs to log in to Datera again (kubelet passes no
 // secret to unmount). Saved 0600 under <state>/credentials/, removed with the record.
@@ -86,8 +26,8 @@ type StoredCredentials struct {
 // State is the driver's state directory.
 type State struct{ Dir string }
 
-// RecordPath is <dir>/<volumeID>.json.
-func (s State) RecordPath(id string) string { return filepath.Join(s.Dir, id+".json") }
+// RecordPath is <dir>/<volumeID>.json (flexstate.FileName).
+func (s State) RecordPath(id string) string { return filepath.Join(s.Dir, flexstate.FileName(id)) }
 
 // LockPath is <dir>/locks/<volumeID>.lock (never removed: removing lock files races).
 func (s State) LockPath(id string) string { return filepath.Join(s.Dir, "locks", id+".lock") }
@@ -97,8 +37,10 @@ func (s State) CredentialsPath(id string) string {
 	return filepath.Join(s.Dir, "credentials", id+".json")
 }
 
-// Load reads a record; a missing one is (nil, nil).
-func (s State) Load(id string) (*VolumeRecord, error) {
+// Load reads a record; a missing one is (nil, nil). A record of a version this build does not
+// read is an error that says so (flexstate.ErrUnknownVersion): the driver does not act on an
+// attachment it does not understand.
+func (s State) Load(id string) (*flexstate.Record, error) {
 	b, err := os.ReadFile(s.RecordPath(id))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -106,28 +48,24 @@ func (s State) Load(id string) (*VolumeRecord, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading volume record: %w", err)
 	}
-	var r VolumeRecord
-	if err := json.Unmarshal(b, &r); err != nil {
-		return nil, fmt.Errorf("volume record %s is corrupt: %w", s.RecordPath(id), err)
+	r, err := flexstate.Decode(b)
+	if err != nil {
+		return nil, fmt.Errorf("volume record %s: %w", s.RecordPath(id), err)
 	}
 	if r.VolumeID != id {
 		return nil, fmt.Errorf("volume record %s names volume %q", s.RecordPath(id), r.VolumeID)
 	}
-	return &r, nil
+	return r, nil
 }
 
 // Save writes a record atomically (temp file + fsync + rename + directory fsync).
-func (s State) Save(r *VolumeRecord) error {
-	r.Version = recordVersion
+func (s State) Save(r *flexstate.Record) error {
 	r.UpdatedAt = time.Now().UTC()
-	if r.Mounts == nil {
-		r.Mounts = []string{}
-	}
-	b, err := json.MarshalIndent(r, "", "  ")
+	b, err := flexstate.Encode(r)
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(s.RecordPath(r.VolumeID), append(b, '\n'), 0o644); err != nil {
+	if err := writeFileAtomic(s.RecordPath(r.VolumeID), b, 0o644); err != nil {
 		return fmt.Errorf("saving volume record: %w", err)
 	}
 	return nil
@@ -142,7 +80,7 @@ func (s State) Remove(id string) error {
 }
 
 // List reads every record of the state directory.
-func (s State) List() ([]*VolumeRecord, error) {
+func (s State) List() ([]*flexstate.Record, error) {
 	entries, err := os.ReadDir(s.Dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -150,10 +88,10 @@ func (s State) List() ([]*VolumeRecord, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listing volume records: %w", err)
 	}
-	var out []*VolumeRecord
+	var out []*flexstate.Record
 	for _, e := range entries {
-		id, ok := strings.CutSuffix(e.Name(), ".json")
-		if !ok || !e.Type().IsRegular() || ValidateVolumeID(id) != nil {
+		id, ok := flexstate.VolumeIDOf(e.Name())
+		if !ok || !e.Type().IsRegular() {
 			continue
 		}
 		r, err := s.Load(id)

@@ -13,6 +13,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/petfabric/petfabric/pkg/flexstate"
 )
 
 func TestStateRecords(t *testing.T) {
@@ -20,9 +22,9 @@ func TestStateRecords(t *testing.T) {
 	r, err := s.Load("pv-1")
 	require.NoError(t, err)
 	assert.Nil(t, r)
-	rec := &VolumeRecord{VolumeID: "pv-1", Phase: PhaseMounted, IQN: "iqn.2013-05.com.daterainc:tc:01:sn:1", Mounts: []string{"/a"}}
+	rec := &flexstate.Record{VolumeID: "pv-1", Phase: flexstate.PhaseMounted, IQN: "iqn.2013-05.com.daterainc:tc:01:sn:1", Mounts: []string{"/a"}}
 	require.NoError(t, s.Save(rec))
-	require.NoError(t, s.Save(&VolumeRecord{VolumeID: "pv-2", Phase: PhaseAttaching}))
+	require.NoError(t, s.Save(&flexstate.Record{VolumeID: "pv-2", Phase: flexstate.PhaseAttaching}))
 	require.NoError(t, s.SaveCredentials("pv-1", StoredCredentials{Username: "u", Password: "p"}))
 	_, err = lockFile(context.Background(), s.LockPath("pv-1"))
 	require.NoError(t, err)
@@ -57,9 +59,14 @@ func TestStateRecords(t *testing.T) {
 	require.NoError(t, err)
 	assert.Nil(t, r)
 
-	require.NoError(t, os.WriteFile(s.RecordPath("pv-9"), []byte(`{"volumeID":"other"}`), 0o644))
+	require.NoError(t, os.WriteFile(s.RecordPath("pv-9"), []byte(`{"version":1,"volumeID":"other"}`), 0o644))
 	_, err = s.Load("pv-9")
 	require.ErrorContains(t, err, "names volume")
+
+	// A newer driver's record is not acted on (a rollback leaves the attachment alone).
+	require.NoError(t, os.WriteFile(s.RecordPath("pv-9"), []byte(`{"version":2,"volumeID":"pv-9","phase":"mounted"}`), 0o644))
+	_, err = s.Load("pv-9")
+	require.ErrorIs(t, err, flexstate.ErrUnknownVersion)
 }
 
 func TestLockSerializesOneVolumeOnly(t *testing.T) {

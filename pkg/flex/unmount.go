@@ -14,6 +14,8 @@ import (
 
 	"github.com/petfabric/petfabric/pkg/datera"
 	"github.com/petfabric/petfabric/pkg/iscsi"
+
+	"github.com/petfabric/petfabric/pkg/flexstate"
 )
 
 // Unmount removes the bind mount at dir and, when no other mount of the volume remains on the
@@ -63,7 +65,7 @@ func (d *Driver) Unmount(ctx context.Context, dir string) error {
 		return err
 	}
 	if len(users) > 0 {
-		if rec.removeMount(dir) {
+		if rec.RemoveMount(dir) {
 			if err := d.State.Save(rec); err != nil {
 				return err
 			}
@@ -80,7 +82,7 @@ func (d *Driver) Unmount(ctx context.Context, dir string) error {
 
 // findByDir finds the record of the volume mounted at dir: the one listing dir, else the one
 // whose global mount is the same filesystem as dir.
-func (d *Driver) findByDir(dir string) (*VolumeRecord, error) {
+func (d *Driver) findByDir(dir string) (*flexstate.Record, error) {
 	recs, err := d.State.List()
 	if err != nil {
 		return nil, err
@@ -128,7 +130,7 @@ func (d *Driver) cleanupUnknown(ctx context.Context, log *slog.Logger, dir strin
 }
 
 // users lists the mounts on this node that still use the volume, other than its global mount.
-func (d *Driver) users(rec *VolumeRecord) ([]string, error) {
+func (d *Driver) users(rec *flexstate.Record) ([]string, error) {
 	table, err := readMountTable()
 	if err != nil {
 		return nil, err
@@ -157,7 +159,7 @@ func (d *Driver) users(rec *VolumeRecord) ([]string, error) {
 // /dev/loopN may belong to another volume, whose mounts must not keep this record alive. The
 // by-path links name the target and LUN, so while one of them resolves the session, and the
 // device, are this volume's. Records without links (none were found) keep the device check.
-func deviceStillOurs(rec *VolumeRecord) bool {
+func deviceStillOurs(rec *flexstate.Record) bool {
 	if len(rec.DevicePaths) == 0 {
 		return true
 	}
@@ -170,7 +172,7 @@ func deviceStillOurs(rec *VolumeRecord) bool {
 }
 
 // releaseIfUnused detaches the volume unless another mount on the node still uses it.
-func (d *Driver) releaseIfUnused(ctx context.Context, log *slog.Logger, rec *VolumeRecord) error {
+func (d *Driver) releaseIfUnused(ctx context.Context, log *slog.Logger, rec *flexstate.Record) error {
 	users, err := d.users(rec)
 	if err != nil {
 		return err
@@ -183,8 +185,8 @@ func (d *Driver) releaseIfUnused(ctx context.Context, log *slog.Logger, rec *Vol
 }
 
 // detach undoes everything attach did, in reverse, skipping what is already gone.
-func (d *Driver) detach(ctx context.Context, log *slog.Logger, rec *VolumeRecord) error {
-	if rec.Phase != PhaseDetached {
+func (d *Driver) detach(ctx context.Context, log *slog.Logger, rec *flexstate.Record) error {
+	if rec.Phase != flexstate.PhaseDetached {
 		table, err := readMountTable()
 		if err != nil {
 			return err
@@ -212,7 +214,7 @@ func (d *Driver) detach(ctx context.Context, log *slog.Logger, rec *VolumeRecord
 			}
 			d.crash(StepACLRemove)
 		}
-		rec.Phase = PhaseDetached
+		rec.Phase = flexstate.PhaseDetached
 		if err := d.State.Save(rec); err != nil {
 			return err
 		}
@@ -255,7 +257,7 @@ func (d *Driver) unmountGlobal(ctx context.Context, log *slog.Logger, path strin
 		"the device may be unreachable, the next unmount retries", path, 2*after, after)
 }
 
-func (d *Driver) aclRemove(ctx context.Context, log *slog.Logger, rec *VolumeRecord) error {
+func (d *Driver) aclRemove(ctx context.Context, log *slog.Logger, rec *flexstate.Record) error {
 	creds, err := d.unmountCredentials(rec.VolumeID)
 	if err != nil {
 		return err
@@ -276,7 +278,7 @@ func (d *Driver) aclRemove(ctx context.Context, log *slog.Logger, rec *VolumeRec
 }
 
 // forget removes the local state of a detached volume: stored credentials, then the record.
-func (d *Driver) forget(_ *slog.Logger, rec *VolumeRecord) error {
+func (d *Driver) forget(_ *slog.Logger, rec *flexstate.Record) error {
 	if err := d.State.RemoveCredentials(rec.VolumeID); err != nil {
 		return err
 	}

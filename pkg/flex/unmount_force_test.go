@@ -17,6 +17,8 @@ import (
 
 	"github.com/petfabric/petfabric/internal/testenv"
 	"github.com/petfabric/petfabric/pkg/iscsi"
+
+	"github.com/petfabric/petfabric/pkg/flexstate"
 )
 
 // hangingMounter is the mounter seam of a node whose iSCSI session died: a plain unmount of the
@@ -72,7 +74,7 @@ func attachedTmpfs(t *testing.T, m mount.Interface) (*Driver, string) {
 	require.NoError(t, unix.Mount("tmpfs", g, "tmpfs", 0, "size=1m"))
 	t.Cleanup(func() { _ = unix.Unmount(g, unix.MNT_DETACH) })
 	pod := filepath.Join(root, "pods", "p", "vol")
-	require.NoError(t, d.State.Save(&VolumeRecord{VolumeID: "pv-hung", Phase: PhaseMounted, GlobalMountPath: g,
+	require.NoError(t, d.State.Save(&flexstate.Record{VolumeID: "pv-hung", Phase: flexstate.PhaseMounted, GlobalMountPath: g,
 		Mounts: []string{pod}, InitiatorName: "iqn.1993-08.org.debian:01:n"}))
 	return d, pod
 }
@@ -123,5 +125,5 @@ func TestUnmountOfHungGlobalMountWithoutForceGivesUp(t *testing.T) {
 	rec, lerr := d.State.Load("pv-hung")
 	require.NoError(t, lerr)
 	require.NotNil(t, rec, "the record stays, so the next unmount retries")
-	assert.NotEqual(t, PhaseDetached, rec.Phase)
+	assert.NotEqual(t, flexstate.PhaseDetached, rec.Phase)
 }
