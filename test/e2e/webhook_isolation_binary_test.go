@@ -2,14 +2,8 @@ package e2e
 
 import (
 	"context"
-	"fmt"
-	"net"
-	"net/http"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -19,7 +13,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
-	"github.com/petfabric/petfabric/internal/testpki"
 	"github.com/petfabric/petfabric/pkg/pvoptions"
 	"github.com/petfabric/petfabric/test/cluster"
 )
@@ -30,11 +23,9 @@ import (
 // by flag, and refuses a limit that cannot work, naming the flag.
 func TestWebhookIsolationBinaryDefaults(t *testing.T) {
 	cluster.RequireBinaries(t)
-	bin := filepath.Join(t.TempDir(), "webhook")
-	out, err := exec.Command("go", "build", "-o", bin, "github.com/petfabric/petfabric/cmd/webhook").CombinedOutput()
-	require.NoError(t, err, "build cmd/webhook: %s", out)
+	bin := buildWebhook(t)
 
-	out, err = exec.Command(bin, "--kube-api-burst=0").CombinedOutput()
+	out, err := exec.Command(bin, "--kube-api-burst=0").CombinedOutput()
 	require.Error(t, err)
 	assert.Contains(t, string(out), "--kube-api-burst 0: want at least 1")
 
@@ -47,42 +38,13 @@ func TestWebhookIsolationBinaryDefaults(t *testing.T) {
 	wantID, err := pvoptions.DefaultClusterID(string(ks.UID))
 	require.NoError(t, err)
 
-	ca, err := testpki.NewCA("webhook-isolation-binary-ca")
-	require.NoError(t, err)
-	pair, err := ca.Serving([]net.IP{net.ParseIP("127.0.0.1")})
-	require.NoError(t, err)
-	certFile, keyFile, err := pair.WriteFiles(t.TempDir(), "tls")
-	require.NoError(t, err)
-	port, healthPort := freePort(t), freePort(t)
-	logPath := filepath.Join(c.Dir, "webhook-isolation-binary.log")
-	logFile, err := os.Create(logPath)
-	require.NoError(t, err)
-	defer logFile.Close()
-	cmd := exec.Command(bin,
-		"--kubeconfig="+c.Kubeconfig,
-		fmt.Sprintf("--listen=127.0.0.1:%d", port), fmt.Sprintf("--health-listen=127.0.0.1:%d", healthPort),
-		"--tls-cert-file="+certFile, "--tls-key-file="+keyFile,
+	p := startWebhookProcess(t, c, bin, "webhook-isolation-binary",
 		"--lease-namespace="+credsNamespace, "--identity=webhook-iso",
 		"--max-ordinals=3", "--kube-api-qps=20", "--kube-api-burst=40",
 		"--reconcile-kube-api-qps=10", "--reconcile-kube-api-burst=20",
 		"--read-header-timeout=3s", "--idle-timeout=10s",
 	)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	require.NoError(t, cmd.Start())
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		if t.Failed() {
-			data, _ := os.ReadFile(logPath)
-			t.Logf("webhook log:\n%s", data)
-		}
-	})
-	health := fmt.Sprintf("http://127.0.0.1:%d", healthPort)
-	require.Eventually(t, func() bool { return httpStatus(health+"/readyz") == http.StatusOK }, 30*time.Second, 100*time.Millisecond, "webhook never ready")
-	w := &runningWebhook{URL: fmt.Sprintf("https://127.0.0.1:%d", port), CAPEM: ca.CertPEM}
-	registerWebhook(ctx, t, c, w, admissionregistrationv1.Fail)
+	registerWebhook(ctx, t, c, p.webhook, admissionregistrationv1.Fail)
 
 	_, err = c.Client.AppsV1().StatefulSets("apps").Create(ctx, statefulSet("apps", "db", 3, ptr.To("datera-gold")), metav1.CreateOptions{})
 	require.NoError(t, err)
@@ -95,11 +57,5 @@ func TestWebhookIsolationBinaryDefaults(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "at most 3")
 
-	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
-	select {
-	case err := <-exited:
-		require.NoError(t, err, "SIGTERM must end the webhook cleanly")
-	case <-time.After(40 * time.Second):
-		t.Fatal("webhook did not exit after SIGTERM")
-	}
+	p.stop(t)
 }
