@@ -4,10 +4,13 @@ import (
 	"encoding/json"
 	"io"
 	"slices"
+
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
 
-// DriverName is the FlexVolume driver name; kubelet finds it at <plugin dir>/datera~iscsi/iscsi.
-const DriverName = "datera/iscsi"
+// DriverName is the FlexVolume driver name (the PV contract's, pvoptions.Driver); kubelet finds
+// it at <plugin dir>/datera~iscsi/iscsi.
+const DriverName = pvoptions.Driver
 
 // Status values of a FlexVolume reply, spelled exactly as kubelet compares them.
 const (

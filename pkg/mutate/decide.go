@@ -20,8 +20,8 @@ import (
 const (
 	// Provisioner marks a StorageClass as Datera's.
 	Provisioner = "petfabric.io/datera"
-	// Driver is the FlexVolume driver the PVs name.
-	Driver = "datera/iscsi"
+	// Driver is the FlexVolume driver the PVs name (the PV contract's, pvoptions.Driver).
+	Driver = pvoptions.Driver
 
 	AnnotationPrefix = "petfabric.io/"
 	// InjectLabel: "enabled" on a Namespace opts classless templates in; "disabled" on a
@@ -41,9 +41,9 @@ const (
 	// Labels on every PV the webhook writes; the reconcile loop deletes only PVs carrying them.
 	LabelManagedBy     = "app.kubernetes.io/managed-by"
 	ManagedByValue     = "petfabric"
-	LabelStatefulSet   = "petfabric.io/statefulset"
+	LabelStatefulSet   = pvoptions.LabelStatefulSet
 	LabelNamespace     = "petfabric.io/namespace"
-	LabelOrdinal       = "petfabric.io/ordinal"
+	LabelOrdinal       = pvoptions.LabelOrdinal
 	LabelClaimTemplate = "petfabric.io/claim-template"
 )
 

@@ -10,13 +10,14 @@ import (
 )
 
 const (
-	// FlexDriver is the FlexVolume driver name of Datera PVs.
-	FlexDriver = "datera/iscsi"
+	// FlexDriver is the FlexVolume driver name of Datera PVs (the PV contract's,
+	// pvoptions.Driver).
+	FlexDriver = pvoptions.Driver
 	// LabelStatefulSet and LabelOrdinal are the labels the webhook puts on the PVs it
 	// creates: the StatefulSet's name (its namespace is the claimRef's) and the pet's
 	// ordinal. Prioritize uses them to spread one StatefulSet's pets.
-	LabelStatefulSet = "petfabric.io/statefulset"
-	LabelOrdinal     = "petfabric.io/ordinal"
+	LabelStatefulSet = pvoptions.LabelStatefulSet
+	LabelOrdinal     = pvoptions.LabelOrdinal
 )
 
 // Volume is one Datera volume a pod uses.

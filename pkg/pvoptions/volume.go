@@ -318,3 +318,14 @@ func Parse(opts map[string]string) (Volume, error) {
 	}
 	return v, nil
 }
+
+// Driver is the FlexVolume driver every Datera PV names (spec.flexVolume.driver); kubelet finds
+// it at <plugin dir>/datera~iscsi/iscsi.
+const Driver = "datera/iscsi"
+
+// Labels the webhook puts on every PV of a StatefulSet pet and the extender reads to spread one
+// StatefulSet's pets: the StatefulSet's name (its namespace is the claimRef's) and the ordinal.
+const (
+	LabelStatefulSet = "petfabric.io/statefulset"
+	LabelOrdinal     = "petfabric.io/ordinal"
+)
