@@ -1,0 +1,95 @@
+package guest
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+const helperEnv = "PETFABRIC_GUEST_HELPER_OUT"
+
+func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
+
+func nsExists(ns string) bool {
+	_, err := os.Stat(filepath.Join("/run/netns", ns))
+	return err == nil
+}
+
+// TestGuestKilledHelper is run by TestGuestLeavesNothing as a child process that gets killed
+// with SIGKILL while its guest runs; on its own it does nothing.
+func TestGuestKilledHelper(t *testing.T) {
+	out := os.Getenv(helperEnv)
+	if out == "" {
+		t.Skip("helper of TestGuestLeavesNothing (runs only as its child process)")
+	}
+	e := New(t, Options{})
+	go func() {
+		for {
+			time.Sleep(100 * time.Millisecond)
+			if _, i := find(e.Lines(), "PFG-STEP", "hold"); i >= 0 && e.QemuPID() != 0 {
+				_ = os.WriteFile(out, fmt.Appendf(nil, "%s %d %d %d\n", e.NS, e.ctlPort, e.TgtdPID(), e.QemuPID()), 0o644)
+				return
+			}
+		}
+	}()
+	e.Boot(FlexBinary(t, ""), Initiator, "step hold\nsleep 600\n", 10*time.Minute)
+}
+
+// TestGuestLeavesNothing: after a guest run the namespace (with its bridge and tap), tgtd and
+// its control socket, and qemu are gone; and when the test process is killed with SIGKILL in
+// the middle of a guest run, qemu and tgtd die with it (Pdeathsig) and the next run's sweep
+// removes the namespace and socket it left.
+func TestGuestLeavesNothing(t *testing.T) {
+	var ns string
+	var tgtd, qemu, port int
+	t.Run("normal end", func(t *testing.T) {
+		e := New(t, Options{})
+		run := e.Boot(FlexBinary(t, ""), Initiator, "check ip ip -o addr show eth0\n", bootTimeout)
+		require.True(t, run.Passed)
+		_, addr := checkOut(t, run.Lines, "ip")
+		assert.Contains(t, addr, GuestIP+"/24", "the guest's only address is in the namespace's subnet")
+		ns, tgtd, qemu, port = e.NS, e.TgtdPID(), e.QemuPID(), e.ctlPort
+		assert.False(t, alive(qemu), "qemu is stopped as soon as the guest reported")
+	})
+	require.NotZero(t, tgtd)
+	assert.False(t, nsExists(ns), "namespace %s removed", ns)
+	assert.False(t, alive(tgtd), "tgtd stopped")
+	assert.NoFileExists(t, tgtSocket(port))
+
+	t.Run("killed test process", func(t *testing.T) {
+		out := filepath.Join(t.TempDir(), "pids")
+		child := exec.Command(os.Args[0], "-test.run", "^TestGuestKilledHelper$", "-test.v")
+		child.Env = append(os.Environ(), helperEnv+"="+out)
+		var log strings.Builder
+		child.Stdout, child.Stderr = &log, &log
+		require.NoError(t, child.Start())
+		var line []byte
+		for deadline := time.Now().Add(bootTimeout); len(line) == 0 && time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+			line, _ = os.ReadFile(out)
+		}
+		if len(line) == 0 {
+			_ = child.Process.Kill()
+			_ = child.Wait()
+			t.Fatalf("the helper's guest did not come up:\n%s", log.String())
+		}
+		_, err := fmt.Sscanf(string(line), "%s %d %d %d", &ns, &port, &tgtd, &qemu)
+		require.NoError(t, err)
+		require.True(t, alive(qemu) && alive(tgtd), "guest running before the kill")
+		require.NoError(t, child.Process.Signal(syscall.SIGKILL))
+		_ = child.Wait()
+		assert.Eventually(t, func() bool { return !alive(qemu) && !alive(tgtd) }, 10*time.Second, 50*time.Millisecond,
+			"qemu and tgtd die with the killed test process")
+		assert.True(t, nsExists(ns), "the namespace outlives a SIGKILL (only a sweep can remove it)")
+		SweepStale()
+		assert.False(t, nsExists(ns), "the sweep removed the dead process's namespace")
+		assert.NoFileExists(t, tgtSocket(port), "and its tgtd control socket")
+	})
+}
