@@ -257,17 +257,8 @@ func BenchmarkNames5000(b *testing.B) {
 	plain.Spec.Volumes = nil
 	body := mustMarshal(b, extenderv1.ExtenderArgs{Pod: pod, NodeNames: &names})
 	plainBody := mustMarshal(b, extenderv1.ExtenderArgs{Pod: plain, NodeNames: &names})
-	h := NewHandler(src, HandlerOptions{Log: quiet(), Metrics: NewMetrics()})
-	srv := serve(b, h)
-	noopSrv := serve(b, noop)
 	b.Logf("request body %d bytes", len(body))
-
-	const workers = 4
-	b.Run("filter", func(b *testing.B) { load(b, srv.URL+FilterPath, body, workers) })
-	b.Run("prioritize", func(b *testing.B) { load(b, srv.URL+PrioritizePath, body, workers) })
-	b.Run("filter-fast-path", func(b *testing.B) { load(b, srv.URL+FilterPath, plainBody, workers) })
-	b.Run("noop-baseline", func(b *testing.B) { load(b, noopSrv.URL, body, workers) })
-	b.Run("sequential-filter", func(b *testing.B) { load(b, srv.URL+FilterPath, body, 1) })
+	loadRuns(b, src, body, plainBody)
 }
 
 // BenchmarkFullNodes500 — nodeCacheCapable: false, 500 complete Node objects.
@@ -282,11 +273,16 @@ func BenchmarkFullNodes500(b *testing.B) {
 	plain := pod.DeepCopy()
 	plain.Spec.Volumes = nil
 	plainBody := []byte(`{"Pod":` + string(mustMarshal(b, plain)) + `,"Nodes":{"metadata":{},"items":[` + strings.Join(items, ",") + `]},"NodeNames":null}`)
-	h := NewHandler(src, HandlerOptions{Log: quiet(), Metrics: NewMetrics()})
-	srv := serve(b, h)
-	noopSrv := serve(b, noop)
 	b.Logf("request body %d bytes (%d bytes per node)", len(body), len(items[0]))
+	loadRuns(b, src, body, plainBody)
+}
 
+// loadRuns measures filter and prioritize on body, filter on plainBody (a pod without
+// Datera volumes: the fast path), a handler that does nothing with body (the baseline: HTTP
+// and the body's transfer), and filter with one client, over real HTTP.
+func loadRuns(b *testing.B, src Source, body, plainBody []byte) {
+	srv := serve(b, NewHandler(src, HandlerOptions{Log: quiet(), Metrics: NewMetrics()}))
+	noopSrv := serve(b, noop)
 	const workers = 4
 	b.Run("filter", func(b *testing.B) { load(b, srv.URL+FilterPath, body, workers) })
 	b.Run("prioritize", func(b *testing.B) { load(b, srv.URL+PrioritizePath, body, workers) })
