@@ -16,10 +16,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/petfabric/petfabric/pkg/cachetransform"
 	"github.com/petfabric/petfabric/pkg/mutate"
 	"github.com/petfabric/petfabric/pkg/pvoptions"
 	"github.com/petfabric/petfabric/pkg/reconcile"
@@ -102,6 +104,10 @@ func run(args []string) error {
 	log.Info("cluster id", "clusterID", id, "derived", *clusterID == "")
 	mutateCfg := mutate.Config{ClusterID: id, DefaultClass: *defaultClass, Defaults: defaults, MaxOrdinals: *maxOrdinals}
 	sc.Registry = prometheus.NewRegistry()
+	// One informer cache for the process: the admission path and the reconcile loop read the
+	// same StatefulSets, PVs, classes and namespaces. Resynced at the loop's period (a resync
+	// delivers to event handlers only; the admission path has none).
+	factory := informers.NewSharedInformerFactoryWithOptions(client, *resync, cachetransform.Option())
 	var background func(context.Context) error
 	if *reconcileOn {
 		if *identity == "" {
@@ -129,10 +135,14 @@ func run(args []string) error {
 		if err != nil {
 			return fmt.Errorf("reconcile loop: %w", err)
 		}
+		if err := loop.UseInformers(factory); err != nil {
+			return err
+		}
 		background = loop.Run
 	}
 	return webhook.Run(ctx, client, webhook.RunConfig{
 		Serving:      sc,
+		Informers:    factory,
 		Mutate:       mutateCfg,
 		Background:   background,
 		CreateBudget: *createBudget,

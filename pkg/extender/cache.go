@@ -11,7 +11,6 @@ import (
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
@@ -19,6 +18,7 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	toolscache "k8s.io/client-go/tools/cache"
 
+	"github.com/petfabric/petfabric/pkg/cachetransform"
 	"github.com/petfabric/petfabric/pkg/placement"
 )
 
@@ -77,12 +77,7 @@ func NewCache(client kubernetes.Interface, namespace string, log *slog.Logger, o
 	}
 	// Managed fields are large and never read here; dropping them halves the memory of a
 	// cache of thousands of claims and volumes.
-	strip := informers.WithTransform(func(obj any) (any, error) {
-		if m, err := meta.Accessor(obj); err == nil {
-			m.SetManagedFields(nil)
-		}
-		return obj, nil
-	})
+	strip := cachetransform.Option()
 	all := informers.NewSharedInformerFactoryWithOptions(client, 0, strip)
 	leases := informers.NewSharedInformerFactoryWithOptions(client, 0, strip,
 		informers.WithNamespace(namespace),

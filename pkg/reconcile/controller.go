@@ -16,12 +16,14 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/informers"
+	corev1informers "k8s.io/client-go/informers/core/v1"
 	appslisters "k8s.io/client-go/listers/apps/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	storagelisters "k8s.io/client-go/listers/storage/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 
+	"github.com/petfabric/petfabric/pkg/cachetransform"
 	"github.com/petfabric/petfabric/pkg/mutate"
 	"github.com/petfabric/petfabric/pkg/placement"
 )
@@ -81,7 +83,9 @@ type controller struct {
 	nsLister   corelisters.NamespaceLister
 	podIndexer cache.Indexer
 	synced     []cache.InformerSynced
-	factories  []informers.SharedInformerFactory
+	factories  []informers.SharedInformerFactory // this term's own; the shared one is not among them
+	shared     bool                              // reading the process's factory (UseInformers)
+	handlers   []registered
 	warnedMu   sync.Mutex
 	warned     map[string]string // dedup of repeated warnings: key → last message
 
@@ -116,20 +120,38 @@ func newController(r *Reconciler) (*controller, error) {
 		warned:      map[string]string{},
 		absentSince: map[types.UID]time.Time{},
 	}
-	all := informers.NewSharedInformerFactory(o.Client, o.Resync)
-	managed := informers.NewSharedInformerFactoryWithOptions(o.Client, o.Resync,
-		informers.WithTweakListOptions(func(lo *metav1.ListOptions) { lo.LabelSelector = managedSelector }))
-	c.factories = []informers.SharedInformerFactory{all, managed}
+	// Either the process's shared factory (UseInformers: the loop sees its managed PVs through
+	// a filtered view), or factories of this term's own (the PVs through a label selector).
+	all := r.shared
+	var pvs corev1informers.PersistentVolumeInformer
+	var pvHandler cache.ResourceEventHandler = cache.ResourceEventHandlerFuncs{
+		AddFunc:    c.onPV,
+		UpdateFunc: func(_, n any) { c.onPV(n) },
+		DeleteFunc: c.onPVDelete,
+	}
+	if all != nil {
+		c.shared = true
+		pvs = all.Core().V1().PersistentVolumes()
+		c.pvLister = managedPVLister{pvs.Lister()}
+		c.pvIndexer = managedPVIndexer{pvs.Informer().GetIndexer()}
+		pvHandler = cache.FilteringResourceEventHandler{FilterFunc: isManagedPV, Handler: pvHandler}
+	} else {
+		all = informers.NewSharedInformerFactoryWithOptions(o.Client, o.Resync, cachetransform.Option())
+		managed := informers.NewSharedInformerFactoryWithOptions(o.Client, o.Resync, cachetransform.Option(),
+			informers.WithTweakListOptions(func(lo *metav1.ListOptions) { lo.LabelSelector = managedSelector }))
+		c.factories = []informers.SharedInformerFactory{all, managed}
+		pvs = managed.Core().V1().PersistentVolumes()
+		if err := pvs.Informer().AddIndexers(pvIndexers); err != nil {
+			return nil, err
+		}
+		c.pvLister, c.pvIndexer = pvs.Lister(), pvs.Informer().GetIndexer()
+	}
 
 	sts := all.Apps().V1().StatefulSets()
-	pvs := managed.Core().V1().PersistentVolumes()
 	pvcs := all.Core().V1().PersistentVolumeClaims()
 	scs := all.Storage().V1().StorageClasses()
 	nss := all.Core().V1().Namespaces()
-	if err := pvs.Informer().AddIndexers(cache.Indexers{byStatefulSet: indexPVByStatefulSet, mutate.PVClaimIndex: mutate.PVClaimIndexFunc}); err != nil {
-		return nil, err
-	}
-	c.stsLister, c.pvLister, c.pvIndexer = sts.Lister(), pvs.Lister(), pvs.Informer().GetIndexer()
+	c.stsLister = sts.Lister()
 	c.pvcLister, c.scLister, c.nsLister = pvcs.Lister(), scs.Lister(), nss.Lister()
 
 	handlers := []struct {
@@ -141,11 +163,7 @@ func newController(r *Reconciler) (*controller, error) {
 			UpdateFunc: func(_, n any) { c.onStatefulSet(n) },
 			DeleteFunc: c.onStatefulSetDelete,
 		}},
-		{pvs.Informer(), cache.ResourceEventHandlerFuncs{
-			AddFunc:    c.onPV,
-			UpdateFunc: func(_, n any) { c.onPV(n) },
-			DeleteFunc: c.onPVDelete,
-		}},
+		{pvs.Informer(), pvHandler},
 		{pvcs.Informer(), cache.ResourceEventHandlerFuncs{AddFunc: c.onClaimAdd, DeleteFunc: c.onClaimDelete}},
 		{scs.Informer(), cache.ResourceEventHandlerFuncs{
 			AddFunc:    c.onStorageClass,
@@ -160,12 +178,14 @@ func newController(r *Reconciler) (*controller, error) {
 	// without one the loop cannot tell whose an initiator is and never fences).
 	if o.ReportNamespace != "" {
 		pods := all.Core().V1().Pods()
-		// Pods are many: keep only what fencing reads (node, phase, claims, deletion).
-		if err := pods.Informer().SetTransform(slimPod); err != nil {
-			return nil, err
-		}
-		if err := pods.Informer().AddIndexers(cache.Indexers{byClaim: indexPodByClaim}); err != nil {
-			return nil, err
+		if !c.shared { // UseInformers did this before the shared factory started
+			// Pods are many: keep only what fencing reads (node, phase, claims, deletion).
+			if err := pods.Informer().SetTransform(slimPod); err != nil {
+				return nil, err
+			}
+			if err := pods.Informer().AddIndexers(cache.Indexers{byClaim: indexPodByClaim}); err != nil {
+				return nil, err
+			}
 		}
 		c.podIndexer = pods.Informer().GetIndexer()
 		handlers = append(handlers, struct {
@@ -177,7 +197,7 @@ func newController(r *Reconciler) (*controller, error) {
 			DeleteFunc: c.onPod,
 		}})
 		c.reports = newReportTracker(o.now)
-		reportFactory := informers.NewSharedInformerFactoryWithOptions(o.Client, o.Resync,
+		reportFactory := informers.NewSharedInformerFactoryWithOptions(o.Client, o.Resync, cachetransform.Option(),
 			informers.WithNamespace(o.ReportNamespace),
 			informers.WithTweakListOptions(func(lo *metav1.ListOptions) { lo.LabelSelector = reportSelector }))
 		c.factories = append(c.factories, reportFactory)
@@ -191,13 +211,30 @@ func newController(r *Reconciler) (*controller, error) {
 		}})
 	}
 	for _, h := range handlers {
-		reg, err := h.inf.AddEventHandler(h.h)
+		// Per handler: a shared informer's own resync period is its factory's.
+		reg, err := h.inf.AddEventHandlerWithResyncPeriod(h.h, o.Resync)
 		if err != nil {
+			c.removeHandlers()
 			return nil, err
 		}
 		c.synced = append(c.synced, reg.HasSynced)
+		c.handlers = append(c.handlers, registered{h.inf, reg})
 	}
 	return c, nil
+}
+
+// registered is an event handler this term added to an informer.
+type registered struct {
+	inf cache.SharedIndexInformer
+	reg cache.ResourceEventHandlerRegistration
+}
+
+// removeHandlers takes this term's handlers off the informers (which, when shared, outlive it).
+func (c *controller) removeHandlers() {
+	for _, h := range c.handlers {
+		_ = h.inf.RemoveEventHandler(h.reg)
+	}
+	c.handlers = nil
 }
 
 func indexPodByClaim(obj any) ([]string, error) {
@@ -265,6 +302,7 @@ func (c *controller) run(ctx context.Context) error {
 		f.Start(ctx.Done())
 	}
 	defer func() {
+		c.removeHandlers()
 		for _, f := range c.factories {
 			f.Shutdown()
 		}

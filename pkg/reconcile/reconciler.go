@@ -10,6 +10,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/leaderelection"
@@ -25,6 +26,8 @@ type Reconciler struct {
 	broadcaster record.EventBroadcaster // nil when Options.Recorder was given
 	leading     atomic.Bool
 	running     atomic.Bool
+	// shared is the process's informer factory (UseInformers); nil: a factory per term.
+	shared informers.SharedInformerFactory
 }
 
 // New validates opts and returns a Reconciler; nothing runs until Run or RunController.

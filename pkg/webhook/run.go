@@ -13,6 +13,7 @@ import (
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/record"
 
+	"github.com/petfabric/petfabric/pkg/cachetransform"
 	"github.com/petfabric/petfabric/pkg/mutate"
 	"github.com/petfabric/petfabric/pkg/serving"
 )
@@ -32,6 +33,11 @@ type RunConfig struct {
 	Background func(ctx context.Context) error
 	// OnServing, if set, is called with the listeners' addresses once serving (tests use it).
 	OnServing func(addr, healthAddr string)
+	// Informers is the process's one informer factory, shared with Background (the reconcile
+	// loop registers its informers on it first, reconcile.UseInformers); Run starts it for the
+	// process's life. Nil: a factory of its own. Either way managed fields are stripped
+	// (cachetransform) when the factory is built with cachetransform.Option, as cmd/webhook does.
+	Informers informers.SharedInformerFactory
 }
 
 // Run serves admission reviews over TLS and health/metrics over plain HTTP until ctx ends.
@@ -45,7 +51,10 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg RunConfig) error 
 		return err
 	}
 	log := srv.Logger()
-	factory := informers.NewSharedInformerFactory(client, 10*time.Minute)
+	factory := cfg.Informers
+	if factory == nil {
+		factory = informers.NewSharedInformerFactoryWithOptions(client, 10*time.Minute, cachetransform.Option())
+	}
 	lookup, err := NewClusterLookup(client, factory)
 	if err != nil {
 		return err
