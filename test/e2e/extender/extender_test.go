@@ -11,7 +11,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -35,9 +34,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/petfabric/petfabric/internal/testpki"
-	"github.com/petfabric/petfabric/pkg/extender"
 	"github.com/petfabric/petfabric/pkg/placement"
-	"github.com/petfabric/petfabric/pkg/serving"
 	"github.com/petfabric/petfabric/test/cluster"
 
 	"github.com/petfabric/petfabric/pkg/pvoptions"
@@ -411,35 +408,9 @@ func httpGet(url string) (string, error) {
 	return string(b), err
 }
 
-// runInProcess runs pkg/extender.Run (what cmd/extender runs) in this process.
+// runInProcess runs pkg/extender.Run (what cmd/extender runs) in this process, with the
+// default --max-report-ttl.
 func runInProcess(t *testing.T, c *cluster.Cluster, api, health net.Listener, certFile, keyFile, caFile string) {
 	t.Helper()
-	logFile, err := os.Create(filepath.Join(c.Dir, "extender.log"))
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- extender.Run(ctx, c.Client, extender.Config{
-			Namespace: releaseNS, Serving: serving.Config{
-				Listener: api, HealthListener: health,
-				CertFile: certFile, KeyFile: keyFile, ClientCAFile: caFile,
-				Logger: slog.New(slog.NewJSONHandler(logFile, &slog.HandlerOptions{Level: slog.LevelDebug})),
-			},
-		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			require.NoError(t, err)
-		case <-time.After(20 * time.Second):
-			t.Error("extender did not stop")
-		}
-		_ = logFile.Close()
-		if t.Failed() {
-			if b, err := os.ReadFile(logFile.Name()); err == nil {
-				t.Logf("extender log (tail):\n%s", tail(string(b), 30))
-			}
-		}
-	})
+	runWithMaxReportTTL(0)(t, c, api, health, certFile, keyFile, caFile)
 }

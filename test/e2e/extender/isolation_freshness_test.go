@@ -19,8 +19,9 @@ import (
 	"github.com/petfabric/petfabric/test/cluster"
 )
 
-// runWithMaxReportTTL runs the extender in this process, like runInProcess, with
-// --max-report-ttl set.
+// runWithMaxReportTTL runs pkg/extender.Run (what cmd/extender runs) in this process with
+// --max-report-ttl set (0: the default); its log goes to extender.log in the cluster's
+// directory, and its tail is shown when the test fails.
 func runWithMaxReportTTL(maxTTL time.Duration) extenderRunner {
 	return func(t *testing.T, c *cluster.Cluster, api, health net.Listener, certFile, keyFile, caFile string) {
 		t.Helper()
