@@ -144,3 +144,20 @@ check sessions-end iscsiadm -m session
 		(f1.At - m1.At).Round(time.Millisecond), run.Duration.Round(time.Millisecond))
 	t.Logf("driver's attach log: %s", attached)
 }
+
+// countPortal counts the iscsiadm -m session lines (joined by |) on the guest's portal.
+func countPortal(sessions string) int {
+	n := 0
+	for _, s := range strings.Split(sessions, "|") {
+		if strings.Contains(s, Portal) {
+			n++
+		}
+	}
+	return n
+}
+
+// fsckClean runs a read-only e2fsck on an ext4 image.
+func fsckClean(path string) (bool, string) {
+	out, err := exec.Command("e2fsck", "-n", "-f", path).CombinedOutput()
+	return err == nil, string(out)
+}
