@@ -33,9 +33,10 @@ import (
 
 // Addresses inside every guest's private namespace (each namespace has its own, so they repeat).
 const (
-	HostIP    = "192.168.77.1"
+	HostIP    = "192.168.77.1" // the bridge: the Datera simulator's API
 	GuestIP   = "192.168.77.2"
-	Portal    = HostIP + ":3260"
+	PortalIP  = "192.168.77.3" // tgtd's portal, an address of its own so it can die alone
+	Portal    = PortalIP + ":3260"
 	SimPort   = 7717
 	bridge    = "pfbr0"
 	tap       = "pftap0"
@@ -66,6 +67,9 @@ type Env struct {
 	Targets *fake.TgtExporter
 	Config  map[string]any
 	Image   *Image
+	// OnLine, when set, sees every guest line as it arrives (from the serial reader: a host
+	// action it takes, such as KillPortal, happens before the guest's next line is read).
+	OnLine func(Line)
 
 	ctlPort int
 	tgtd    *exec.Cmd
@@ -149,7 +153,7 @@ func New(t testing.TB, opts Options) *Env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.Sim, err = fake.New(fake.Options{Users: map[string]string{User: Password}, Portals: []string{HostIP},
+	e.Sim, err = fake.New(fake.Options{Users: map[string]string{User: Password}, Portals: []string{PortalIP},
 		Exporter: &recorder{Exporter: e.Targets, env: e},
 		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
@@ -204,6 +208,7 @@ func (e *Env) network() error {
 		{"-n", e.NS, "link", "set", "lo", "up"},
 		{"-n", e.NS, "link", "add", bridge, "type", "bridge"},
 		{"-n", e.NS, "addr", "add", HostIP + "/24", "dev", bridge},
+		{"-n", e.NS, "addr", "add", PortalIP + "/24", "dev", bridge},
 		{"-n", e.NS, "link", "set", bridge, "up"},
 		{"-n", e.NS, "tuntap", "add", "dev", tap, "mode", "tap"},
 		{"-n", e.NS, "link", "set", tap, "master", bridge},
@@ -288,10 +293,12 @@ func (e *Env) QemuPID() int {
 	return e.qemuPID
 }
 
-// KillPortal removes every target from tgtd, closing their sessions (the portal "dies" for
-// the volumes it served).
+// KillPortal makes the portal die under its sessions: its address leaves the network, as when
+// a storage node fails, while the simulator's API (on another address) keeps answering. tgtd
+// cannot remove a target whose logical unit a session holds, even with --force, so removing
+// the target is not a way to do this.
 func (e *Env) KillPortal() error {
-	return e.Targets.Close(context.Background())
+	return e.ip("-n", e.NS, "addr", "del", PortalIP+"/24", "dev", bridge)
 }
 
 // Backing is the backing file of volume id on the simulator.
@@ -502,6 +509,9 @@ func (e *Env) Boot(flexBinary, initiator, script string, timeout time.Duration) 
 			}
 			label, text, _ := strings.Cut(rest, " ")
 			e.note(kind, label, text)
+			if e.OnLine != nil {
+				e.OnLine(Line{Kind: kind, Label: label, Text: text})
+			}
 			if kind == "PFG-STEP" && label == "ready" {
 				boot = time.Since(start)
 			}
