@@ -328,20 +328,8 @@ func (p *jsonScanner) value() error {
 // members validates an object starting at p.i ('{'). For each member it calls fn with
 // p.i at the value; fn must consume exactly that value (p.value() or a parser of its own).
 func (p *jsonScanner) members(fn func(key []byte) error) error {
-	p.depth++
-	if p.depth > maxDepth {
-		return p.errorf("nested too deeply")
-	}
-	p.i++ // '{'
-	p.ws()
-	if p.i < len(p.b) && p.b[p.i] == '}' {
-		p.i++
-		p.depth--
-		return nil
-	}
-	for {
-		p.ws()
-		if p.i >= len(p.b) || p.b[p.i] != '"' {
+	return p.container('}', "object", func() error {
+		if p.b[p.i] != '"' {
 			return p.errorf("expected a string key")
 		}
 		ks := p.i
@@ -358,38 +346,27 @@ func (p *jsonScanner) members(fn func(key []byte) error) error {
 		if p.i >= len(p.b) {
 			return p.errorf("unexpected end of input")
 		}
-		if err := fn(key); err != nil {
-			return err
-		}
-		p.ws()
-		if p.i >= len(p.b) {
-			return p.errorf("unterminated object")
-		}
-		switch p.b[p.i] {
-		case ',':
-			p.i++
-		case '}':
-			p.i++
-			p.depth--
-			return nil
-		default:
-			return p.errorf("expected ',' or '}' in object")
-		}
-	}
+		return fn(key)
+	})
 }
 
 func (p *jsonScanner) anyValue([]byte) error { return p.value() }
 
 // elements validates an array starting at p.i ('['), calling fn with p.i at each
 // element; fn must consume it.
-func (p *jsonScanner) elements(fn func() error) error {
+func (p *jsonScanner) elements(fn func() error) error { return p.container(']', "array", fn) }
+
+// container walks the object or array whose opening byte is at p.i, to its closer: it
+// bounds the nesting depth and calls item with p.i at each member (after whitespace); item
+// must consume the member.
+func (p *jsonScanner) container(closer byte, kind string, item func() error) error {
 	p.depth++
 	if p.depth > maxDepth {
 		return p.errorf("nested too deeply")
 	}
-	p.i++ // '['
+	p.i++ // '{' or '['
 	p.ws()
-	if p.i < len(p.b) && p.b[p.i] == ']' {
+	if p.i < len(p.b) && p.b[p.i] == closer {
 		p.i++
 		p.depth--
 		return nil
@@ -399,22 +376,22 @@ func (p *jsonScanner) elements(fn func() error) error {
 		if p.i >= len(p.b) {
 			return p.errorf("unexpected end of input")
 		}
-		if err := fn(); err != nil {
+		if err := item(); err != nil {
 			return err
 		}
 		p.ws()
 		if p.i >= len(p.b) {
-			return p.errorf("unterminated array")
+			return p.errorf("unterminated %s", kind)
 		}
 		switch p.b[p.i] {
 		case ',':
 			p.i++
-		case ']':
+		case closer:
 			p.i++
 			p.depth--
 			return nil
 		default:
-			return p.errorf("expected ',' or ']' in array")
+			return p.errorf("expected ',' or '%c' in %s", closer, kind)
 		}
 	}
 }
