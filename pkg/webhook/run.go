@@ -70,6 +70,15 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg RunConfig) error 
 		Mutate: cfg.Mutate, Lookup: lookup, PVs: APIPVStore{Client: client},
 		CreateBudget: cfg.CreateBudget, Concurrency: cfg.Concurrency, Logger: log, Registerer: srv.Registry(), Recorder: recorder,
 	})
+	var background func(context.Context) error
+	if cfg.Background != nil {
+		background = func(ctx context.Context) error {
+			if err := cfg.Background(ctx); err != nil {
+				return fmt.Errorf("reconcile loop: %w", err)
+			}
+			return nil
+		}
+	}
 	defer factory.Shutdown()
 	return srv.Run(ctx, serving.App{
 		Handler: admission.Handler(),
@@ -88,7 +97,7 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg RunConfig) error 
 			}
 			return nil
 		},
-		Background: cfg.Background,
+		Background: background,
 		OnServing:  cfg.OnServing,
 	})
 }
