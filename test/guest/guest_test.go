@@ -63,7 +63,24 @@ func checkOut(t *testing.T, lines []Line, label string) (int, string) {
 // mount, bind), writes a file, unmounts (session logged out, initiator removed from the
 // target's ACL), mounts it again in another pod: the file is there, the filesystem is the same
 // one (formatted exactly once), and the host reads the same bytes from the LUN's backing file.
+//
+// Then, the guest run over and its Env cleaned up: the namespace (with bridge and tap), tgtd
+// with its control socket, and qemu are gone.
 func TestGuestMountWriteRemount(t *testing.T) {
+	var ns string
+	var tgtd, qemu, port int
+	t.Run("guest", func(t *testing.T) {
+		e := mountWriteRemount(t)
+		ns, tgtd, qemu, port = e.NS, e.TgtdPID(), e.QemuPID(), e.ctlPort
+		assert.False(t, alive(qemu), "qemu is stopped as soon as the guest reported")
+	})
+	require.NotZero(t, tgtd)
+	assert.False(t, nsExists(ns), "namespace %s removed", ns)
+	assert.False(t, alive(tgtd), "tgtd stopped")
+	assert.NoFileExists(t, tgtSocket(port))
+}
+
+func mountWriteRemount(t *testing.T) *Env {
 	e := New(t, Options{})
 	flex := FlexBinary(t, "")
 	const vol = "vol-a"
@@ -78,6 +95,8 @@ echo '%[4]s' >%[2]s/hello.txt && sync || exit 1
 check dev1 dev_of /var/lib/kubelet/plugins/petfabric.io/datera-iscsi/mounts/%[5]s
 check fs1 sh -c 'blkid -s TYPE -s UUID -o export $(dev_of /var/lib/kubelet/plugins/petfabric.io/datera-iscsi/mounts/%[5]s)'
 check sessions1 iscsiadm -m session
+check addrs ip -o -4 addr show
+check routes ip route
 check bypath1 ls /dev/disk/by-path
 step unmount1
 flex unmount1 unmount %[2]s || exit 1
@@ -143,6 +162,12 @@ check sessions-end iscsiadm -m session
 		e.Image.BuildTime.Round(time.Millisecond), e.Image.Built, run.Boot.Round(time.Millisecond),
 		(f1.At - m1.At).Round(time.Millisecond), run.Duration.Round(time.Millisecond))
 	t.Logf("driver's attach log: %s", attached)
+
+	_, addrs := checkOut(t, l, "addrs")
+	assert.Contains(t, addrs, "eth0    inet "+GuestIP+"/24")
+	_, routes := checkOut(t, l, "routes")
+	assert.Equal(t, "192.168.77.0/24 dev eth0 scope link  src "+GuestIP+" ", routes, "the guest reaches only the namespace's subnet")
+	return e
 }
 
 // countPortal counts the iscsiadm -m session lines (joined by |) on the guest's portal.
