@@ -19,6 +19,8 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		{[]string{"--read-timeout=-1s"}, "--read-timeout -1s: must be positive"},
 		{[]string{"--write-timeout=0s"}, "--write-timeout 0s: must be positive"},
 		{[]string{"--idle-timeout=0s"}, "--idle-timeout 0s: must be positive"},
+		{[]string{"--cert-failure-grace=0s"}, "--cert-failure-grace 0s: must be positive"},
+		{[]string{"--shutdown-timeout=-1s"}, "--shutdown-timeout -1s: must be positive"},
 	} {
 		t.Run(tc.want, func(t *testing.T) {
 			err := run(append([]string{"--namespace=petfabric"}, tc.args...))

@@ -23,3 +23,21 @@ func TestBinaryPrintsVersion(t *testing.T) {
 		require.Equal(t, "webhook v0.0.0-stamped ("+runtime.Version()+")\n", string(out), "%v", args)
 	}
 }
+
+// The webhook takes the serving scaffold's flags, with the extender's names, and checks them
+// before it reads a kubeconfig.
+func TestServingFlagsChecked(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--read-timeout=0s"}, "--read-timeout 0s: must be positive"},
+		{[]string{"--cert-failure-grace=-1s"}, "--cert-failure-grace -1s: must be positive"},
+		{[]string{"--cert-reload-interval=0s"}, "--cert-reload-interval 0s: must be positive"},
+		{[]string{"--log-level=loud"}, `--log-level "loud"`},
+	} {
+		t.Run(tc.want, func(t *testing.T) {
+			require.ErrorContains(t, run(tc.args), tc.want)
+		})
+	}
+}
