@@ -23,13 +23,9 @@ func nsExists(ns string) bool {
 	return err == nil
 }
 
-// TestGuestKilledHelper is run by TestGuestLeavesNothing as a child process that gets killed
-// with SIGKILL while its guest runs; on its own it does nothing.
-func TestGuestKilledHelper(t *testing.T) {
-	out := os.Getenv(helperEnv)
-	if out == "" {
-		t.Skip("helper of TestGuestLeavesNothing (runs only as its child process)")
-	}
+// killedHelper is what TestGuestLeavesNothing runs in its child process (the same test,
+// with helperEnv set): start a guest that holds, report the pids, wait to be killed.
+func killedHelper(t *testing.T, out string) {
 	e := New(t, Options{})
 	go func() {
 		for {
@@ -48,11 +44,15 @@ func TestGuestKilledHelper(t *testing.T) {
 // namespace and tgtd control socket it left. (The normal end is checked after
 // TestGuestMountWriteRemount's guest.)
 func TestGuestLeavesNothing(t *testing.T) {
+	if out := os.Getenv(helperEnv); out != "" {
+		killedHelper(t, out)
+		return
+	}
 	var ns string
 	var tgtd, qemu, port int
 	t.Run("killed test process", func(t *testing.T) {
 		out := filepath.Join(t.TempDir(), "pids")
-		child := exec.Command(os.Args[0], "-test.run", "^TestGuestKilledHelper$", "-test.v")
+		child := exec.Command(os.Args[0], "-test.run", "^TestGuestLeavesNothing$", "-test.v")
 		child.Env = append(os.Environ(), helperEnv+"="+out)
 		var log strings.Builder
 		child.Stdout, child.Stderr = &log, &log
