@@ -2,6 +2,7 @@ package fake_test
 
 import (
 	"context"
+	"net/http"
 	"path/filepath"
 	"testing"
 
@@ -54,4 +55,28 @@ func TestTgtExporterCHAP(t *testing.T) {
 		CHAP: &fake.CHAPAccount{User: "si-user", Password: "other-secret-99"}})
 	require.ErrorContains(t, err, "already exists in tgtd with another password")
 	assert.Equal(t, "tgtadm --lld iscsi --op delete --force --mode target --tid 4", run.take()[3], "the half-made target is removed")
+}
+
+// TestServerExportsStorageInstanceCHAP: a storage_instance with chap auth is exported with its
+// initiator account; one with none carries no CHAP (the exporter's default then applies).
+func TestServerExportsStorageInstanceCHAP(t *testing.T) {
+	ex := &recordingExporter{exported: map[string]fake.TargetSpec{}}
+	a := newAPI(t, fake.Options{Exporter: ex})
+	for _, name := range []string{"pvc-chap", "pvc-none"} {
+		a.mustOK(http.MethodPost, "/app_instances", createVolume(name, 1))
+	}
+	a.mustOK(http.MethodPut, "/app_instances/pvc-chap/storage_instances/storage-1", map[string]any{
+		"auth": map[string]any{"type": "chap", "initiator_user_name": "node-user", "initiator_pswd": "secret-123456"}})
+	for _, name := range []string{"pvc-chap", "pvc-none"} {
+		a.mustOK(http.MethodPut, "/app_instances/"+name, map[string]any{"admin_state": "online"})
+	}
+	got := map[string]*fake.CHAPAccount{}
+	for _, spec := range ex.exported {
+		got[spec.IQN] = spec.CHAP
+	}
+	iqn := func(name string) string {
+		return si0(data(a.mustOK(http.MethodGet, "/app_instances/"+name, nil)))["access"].(map[string]any)["iqn"].(string)
+	}
+	assert.Equal(t, &fake.CHAPAccount{User: "node-user", Password: "secret-123456"}, got[iqn("pvc-chap")])
+	assert.Nil(t, got[iqn("pvc-none")])
 }
