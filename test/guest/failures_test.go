@@ -2,6 +2,7 @@ package guest
 
 import (
 	"fmt"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -26,8 +27,9 @@ func exitCode(t *testing.T, lines []Line, label string) int {
 }
 
 // TestGuestCrashRetryAndDeadPortal, one guest, the driver built with crash points:
-//   - kill -9 of the driver right after the iSCSI login, and right after mkfs: the retried
-//     mount converges, with one session per volume and exactly one format;
+//   - kill -9 of the driver right after the iSCSI login (ext4), and right after mkfs (xfs,
+//     the driver's default): the retried mount converges, with one session per volume and
+//     exactly one format;
 //   - the portal dies under a mounted volume (its address leaves the network): the unmount still
 //     completes within unmountBound and leaves no session and no mount.
 func TestGuestCrashRetryAndDeadPortal(t *testing.T) {
@@ -65,7 +67,7 @@ step e-unmount
 flex e-unmount unmount %[3]s
 check sessions-e-end iscsiadm -m session
 check mounts-e-end grep -c datera-iscsi /proc/mounts
-`, p1, p2, p3, e.MountOptions("vol-f1", nil), e.MountOptions("vol-f2", nil), e.MountOptions("vol-e", nil))
+`, p1, p2, p3, e.MountOptions("vol-f1", nil), e.MountOptions("vol-f2", map[string]string{"kubernetes.io/fsType": "xfs"}), e.MountOptions("vol-e", nil))
 	run := e.Boot(FlexBinary(t, "petfabric_crash"), Initiator, script, 2*bootTimeout)
 	require.True(t, run.Passed, "the guest script failed")
 	l := run.Lines
@@ -92,6 +94,11 @@ check mounts-e-end grep -c datera-iscsi /proc/mounts
 	assert.Equal(t, "1", out, "the volume whose mount died after mkfs was not formatted again")
 	rc, _ := checkOut(t, l, "sessions-f-end")
 	assert.Equal(t, 21, rc)
+	for vol, fs := range map[string]string{"vol-f1": "ext4", "vol-f2": "xfs"} {
+		out, err := exec.Command("blkid", "-p", "-o", "value", "-s", "TYPE", e.Backing(vol)).Output()
+		require.NoError(t, err, vol)
+		assert.Equal(t, fs, strings.TrimSpace(string(out)), "the host sees %s's filesystem in its backing file", vol)
+	}
 
 	_, state := checkOut(t, l, "state-dead")
 	assert.NotContains(t, state, "Connection State: LOGGED IN", "the session lost its target before the unmount")
