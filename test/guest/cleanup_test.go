@@ -53,7 +53,8 @@ func TestGuestLeavesNothing(t *testing.T) {
 	t.Run("killed test process", func(t *testing.T) {
 		out := filepath.Join(t.TempDir(), "pids")
 		child := exec.Command(os.Args[0], "-test.run", "^TestGuestLeavesNothing$", "-test.v")
-		child.Env = append(os.Environ(), helperEnv+"="+out)
+		// The child's temp files (its guest's initrd, its flex build) land in ours, removed with it.
+		child.Env = append(os.Environ(), helperEnv+"="+out, "TMPDIR="+t.TempDir())
 		var log strings.Builder
 		child.Stdout, child.Stderr = &log, &log
 		require.NoError(t, child.Start())
