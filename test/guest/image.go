@@ -234,6 +234,14 @@ func buildImage(cache string, progress io.Writer) (*Image, error) {
 		return nil, err
 	}
 	pickKernel()
+	// Images of other inputs are stale now (each is ~90 MB): keep only this one.
+	if old, err := filepath.Glob(filepath.Join(cache, "images", "*")); err == nil {
+		for _, o := range old {
+			if o != dir {
+				_ = os.RemoveAll(o)
+			}
+		}
+	}
 	img.Built, img.BuildTime = true, time.Since(start)
 	fmt.Fprintf(progress, "[guest] image built in %s\n", img.BuildTime.Round(10*time.Millisecond))
 	return img, nil
