@@ -59,8 +59,11 @@ func NewClusterLookup(client kubernetes.Interface, f informers.SharedInformerFac
 	ns := f.Core().V1().Namespaces()
 	sts := f.Apps().V1().StatefulSets()
 	pv := f.Core().V1().PersistentVolumes()
-	if err := pv.Informer().AddIndexers(cache.Indexers{mutate.PVClaimIndex: mutate.PVClaimIndexFunc}); err != nil {
-		return nil, fmt.Errorf("index persistent volumes by claim: %w", err)
+	// The reconcile loop, sharing the factory, may have added the same index already.
+	if _, ok := pv.Informer().GetIndexer().GetIndexers()[mutate.PVClaimIndex]; !ok {
+		if err := pv.Informer().AddIndexers(cache.Indexers{mutate.PVClaimIndex: mutate.PVClaimIndexFunc}); err != nil {
+			return nil, fmt.Errorf("index persistent volumes by claim: %w", err)
+		}
 	}
 	return &ClusterLookup{
 		client: client, classes: sc.Lister(), namespaces: ns.Lister(), statefulSets: sts.Lister(), pvs: pv.Informer().GetIndexer(),

@@ -105,10 +105,13 @@ func TestWebhookInformerMemory(t *testing.T) {
 	}
 	shared := func(opts ...informers.SharedInformerOption) func(f func(...informers.SharedInformerOption) informers.SharedInformerFactory) []informers.SharedInformerFactory {
 		return func(f func(...informers.SharedInformerOption) informers.SharedInformerFactory) []informers.SharedInformerFactory {
-			wf := webhookFactory(f, opts...)
+			// In cmd/webhook's order: the loop registers first, then webhook.Run's lookup.
+			wf := f(opts...)
 			loop, err := reconcile.New(reconcile.Options{Client: client, Mutate: mutate.Config{ClusterID: "e2e"}})
 			require.NoError(t, err)
 			require.NoError(t, loop.UseInformers(wf))
+			_, err = webhook.NewClusterLookup(client, wf)
+			require.NoError(t, err)
 			return []informers.SharedInformerFactory{wf}
 		}
 	}
