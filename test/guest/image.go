@@ -161,7 +161,8 @@ func sharedLibs(bin string) ([]string, error) {
 // key hashes everything a build copies or writes: file contents, the script texts and the lists.
 func (in *inputs) key() (string, error) {
 	h := sha256.New()
-	fmt.Fprintf(h, "v1\n%s\n%s\n%s\n%s\n%v\n%v\n", in.kver, initScript, iscsidConf, strings.Join(guestModules, ","), guestBinaries, udevRules)
+	// Bump the version when populate's layout changes in a way the texts and lists do not show.
+	fmt.Fprintf(h, "v1\n%s\n%s\n%s\n%s\n%s\n%v\n%v\n", in.kver, initScript, guestLib, iscsidConf, strings.Join(guestModules, ","), guestBinaries, udevRules)
 	files := []string{in.busybox, filepath.Join(in.kernelRoot, "boot", "vmlinuz-"+in.kver)}
 	for _, b := range in.bins {
 		files = append(files, b[1])
