@@ -37,6 +37,8 @@ const (
 	GuestIP   = "192.168.77.2"
 	PortalIP  = "192.168.77.3" // tgtd's portal, an address of its own so it can die alone
 	Portal    = PortalIP + ":3260"
+	PortalIP2 = "192.168.77.4" // the second portal of Options.TwoPortals
+	Portal2   = PortalIP2 + ":3260"
 	SimPort   = 7717
 	bridge    = "pfbr0"
 	tap       = "pftap0"
@@ -52,6 +54,9 @@ type Options struct {
 	CHAP *fake.CHAPAccount
 	// Config entries added to (or replacing) the guest's flex node config.
 	Config map[string]any
+	// TwoPortals serves every target on a second portal too (PortalIP2, an address of its own),
+	// and the simulator reports both in the volumes' access IPs.
+	TwoPortals bool
 }
 
 // Env is one guest's world: a network namespace with a bridge, tgtd on the portal, and the
@@ -72,6 +77,7 @@ type Env struct {
 	OnLine func(Line)
 
 	ctlPort int
+	portals []string
 	tgtd    *exec.Cmd
 	tgtDone chan struct{}
 
@@ -134,7 +140,10 @@ func New(t testing.TB, opts Options) *Env {
 		t.Fatalf("guest image: %v", err)
 	}
 	SweepStale()
-	e := &Env{T: t, Image: img, Dir: t.TempDir(), start: time.Now()}
+	e := &Env{T: t, Image: img, Dir: t.TempDir(), start: time.Now(), portals: []string{PortalIP}}
+	if opts.TwoPortals {
+		e.portals = append(e.portals, PortalIP2)
+	}
 	if err := e.pickControlPort(); err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +162,7 @@ func New(t testing.TB, opts Options) *Env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.Sim, err = fake.New(fake.Options{Users: map[string]string{User: Password}, Portals: []string{PortalIP},
+	e.Sim, err = fake.New(fake.Options{Users: map[string]string{User: Password}, Portals: e.portals,
 		Exporter: &recorder{Exporter: e.Targets, env: e},
 		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
@@ -208,11 +217,13 @@ func (e *Env) network() error {
 		{"-n", e.NS, "link", "set", "lo", "up"},
 		{"-n", e.NS, "link", "add", bridge, "type", "bridge"},
 		{"-n", e.NS, "addr", "add", HostIP + "/24", "dev", bridge},
-		{"-n", e.NS, "addr", "add", PortalIP + "/24", "dev", bridge},
 		{"-n", e.NS, "link", "set", bridge, "up"},
 		{"-n", e.NS, "tuntap", "add", "dev", tap, "mode", "tap"},
 		{"-n", e.NS, "link", "set", tap, "master", bridge},
 		{"-n", e.NS, "link", "set", tap, "up"},
+	}
+	for _, p := range e.portals {
+		steps = append(steps, []string{"-n", e.NS, "addr", "add", p + "/24", "dev", bridge})
 	}
 	for _, s := range steps {
 		if err := e.ip(s...); err != nil {
@@ -277,6 +288,14 @@ func (e *Env) startTgtd() error {
 		default:
 		}
 		if exec.Command("tgtadm", "-C", strconv.Itoa(port), "--mode", "sys", "--op", "show").Run() == nil {
+			// More portals are added to the running tgtd (it listens in the namespace).
+			for _, p := range e.portals[1:] {
+				out, err := exec.Command("tgtadm", "-C", strconv.Itoa(port), "--lld", "iscsi", "--mode", "portal",
+					"--op", "new", "--param", "portal="+p+":3260").CombinedOutput()
+				if err != nil {
+					return fmt.Errorf("adding the portal %s: %w: %s", p, err, out)
+				}
+			}
 			return nil
 		}
 	}
@@ -297,8 +316,11 @@ func (e *Env) QemuPID() int {
 // a storage node fails, while the simulator's API (on another address) keeps answering. tgtd
 // cannot remove a target whose logical unit a session holds, even with --force, so removing
 // the target is not a way to do this.
-func (e *Env) KillPortal() error {
-	return e.ip("-n", e.NS, "addr", "del", PortalIP+"/24", "dev", bridge)
+func (e *Env) KillPortal() error { return e.KillPortalIP(PortalIP) }
+
+// KillPortalIP is KillPortal for the portal on ip (PortalIP or PortalIP2).
+func (e *Env) KillPortalIP(ip string) error {
+	return e.ip("-n", e.NS, "addr", "del", ip+"/24", "dev", bridge)
 }
 
 // Backing is the backing file of volume id on the simulator.

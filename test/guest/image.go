@@ -57,7 +57,14 @@ func CacheDir() string {
 }
 
 // guestModules are loaded in the guest; their dependency closure is copied from modules.dep.
-var guestModules = []string{"virtio_pci", "virtio_net", "crc32c_generic", "sd_mod", "iscsi_tcp", "ext4", "xfs"}
+// The device-mapper ones are loaded only by tests that start multipathd.
+var guestModules = []string{"virtio_pci", "virtio_net", "crc32c_generic", "sd_mod", "iscsi_tcp", "ext4", "xfs",
+	"dm_multipath", "dm_round_robin", "dm_service_time"}
+
+// multipathFiles are taken from the multipath-tools package hack/setup-guest.sh unpacks (it is
+// not installed on the host: see there), relative to its root; globs allowed. The shared
+// libraries are loaded from /lib, the checker and prioritizer plugins from /lib/multipath.
+var multipathFiles = []string{"sbin/multipath", "sbin/multipathd", "lib/lib*.so.0", "lib/multipath/*.so"}
 
 // guestBinaries are copied from the host with their libraries: guest path → host command.
 var guestBinaries = [][2]string{
@@ -71,9 +78,13 @@ var guestBinaries = [][2]string{
 	{"/usr/sbin/fsck", "fsck"},
 	{"/usr/sbin/e2fsck", "e2fsck"},
 	{"/usr/sbin/debugfs", "debugfs"},
+	{"/sbin/dmsetup", "dmsetup"}, // run by the device-mapper udev rules (xfsprogs → libdevmapper → dmsetup)
 }
 
-var udevRules = []string{"50-udev-default.rules", "60-block.rules", "60-persistent-storage.rules"}
+// The device-mapper rules name a new dm device in udev's database and release libdevmapper's
+// wait for udev (multipathd waits for that event before it adds the next path to a map).
+var udevRules = []string{"50-udev-default.rules", "60-block.rules", "60-persistent-storage.rules",
+	"55-dm.rules", "60-persistent-storage-dm.rules", "95-dm-notify.rules"}
 
 var (
 	imageOnce sync.Once
@@ -93,6 +104,7 @@ type inputs struct {
 	kernelRoot, kver, busybox string
 	bins                      [][2]string // guest path, host path
 	libs                      []string
+	multipath                 [][2]string // guest path, host path (multipath-tools and its libraries)
 }
 
 func resolveInputs(cache string) (*inputs, error) {
@@ -129,6 +141,33 @@ func resolveInputs(cache string) (*inputs, error) {
 			libs[x] = true
 		}
 	}
+	mp := filepath.Join(cur, "multipath")
+	for _, g := range multipathFiles {
+		files, _ := filepath.Glob(filepath.Join(mp, g))
+		if len(files) == 0 {
+			return nil, fmt.Errorf("multipath-tools not fetched (no %s in %s): run hack/setup-guest.sh", g, mp)
+		}
+		for _, f := range files {
+			in.multipath = append(in.multipath, [2]string{"/" + strings.TrimPrefix(f, mp+"/"), f})
+			l, err := sharedLibs(f, "LD_LIBRARY_PATH="+filepath.Join(mp, "lib"))
+			if err != nil {
+				return nil, err
+			}
+			for _, x := range l {
+				if !strings.HasPrefix(x, mp+"/") { // its own libraries are in the list already
+					libs[x] = true
+				}
+			}
+		}
+	}
+	// multipathd cancels its threads; glibc's pthread_cancel loads libgcc_s at run time (ldd
+	// cannot see that), from the directory libc is in.
+	for l := range libs {
+		if filepath.Base(l) == "libc.so.6" {
+			libs[filepath.Join(filepath.Dir(l), "libgcc_s.so.1")] = true
+			break
+		}
+	}
 	for l := range libs {
 		in.libs = append(in.libs, l)
 	}
@@ -136,9 +175,12 @@ func resolveInputs(cache string) (*inputs, error) {
 	return in, nil
 }
 
-// sharedLibs lists what ldd says bin loads (absolute paths, the loader included).
-func sharedLibs(bin string) ([]string, error) {
-	out, err := exec.Command("ldd", bin).CombinedOutput()
+// sharedLibs lists what ldd says bin loads (absolute paths, the loader included), with env
+// added to ldd's environment.
+func sharedLibs(bin string, env ...string) ([]string, error) {
+	cmd := exec.Command("ldd", bin)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return nil, fmt.Errorf("ldd %s: %w: %s", bin, err, out)
 	}
@@ -162,9 +204,12 @@ func sharedLibs(bin string) ([]string, error) {
 func (in *inputs) key() (string, error) {
 	h := sha256.New()
 	// Bump the version when populate's layout changes in a way the texts and lists do not show.
-	fmt.Fprintf(h, "v1\n%s\n%s\n%s\n%s\n%s\n%v\n%v\n", in.kver, initScript, guestLib, iscsidConf, strings.Join(guestModules, ","), guestBinaries, udevRules)
+	fmt.Fprintf(h, "v1\n%s\n%s\n%s\n%s\n%s\n%v\n%v\n%s\n", in.kver, initScript, guestLib, iscsidConf, strings.Join(guestModules, ","), guestBinaries, udevRules, multipathConf)
 	files := []string{in.busybox, filepath.Join(in.kernelRoot, "boot", "vmlinuz-"+in.kver)}
 	for _, b := range in.bins {
+		files = append(files, b[1])
+	}
+	for _, b := range in.multipath {
 		files = append(files, b[1])
 	}
 	files = append(files, in.libs...)
@@ -251,7 +296,7 @@ func buildImage(cache string, progress io.Writer) (*Image, error) {
 // populate lays out the guest's root file system in root.
 func (in *inputs) populate(root string) error {
 	for _, d := range []string{"bin", "sbin", "usr/bin", "usr/sbin", "usr/local/bin", "lib", "lib64", "lib/systemd",
-		"etc/iscsi", "etc/udev/rules.d", "etc/petfabric", "proc", "sys", "dev", "run", "tmp", "mnt", "var/lib/iscsi",
+		"etc/iscsi", "etc/udev/rules.d", "etc/petfabric", "etc/multipath", "proc", "sys", "dev", "run", "tmp", "mnt", "var/lib/iscsi",
 		"var/lock", "var/log", "root"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
 			return err
@@ -284,6 +329,11 @@ func (in *inputs) populate(root string) error {
 			return err
 		}
 	}
+	for _, b := range in.multipath {
+		if err := copyFile(b[1], filepath.Join(root, b[0]), 0o755); err != nil {
+			return err
+		}
+	}
 	links := map[string]string{
 		"lib/systemd/systemd-udevd": "/usr/bin/udevadm", "usr/sbin/mkfs.ext4": "mke2fs",
 		"usr/sbin/fsck.ext4": "e2fsck", "sbin/fsck.ext4": "/usr/sbin/e2fsck",
@@ -309,6 +359,7 @@ func (in *inputs) populate(root string) error {
 		"etc/passwd":             "root:x:0:0:root:/root:/bin/sh\n",
 		"etc/group":              "root:x:0:\ndisk:x:6:\ntty:x:5:\n",
 		"etc/petfabric/guest.sh": guestLib,
+		"etc/multipath.conf":     multipathConf,
 	}
 	for name, text := range files {
 		if err := os.WriteFile(filepath.Join(root, name), []byte(text), 0o755); err != nil {

@@ -35,12 +35,21 @@ sync; poweroff -f; sleep 5
 //	step LABEL          PFG-STEP LABEL t=<uptime>
 //	flex LABEL ARGS…    runs the driver; PFG-FLEX LABEL rc=<exit> <its reply>
 //	check LABEL CMD…    runs CMD; PFG-CHECK LABEL rc=<exit> <output, lines joined by |>
+//	multipath_up        loads device-mapper multipath and starts multipathd (log in
+//	                    /tmp/multipathd.log); fails unless it answers within 10 s
+
 const guestLib = `RES=/dev/ttyS1; [ -c $RES ] || RES=/dev/console
 up() { cut -d' ' -f1 /proc/uptime; }
 say() { echo "$*" >$RES; }
 step() { say "PFG-STEP $1 t=$(up)"; }
 flex() { l=$1; shift; out=$(/usr/local/bin/flex "$@" 2>&1); rc=$?; say "PFG-FLEX $l rc=$rc $(printf %s "$out" | tr '\n' ' ')"; return $rc; }
 check() { l=$1; shift; out=$("$@" 2>&1); rc=$?; say "PFG-CHECK $l rc=$rc $(printf %s "$out" | tr '\n' '|')"; return 0; }
+multipath_up() {
+	for m in dm_multipath dm_round_robin dm_service_time; do modprobe $m || return 1; done
+	multipathd -d -s -v2 >/tmp/multipathd.log 2>&1 &
+	i=0; until multipathd show daemon 2>/dev/null | grep -qE 'idle|running'; do
+		i=$((i+1)); [ $i -ge 100 ] && return 1; sleep 0.1; done
+}
 `
 
 // iscsidConf sets the initiator's timeouts deliberately: a refused login (not in the ACL, bad
@@ -67,4 +76,18 @@ node.session.iscsi.MaxBurstLength = 16776192
 node.conn[0].iscsi.MaxRecvDataSegmentLength = 262144
 node.conn[0].iscsi.MaxXmitDataSegmentLength = 0
 discovery.sendtargets.iscsi.MaxRecvDataSegmentLength = 32768
+`
+
+// multipathConf is the guest's /etc/multipath.conf, read by multipathd when a test starts it:
+// every SCSI disk is a path (no wait for a second path or a wwids entry), maps are named by
+// WWID, a path is checked every second, and a map whose last path failed fails I/O instead of
+// queueing it forever. No partitions are mapped (kpartx is not in the guest).
+const multipathConf = `defaults {
+	find_multipaths off
+	user_friendly_names no
+	polling_interval 1
+	no_path_retry fail
+	skip_kpartx yes
+	enable_foreign "^$"
+}
 `
