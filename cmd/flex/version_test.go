@@ -1,28 +1,17 @@
 package main
 
 import (
-	"os/exec"
-	"path/filepath"
-	"runtime"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
+
+	"github.com/petfabric/petfabric/internal/versiontest"
 )
 
 // The binary, stamped at link time as a release build is, prints its version.
 func TestBinaryPrintsVersion(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the binary")
-	}
-	bin := filepath.Join(t.TempDir(), "flex")
-	out, err := exec.Command("go", "build", "-ldflags", "-X github.com/petfabric/petfabric/pkg/version.Version=v0.0.0-stamped", "-o", bin, ".").CombinedOutput()
-	require.NoError(t, err, "%s", out)
-	for _, args := range [][]string{{"--version"}, {"version"}} {
-		out, err := exec.Command(bin, args...).CombinedOutput()
-		require.NoError(t, err, "%s", out)
-		require.Equal(t, "flex v0.0.0-stamped ("+runtime.Version()+")\n", string(out), "%v", args)
-	}
+	versiontest.RequirePrintsVersion(t, "flex", []string{"--version"}, []string{"version"})
 }
 
 // The agent exports which build it is, as the webhook and the extender do.
