@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,6 +28,7 @@ import (
 	"github.com/petfabric/petfabric/internal/testenv"
 	"github.com/petfabric/petfabric/pkg/datera"
 	"github.com/petfabric/petfabric/pkg/datera/fake"
+	"github.com/petfabric/petfabric/pkg/flex/flextest"
 )
 
 // Addresses inside every guest's private namespace (each namespace has its own, so they repeat).
@@ -337,25 +337,9 @@ func (e *Env) Backing(id string) string {
 }
 
 // MountOptions returns the JSON kubelet would pass to mount for volume id with the simulator
-// user's secret; extra entries are added, an empty value deletes a key.
+// user's secret (ext4 unless extra says otherwise); an empty extra value deletes a key.
 func (e *Env) MountOptions(id string, extra map[string]string) string {
-	o := map[string]string{
-		"volumeID": id, "size": "1", "replica": "1", "backstoreServer": e.SimURL,
-		"kubernetes.io/fsType": "ext4", "kubernetes.io/readwrite": "rw",
-		"kubernetes.io/pvOrVolumeName": "pv-" + id, "kubernetes.io/pod.name": "pod", "kubernetes.io/pod.namespace": "ns",
-		"kubernetes.io/pod.uid": "uid", "kubernetes.io/serviceAccount.name": "default",
-		"kubernetes.io/secret/username": base64.StdEncoding.EncodeToString([]byte(User)),
-		"kubernetes.io/secret/password": base64.StdEncoding.EncodeToString([]byte(Password)),
-	}
-	for k, v := range extra {
-		if v == "" {
-			delete(o, k)
-		} else {
-			o[k] = v
-		}
-	}
-	b, _ := json.Marshal(o)
-	return string(b)
+	return flextest.KubeletMountOptions(e.SimURL, id, "ext4", User, Password, extra)
 }
 
 func (e *Env) note(kind, label, text string) {

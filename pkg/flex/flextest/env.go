@@ -151,13 +151,20 @@ func (e *Env) WriteConfig() {
 // Options returns the JSON kubelet would pass to mount for volume id, with the secretRef values
 // (base64) of the simulator user. extra entries are added; an empty value deletes a key.
 func (e *Env) Options(id string, extra map[string]string) string {
+	return KubeletMountOptions(e.SimURL, id, "xfs", User, Password, extra)
+}
+
+// KubeletMountOptions is the JSON kubelet passes to `mount` for a PersistentVolume with volume
+// id on backstore, the given fsType and a secretRef holding username and password (base64, as
+// kubelet sends secret values). extra entries are added; an empty value deletes a key.
+func KubeletMountOptions(backstore, id, fsType, username, password string, extra map[string]string) string {
 	o := map[string]string{
-		"volumeID": id, "size": "1", "replica": "1", "backstoreServer": e.SimURL,
-		"kubernetes.io/fsType": "xfs", "kubernetes.io/readwrite": "rw",
+		"volumeID": id, "size": "1", "replica": "1", "backstoreServer": backstore,
+		"kubernetes.io/fsType": fsType, "kubernetes.io/readwrite": "rw",
 		"kubernetes.io/pvOrVolumeName": "pv-" + id, "kubernetes.io/pod.name": "pod", "kubernetes.io/pod.namespace": "ns",
 		"kubernetes.io/pod.uid": "uid", "kubernetes.io/serviceAccount.name": "default",
-		"kubernetes.io/secret/username": base64.StdEncoding.EncodeToString([]byte(User)),
-		"kubernetes.io/secret/password": base64.StdEncoding.EncodeToString([]byte(Password)),
+		"kubernetes.io/secret/username": base64.StdEncoding.EncodeToString([]byte(username)),
+		"kubernetes.io/secret/password": base64.StdEncoding.EncodeToString([]byte(password)),
 	}
 	for k, v := range extra {
 		if v == "" {
