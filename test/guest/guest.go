@@ -324,17 +324,7 @@ func (e *Env) KillPortalIP(ip string) error {
 }
 
 // Backing is the backing file of volume id on the simulator.
-func (e *Env) Backing(id string) string {
-	ai, err := e.Client.GetAppInstance(context.Background(), id)
-	if err != nil {
-		e.T.Fatalf("reading %s: %v", id, err)
-	}
-	_, v, ok := ai.Volume()
-	if !ok {
-		e.T.Fatalf("%s has no volume", id)
-	}
-	return e.Targets.BackingFile(v.UUID)
-}
+func (e *Env) Backing(id string) string { return flextest.BackingFileOf(e.T, e.Client, e.Targets, id) }
 
 // MountOptions returns the JSON kubelet would pass to mount for volume id with the simulator
 // user's secret (ext4 unless extra says otherwise); an empty extra value deletes a key.

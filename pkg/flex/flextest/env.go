@@ -197,16 +197,21 @@ func (e *Env) ACL(id string) []string {
 }
 
 // Backing returns the backing file of volume id (it must exist on the simulator).
-func (e *Env) Backing(id string) string {
-	ai, err := e.Client.GetAppInstance(context.Background(), id)
+func (e *Env) Backing(id string) string { return BackingFileOf(e.T, e.Client, e.Targets, id) }
+
+// BackingFileOf returns the file behind volume id's LUN: the volume's UUID read from Datera through
+// c, looked up in targets (the loop stand-in's or tgtd's exporter). It fails t when there is none.
+func BackingFileOf(t testing.TB, c *datera.Client, targets interface{ BackingFile(uuid string) string }, id string) string {
+	t.Helper()
+	ai, err := c.GetAppInstance(context.Background(), id)
 	if err != nil {
-		e.T.Fatalf("reading %s: %v", id, err)
+		t.Fatalf("reading %s: %v", id, err)
 	}
 	_, v, ok := ai.Volume()
 	if !ok {
-		e.T.Fatalf("%s has no volume", id)
+		t.Fatalf("%s has no volume", id)
 	}
-	return e.Targets.BackingFile(v.UUID)
+	return targets.BackingFile(v.UUID)
 }
 
 // IQN returns the target name of volume id.
