@@ -78,29 +78,30 @@ func check(root string, w io.Writer) (int, error) {
 // tree is the set of files under the root.
 type tree struct {
 	paths     map[string]bool // slash paths relative to the root
+	dirs      map[string]bool // every directory holding one of paths, at any depth
 	basenames map[string]bool
+}
+
+// add records the file rel (a slash path relative to the root) and its directories.
+func (t tree) add(rel string) {
+	t.paths[rel] = true
+	t.basenames[path.Base(rel)] = true
+	for d := path.Dir(rel); d != "." && !t.dirs[d]; d = path.Dir(d) {
+		t.dirs[d] = true
+	}
 }
 
 func (t tree) has(p string) bool {
 	p = path.Clean(p)
-	if t.paths[p] {
-		return true
-	}
 	// A directory counts too (a reference to testdata/fuzz/… or a chart directory).
-	prefix := p + "/"
-	for q := range t.paths {
-		if strings.HasPrefix(q, prefix) {
-			return true
-		}
-	}
-	return false
+	return t.paths[p] || t.dirs[p]
 }
 
 // skipDir: hidden directories (.git, .cache) and build output hold nothing we cite.
 func skipDir(name string) bool { return strings.HasPrefix(name, ".") && name != "." || name == "bin" }
 
 func scan(root string) ([]Finding, error) {
-	t := tree{paths: map[string]bool{}, basenames: map[string]bool{}}
+	t := tree{paths: map[string]bool{}, dirs: map[string]bool{}, basenames: map[string]bool{}}
 	var files []string
 	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -117,8 +118,7 @@ func scan(root string) ([]Finding, error) {
 			return err
 		}
 		rel = filepath.ToSlash(rel)
-		t.paths[rel] = true
-		t.basenames[path.Base(rel)] = true
+		t.add(rel)
 		files = append(files, rel)
 		return nil
 	})
