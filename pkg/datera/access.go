@@ -5,10 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 )
 
+// initiatorPrefix is how ACLs reference an initiator: initiatorPrefix + IQN.
+const initiatorPrefix = "/initiators/"
+
 // initiatorPath is how ACLs reference an initiator.
-func initiatorPath(iqn string) string { return "/initiators/" + iqn }
+func initiatorPath(iqn string) string { return initiatorPrefix + iqn }
+
+// InitiatorIQN is the IQN an ACL's initiator entry references (its path without the
+// "/initiators/" prefix; a path without that prefix is returned as it is).
+func (r PathRef) InitiatorIQN() string { return strings.TrimPrefix(r.Path, initiatorPrefix) }
 
 // GetInitiator reads an initiator by IQN. In a sub-tenant the result may be inherited from a
 // parent tenant (its Tenant says which).

@@ -50,7 +50,7 @@ type aclHolders struct {
 func othersIn(acl *datera.ACLPolicy, self string) aclHolders {
 	var h aclHolders
 	for _, r := range acl.Initiators {
-		if strings.TrimPrefix(r.Path, "/initiators/") != self {
+		if r.InitiatorIQN() != self {
 			h.initiators = append(h.initiators, r)
 		}
 	}
@@ -67,7 +67,7 @@ func (h aclHolders) yieldsTo(self string) bool {
 		return true
 	}
 	for _, r := range h.initiators {
-		if strings.TrimPrefix(r.Path, "/initiators/") < self {
+		if r.InitiatorIQN() < self {
 			return true
 		}
 	}
@@ -77,7 +77,7 @@ func (h aclHolders) yieldsTo(self string) bool {
 func (h aclHolders) String() string {
 	var parts []string
 	for _, r := range h.initiators {
-		iqn := strings.TrimPrefix(r.Path, "/initiators/")
+		iqn := r.InitiatorIQN()
 		switch node, ok := strings.CutPrefix(r.Name, "petfabric-"); {
 		case ok && node != "":
 			parts = append(parts, fmt.Sprintf("initiator %s (node %q)", iqn, node))

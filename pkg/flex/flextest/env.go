@@ -191,7 +191,7 @@ func (e *Env) ACL(id string) []string {
 	}
 	var out []string
 	for _, r := range acl.Initiators {
-		out = append(out, strings.TrimPrefix(r.Path, "/initiators/"))
+		out = append(out, r.InitiatorIQN())
 	}
 	return out
 }
