@@ -56,19 +56,32 @@ var DefaultTimeouts = Timeouts{ReadHeader: 5 * time.Second, Read: 30 * time.Seco
 // answers.
 var DefaultHealthTimeouts = Timeouts{ReadHeader: 5 * time.Second, Read: 10 * time.Second, Write: 10 * time.Second, Idle: time.Minute}
 
-// WithDefaults fills zero fields from def; a negative one is an error naming the field.
-func (t Timeouts) WithDefaults(def Timeouts, what string) (Timeouts, error) {
-	for _, f := range []struct {
-		name string
-		v    *time.Duration
-		def  time.Duration
-	}{{"ReadHeader", &t.ReadHeader, def.ReadHeader}, {"Read", &t.Read, def.Read}, {"Write", &t.Write, def.Write}, {"Idle", &t.Idle, def.Idle}} {
-		switch {
+// durationField is a duration setting: its name, where it is, and its default.
+type durationField struct {
+	name string
+	v    *time.Duration
+	def  time.Duration
+}
+
+// fillDefaults sets each zero field to its default, in order, and returns the first negative
+// field (nil when there is none).
+func fillDefaults(fields ...durationField) *durationField {
+	for i := range fields {
+		switch f := &fields[i]; {
 		case *f.v < 0:
-			return t, fmt.Errorf("%s.%s timeout %s is negative", what, f.name, *f.v)
+			return f
 		case *f.v == 0:
 			*f.v = f.def
 		}
+	}
+	return nil
+}
+
+// WithDefaults fills zero fields from def; a negative one is an error naming the field.
+func (t Timeouts) WithDefaults(def Timeouts, what string) (Timeouts, error) {
+	if f := fillDefaults(durationField{"ReadHeader", &t.ReadHeader, def.ReadHeader}, durationField{"Read", &t.Read, def.Read},
+		durationField{"Write", &t.Write, def.Write}, durationField{"Idle", &t.Idle, def.Idle}); f != nil {
+		return t, fmt.Errorf("%s.%s timeout %s is negative", what, f.name, *f.v)
 	}
 	return t, nil
 }
@@ -168,17 +181,10 @@ func New(cfg Config) (*Server, error) {
 	if cfg.HealthTimeouts, err = cfg.HealthTimeouts.WithDefaults(DefaultHealthTimeouts, "HealthTimeouts"); err != nil {
 		return nil, fmt.Errorf("serving: %w", err)
 	}
-	for _, d := range []struct {
-		name string
-		v    *time.Duration
-		def  time.Duration
-	}{{"CertReloadInterval", &cfg.CertReloadInterval, DefaultCertReloadInterval}, {"CertFailureGrace", &cfg.CertFailureGrace, DefaultCertFailureGrace}, {"ShutdownTimeout", &cfg.ShutdownTimeout, DefaultShutdownTimeout}} {
-		switch {
-		case *d.v < 0:
-			return nil, fmt.Errorf("serving: %s %s is negative", d.name, *d.v)
-		case *d.v == 0:
-			*d.v = d.def
-		}
+	if d := fillDefaults(durationField{"CertReloadInterval", &cfg.CertReloadInterval, DefaultCertReloadInterval},
+		durationField{"CertFailureGrace", &cfg.CertFailureGrace, DefaultCertFailureGrace},
+		durationField{"ShutdownTimeout", &cfg.ShutdownTimeout, DefaultShutdownTimeout}); d != nil {
+		return nil, fmt.Errorf("serving: %s %s is negative", d.name, *d.v)
 	}
 	log := cfg.Logger
 	if log == nil {
