@@ -422,6 +422,11 @@ func (c *controller) onClaimAdd(obj any) {
 	if !ok {
 		return
 	}
+	c.enqueueClaimPVs(pvc)
+}
+
+// enqueueClaimPVs queues a check of every managed PV whose claimRef names the claim.
+func (c *controller) enqueueClaimPVs(pvc *corev1.PersistentVolumeClaim) {
 	objs, _ := c.pvIndexer.ByIndex(mutate.PVClaimIndex, mutate.ClaimKey(pvc.Namespace, pvc.Name))
 	for _, o := range objs {
 		if pv, ok := o.(*corev1.PersistentVolume); ok {
@@ -472,12 +477,7 @@ func (c *controller) onClaimDelete(obj any) {
 			c.queue.Add(item{kindPV, pvc.Spec.VolumeName})
 		}
 	}
-	objs, _ := c.pvIndexer.ByIndex(mutate.PVClaimIndex, mutate.ClaimKey(pvc.Namespace, pvc.Name))
-	for _, o := range objs {
-		if pv, ok := o.(*corev1.PersistentVolume); ok {
-			c.queue.Add(item{kindPV, pv.Name})
-		}
-	}
+	c.enqueueClaimPVs(pvc)
 }
 
 func (c *controller) onStorageClass(obj any) {
