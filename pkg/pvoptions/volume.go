@@ -230,7 +230,6 @@ func (v Volume) Options() map[string]string {
 	opts := map[string]string{
 		OptVolumeID:        v.VolumeID,
 		OptBackstoreServer: v.BackstoreServer,
-		OptAccessMode:      v.AccessMode,
 	}
 	set := func(k, s string) {
 		if s != "" {
@@ -250,9 +249,7 @@ func (v Volume) Options() map[string]string {
 	num(OptMaxBW, v.MaxBWKiB)
 	set(OptIPPool, v.IPPool)
 	set(OptTenant, v.Tenant)
-	if v.AccessMode == "" {
-		delete(opts, OptAccessMode)
-	}
+	set(OptAccessMode, v.AccessMode)
 	if v.HasOwner {
 		for k, s := range v.Owner.Options() {
 			opts[k] = s
