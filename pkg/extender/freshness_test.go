@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
+	testingclock "k8s.io/utils/clock/testing"
 	"k8s.io/utils/ptr"
 
 	"github.com/petfabric/petfabric/pkg/placement"
@@ -97,7 +98,7 @@ func TestCacheCapsDeclaredLeaseDuration(t *testing.T) {
 // does) does not freshen the report.
 func TestCacheConfiguredCapAndRelist(t *testing.T) {
 	client := fake.NewClientset(volumeObjects()...)
-	clk := &testClock{t: testNow}
+	clk := testingclock.NewFakeClock(testNow)
 	c, err := NewCache(client, ns, slog.New(slog.NewTextHandler(io.Discard, nil)), CacheOptions{Now: clk.Now, MaxReportTTL: 10 * time.Second})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -10,7 +10,6 @@ import (
 	"net/http/httptest"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
+	testingclock "k8s.io/utils/clock/testing"
 	"k8s.io/utils/ptr"
 
 	"github.com/petfabric/petfabric/pkg/placement"
@@ -86,33 +86,14 @@ func claimPod(name string, claims ...string) *corev1.Pod {
 }
 
 type fixture struct {
-	client  *fake.Clientset
-	cache   *Cache
-	clock   *testClock
+	client *fake.Clientset
+	cache  *Cache
+	// clock is shared by the Cache (which stamps observed renewals with it) and, unless the
+	// test gave its own, the handler (which judges freshness with it).
+	clock   *testingclock.FakeClock
 	metrics *Metrics
 	handler http.Handler
 }
-
-// testClock is a settable clock shared by a Cache (which stamps observed renewals with it)
-// and a handler (which judges freshness with it).
-type testClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *testClock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = t
-}
-
-func (c *testClock) Step(d time.Duration) { c.Set(c.Now().Add(d)) }
 
 // newFixture starts a real Cache (informers) over a fake clientset holding objs. The cache
 // observes each report Lease among objs at its renewTime, as an extender whose clock
@@ -132,7 +113,7 @@ func newFixture(t *testing.T, opts HandlerOptions, objs ...runtime.Object) *fixt
 	}
 	client := fake.NewClientset(others...)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	clk := &testClock{}
+	clk := testingclock.NewFakeClock(time.Time{})
 	c, err := NewCache(client, ns, log, CacheOptions{Now: clk.Now})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -141,16 +122,16 @@ func newFixture(t *testing.T, opts HandlerOptions, objs ...runtime.Object) *fixt
 	require.Eventually(t, c.Ready, 5*time.Second, 5*time.Millisecond)
 	slices.SortStableFunc(leases, func(a, b *coordinationv1.Lease) int { return renewTime(a).Compare(renewTime(b)) })
 	for _, l := range leases {
-		clk.Set(renewTime(l))
+		clk.SetTime(renewTime(l))
 		_, err := client.CoordinationV1().Leases(l.Namespace).Create(ctx, l, metav1.CreateOptions{})
 		require.NoError(t, err)
 		waitObserved(t, c, l)
 	}
 	if opts.Now == nil {
 		opts.Now = clk.Now
-		clk.Set(testNow)
+		clk.SetTime(testNow)
 	} else {
-		clk.Set(opts.Now())
+		clk.SetTime(opts.Now())
 	}
 	m := NewMetrics()
 	opts.Metrics = m
