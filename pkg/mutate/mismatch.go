@@ -20,6 +20,10 @@ const (
 	MismatchOwner        = "owner"
 )
 
+// EventPVMismatch is the reason of the Warning Event on a PV that does not fit its claim, the
+// same whether the webhook or the reconcile loop found it.
+const EventPVMismatch = "PersistentVolumeMismatch"
+
 // Mismatch is one way an existing PV differs from what its claim needs.
 type Mismatch struct {
 	Reason string // one of the Mismatch* constants

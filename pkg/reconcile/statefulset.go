@@ -35,7 +35,7 @@ const (
 	EventOwnerMismatch      = "OwnerMismatch"
 	EventFreedPV            = "FreedPersistentVolume"
 	EventNotFreed           = "PersistentVolumeNotFreed"
-	EventPVMismatch         = "PersistentVolumeMismatch"
+	EventPVMismatch         = mutate.EventPVMismatch
 	EventReplacedPV         = "ReplacedPersistentVolume"
 	EventOrdinalCeiling     = "OrdinalCeiling"
 )

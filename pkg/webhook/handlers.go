@@ -302,7 +302,7 @@ func (s *Server) ensurePV(ctx context.Context, pv *corev1.PersistentVolume, cv m
 }
 
 // EventPVMismatch is the reason of the Warning Event on a PV that does not fit its claim.
-const EventPVMismatch = "PersistentVolumeMismatch"
+const EventPVMismatch = mutate.EventPVMismatch
 
 // mismatchWarning is the admission warning for a claim whose existing PV does not fit it.
 func mismatchWarning(cv mutate.ClaimVolume, ms []mutate.Mismatch) string {
