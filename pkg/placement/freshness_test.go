@@ -190,15 +190,18 @@ func TestObserveWithoutPreviousObservation(t *testing.T) {
 	noTTL := &NodeReport{Node: "b", RenewTime: now, DeclaredTTL: 0}
 	noTTL.Observe(nil, now, 0)
 	assert.False(t, noTTL.Fresh(now))
-	d := Filter(now, []Volume{{VolumeID: "v", Backstore: bsA}}, []string{"b"}, staticState{"b": noTTL}, AllPortals)
+	d := Filter(now, []Volume{{VolumeID: "v", Backstore: bsA}}, []string{"b"}, indexOfReports(noTTL), AllPortals)
 	assert.Equal(t, "node b: reachability report has no leaseDurationSeconds, so it is never fresh", d.Failed["b"])
 	unobserved := &NodeReport{Node: "c", RenewTime: now, DeclaredTTL: ttl, TTL: ttl}
-	d = Filter(now, []Volume{{VolumeID: "v", Backstore: bsA}}, []string{"c"}, staticState{"c": unobserved}, AllPortals)
+	d = Filter(now, []Volume{{VolumeID: "v", Backstore: bsA}}, []string{"c"}, indexOfReports(unobserved), AllPortals)
 	assert.Equal(t, "node c: reachability report has not been observed yet", d.Failed["c"])
 }
 
-type staticState map[string]*NodeReport
-
-func (s staticState) NodeReport(node string) (*NodeReport, bool) { nr, ok := s[node]; return nr, ok }
-func (s staticState) Holders(string) []string                    { return nil }
-func (s staticState) PetVolumes(string, string) []PetVolume      { return nil }
+// indexOfReports is an Index holding the reports as given (not observed again).
+func indexOfReports(reports ...*NodeReport) *Index {
+	x := NewIndex()
+	for _, nr := range reports {
+		x.SetReport(nr)
+	}
+	return x
+}
