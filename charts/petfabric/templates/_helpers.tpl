@@ -43,3 +43,18 @@ JSON's escapes), so a user or group name cannot break out of its literal.
 {{- define "petfabric.cel" -}}
 {{- toJson . -}}
 {{- end -}}
+
+{{/*
+The binding that enforces the release's policy .policy with Deny (dict "root" $ "policy" name).
+*/}}
+{{- define "petfabric.denyBinding" -}}
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata:
+  name: {{ .policy }}
+  labels:
+    {{- include "petfabric.labels" .root | nindent 4 }}
+spec:
+  policyName: {{ .policy }}
+  validationActions: [Deny]
+{{- end -}}
