@@ -18,11 +18,7 @@ const unmountBound = 90 * time.Second
 // exitCode returns a PFG-FLEX line's exit code only (a killed driver prints no reply).
 func exitCode(t *testing.T, lines []Line, label string) int {
 	t.Helper()
-	l, i := find(lines, "PFG-FLEX", label)
-	require.GreaterOrEqual(t, i, 0, "no driver call %q", label)
-	var rc int
-	_, err := fmt.Sscanf(l.Text, "rc=%d", &rc)
-	require.NoError(t, err, l.Text)
+	rc, _ := rcLine(t, lines, "PFG-FLEX", label, "driver call")
 	return rc
 }
 
@@ -74,11 +70,7 @@ check mounts-e-end grep -c datera-iscsi /proc/mounts
 
 	assert.Equal(t, 137, exitCode(t, l, "crash-login"), "killed by SIGKILL at the login step")
 	assert.Equal(t, 137, exitCode(t, l, "crash-format"), "killed by SIGKILL right after mkfs")
-	for _, v := range []string{"retry-login", "retry-format", "unmount-f1", "unmount-f2", "e-mount", "e-unmount"} {
-		rc, r := reply(t, l, v)
-		assert.Equal(t, 0, rc, v)
-		assert.Equal(t, "Success", r["status"], "%s: %v", v, r)
-	}
+	assertSucceeded(t, l, "retry-login", "retry-format", "unmount-f1", "unmount-f2", "e-mount", "e-unmount")
 	_, out := checkOut(t, l, "sessions-f")
 	assert.Equal(t, 2, countPortal(out), "one session per volume after the retries: %s", out)
 	iqns := map[string]bool{}

@@ -32,15 +32,23 @@ func find(lines []Line, kind, label string) (Line, int) {
 	return Line{}, -1
 }
 
-// reply parses a PFG-FLEX line: the exit code and the driver's JSON reply.
-func reply(t *testing.T, lines []Line, label string) (int, map[string]any) {
+// rcLine parses the first line of kind and label, "rc=<code> <rest>": the exit code and the
+// rest (empty when there is none). what names the line in the failure message.
+func rcLine(t *testing.T, lines []Line, kind, label, what string) (int, string) {
 	t.Helper()
-	l, i := find(lines, "PFG-FLEX", label)
-	require.GreaterOrEqual(t, i, 0, "no driver reply %q", label)
-	rcs, js, _ := strings.Cut(l.Text, " ")
+	l, i := find(lines, kind, label)
+	require.GreaterOrEqual(t, i, 0, "no %s %q", what, label)
+	rcs, rest, _ := strings.Cut(l.Text, " ")
 	var rc int
 	_, err := fmt.Sscanf(rcs, "rc=%d", &rc)
 	require.NoError(t, err, l.Text)
+	return rc, rest
+}
+
+// reply parses a PFG-FLEX line: the exit code and the driver's JSON reply.
+func reply(t *testing.T, lines []Line, label string) (int, map[string]any) {
+	t.Helper()
+	rc, js := rcLine(t, lines, "PFG-FLEX", label, "driver reply")
 	var out map[string]any
 	require.NoError(t, json.Unmarshal([]byte(js), &out), "driver reply %q is one JSON object: %s", label, js)
 	return rc, out
@@ -49,13 +57,17 @@ func reply(t *testing.T, lines []Line, label string) (int, map[string]any) {
 // checkOut returns a PFG-CHECK line's exit code and output (lines joined by |).
 func checkOut(t *testing.T, lines []Line, label string) (int, string) {
 	t.Helper()
-	l, i := find(lines, "PFG-CHECK", label)
-	require.GreaterOrEqual(t, i, 0, "no check %q", label)
-	rcs, out, _ := strings.Cut(l.Text, " ")
-	var rc int
-	_, err := fmt.Sscanf(rcs, "rc=%d", &rc)
-	require.NoError(t, err, l.Text)
-	return rc, out
+	return rcLine(t, lines, "PFG-CHECK", label, "check")
+}
+
+// assertSucceeded asserts that each labelled driver call exited 0 with status Success.
+func assertSucceeded(t *testing.T, lines []Line, labels ...string) {
+	t.Helper()
+	for _, v := range labels {
+		rc, r := reply(t, lines, v)
+		assert.Equal(t, 0, rc, v)
+		assert.Equal(t, "Success", r["status"], "%s: %v", v, r)
+	}
 }
 
 // TestGuestMountWriteRemount: the real driver, through a real kernel initiator, mounts a new
@@ -115,11 +127,7 @@ check sessions-end iscsiadm -m session
 	require.True(t, run.Passed, "the guest script failed")
 	l := run.Lines
 
-	for _, v := range []string{"mount1", "unmount1", "mount2", "unmount2"} {
-		rc, r := reply(t, l, v)
-		assert.Equal(t, 0, rc, v)
-		assert.Equal(t, "Success", r["status"], "%s: %v", v, r)
-	}
+	assertSucceeded(t, l, "mount1", "unmount1", "mount2", "unmount2")
 	_, sessions := checkOut(t, l, "sessions1")
 	assert.Contains(t, sessions, Portal, "a real session to the simulator's target")
 	_, bypath := checkOut(t, l, "bypath1")

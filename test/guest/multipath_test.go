@@ -72,11 +72,7 @@ check mp-maps-end multipath -ll
 	require.True(t, run.Passed, "the guest script failed")
 	l := run.Lines
 
-	for _, v := range []string{"mp-mount", "mp-unmount"} {
-		rc, r := reply(t, l, v)
-		assert.Equal(t, 0, rc, v)
-		assert.Equal(t, "Success", r["status"], "%s: %v", v, r)
-	}
+	assertSucceeded(t, l, "mp-mount", "mp-unmount")
 	_, dev := checkOut(t, l, "mp-dev")
 	assert.Regexp(t, `^/dev/dm-\d+$`, dev, "the volume is mounted from the device-mapper device")
 	_, sessions := checkOut(t, l, "mp-sessions")

@@ -112,11 +112,7 @@ check shared grep -c 'volume already attached on this node' /var/log/petfabric/f
 		assert.Equal(t, 21, rc, "%s left no session", c.label)
 	}
 
-	for _, v := range []string{"shared1", "shared2", "unmount-first", "unmount-second"} {
-		rc, r := reply(t, l, v)
-		assert.Equal(t, 0, rc, v)
-		assert.Equal(t, "Success", r["status"], "%s: %v", v, r)
-	}
+	assertSucceeded(t, l, "shared1", "shared2", "unmount-first", "unmount-second")
 	_, out := checkOut(t, l, "seed1")
 	assert.Equal(t, seeded, out, "the existing filesystem's data is visible")
 	_, out = checkOut(t, l, "formats")
