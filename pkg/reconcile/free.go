@@ -44,8 +44,7 @@ func (c *controller) syncFree(ctx context.Context, cached *corev1.PersistentVolu
 	case err != nil:
 		return 0, fmt.Errorf("read claim %s/%s for Released PV %s: %w", ref.Namespace, ref.Name, cached.Name, err)
 	}
-	if claim.UID == ref.UID || claim.DeletionTimestamp != nil || claim.Status.Phase != corev1.ClaimPending ||
-		(claim.Spec.VolumeName != "" && claim.Spec.VolumeName != cached.Name) {
+	if claim.UID == ref.UID || claim.DeletionTimestamp != nil || claim.Status.Phase != corev1.ClaimPending || !claimMayBind(claim, cached) {
 		return 0, nil
 	}
 	pvs := c.opts.Client.CoreV1().PersistentVolumes()
