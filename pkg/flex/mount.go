@@ -249,8 +249,14 @@ func (d *Driver) dateraAttach(ctx context.Context, log *slog.Logger, req *MountR
 	if err != nil {
 		return err
 	}
+	rwo := req.AccessMode != pvoptions.AccessReadOnlyMany
 	var ai *datera.AppInstance
-	if req.AccessMode == pvoptions.AccessReadOnlyMany {
+	if rwo {
+		ai, err = api.CreateAppInstance(ctx, req.Volume)
+		if err != nil {
+			err = fmt.Errorf("creating or finding the Datera volume: %w", err)
+		}
+	} else {
 		ai, err = api.GetAppInstance(ctx, req.VolumeID)
 		if errors.Is(err, datera.ErrNotFound) {
 			return fmt.Errorf("volume %s is ReadOnlyMany and does not exist on Datera: a ReadOnlyMany volume is never created by the driver "+
@@ -258,11 +264,6 @@ func (d *Driver) dateraAttach(ctx context.Context, log *slog.Logger, req *MountR
 		}
 		if err != nil {
 			err = accessError(req, creds, err)
-		}
-	} else {
-		ai, err = api.CreateAppInstance(ctx, req.Volume)
-		if err != nil {
-			err = fmt.Errorf("creating or finding the Datera volume: %w", err)
 		}
 	}
 	if err != nil {
@@ -278,7 +279,7 @@ func (d *Driver) dateraAttach(ctx context.Context, log *slog.Logger, req *MountR
 	if err := d.checkOwner(ctx, log, api, req); err != nil {
 		return err
 	}
-	if (req.MaxIOPS > 0 || req.MaxBWKiB > 0) && req.Volume.Template == "" && req.AccessMode != pvoptions.AccessReadOnlyMany {
+	if (req.MaxIOPS > 0 || req.MaxBWKiB > 0) && req.Volume.Template == "" && rwo {
 		if _, err := api.SetPerformancePolicy(ctx, req.VolumeID, datera.PerformancePolicy{TotalIOPSMax: req.MaxIOPS, TotalBandwidthMax: req.MaxBWKiB}); err != nil {
 			return fmt.Errorf("setting the performance policy: %w", err)
 		}
@@ -286,7 +287,6 @@ func (d *Driver) dateraAttach(ctx context.Context, log *slog.Logger, req *MountR
 	if _, err := api.RegisterInitiator(ctx, initiator, initiatorLabel(d.Config.NodeName), true); err != nil {
 		return fmt.Errorf("registering this node's initiator: %w", err)
 	}
-	rwo := req.AccessMode != pvoptions.AccessReadOnlyMany
 	willAdd := false
 	if rwo {
 		if willAdd, err = fenceCheck(ctx, api, req.VolumeID, si.Name, initiator); err != nil {
