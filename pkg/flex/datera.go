@@ -61,10 +61,13 @@ func newDateraClient(cfg *NodeConfig, log *slog.Logger) func(DateraParams) (Date
 
 var labelRE = regexp.MustCompile(`[^a-zA-Z0-9_.-]+`)
 
+// initiatorLabelPrefix starts the Datera name of every petfabric node's initiator.
+const initiatorLabelPrefix = "petfabric-"
+
 // initiatorLabel is the Datera name of this node's initiator: "petfabric-<node>", reduced to the
 // characters Datera accepts.
 func initiatorLabel(node string) string {
-	l := "petfabric-" + labelRE.ReplaceAllString(node, "-")
+	l := initiatorLabelPrefix + labelRE.ReplaceAllString(node, "-")
 	if len(l) > 128 {
 		l = l[:128]
 	}

@@ -78,7 +78,7 @@ func (h aclHolders) String() string {
 	var parts []string
 	for _, r := range h.initiators {
 		iqn := r.InitiatorIQN()
-		switch node, ok := strings.CutPrefix(r.Name, "petfabric-"); {
+		switch node, ok := strings.CutPrefix(r.Name, initiatorLabelPrefix); {
 		case ok && node != "":
 			parts = append(parts, fmt.Sprintf("initiator %s (node %q)", iqn, node))
 		case r.Name != "":
