@@ -105,53 +105,53 @@ func DecideFence(in FenceInput) (verdicts []FenceVerdict, notApplicable string) 
 		}
 	}
 	for _, iqn := range in.ACL {
-		v := FenceVerdict{Initiator: iqn}
-		holders := byInitiator[iqn]
-		switch len(holders) {
-		case 0:
-			v.Reason = fmt.Sprintf("no node report names initiator %s: it may be a host outside this cluster, so it is left to an administrator", iqn)
-			verdicts = append(verdicts, v)
-			continue
-		case 1:
-		default:
-			nodes := make([]string, 0, len(holders))
-			for _, h := range holders {
-				nodes = append(nodes, h.Node)
-			}
-			slices.Sort(nodes)
-			v.Reason = fmt.Sprintf("initiator %s is named by the reports of several nodes (%s): ambiguous, never fenced", iqn, strings.Join(nodes, ", "))
-			verdicts = append(verdicts, v)
-			continue
-		}
-		h := holders[0]
-		v.Node = h.Node
-		if i := slices.IndexFunc(in.Pods, func(p PodView) bool { return p.Node == h.Node }); i >= 0 {
-			v.Reason = fmt.Sprintf("pod %s/%s of the claim is still on node %s", in.Pods[i].Namespace, in.Pods[i].Name, h.Node)
-			verdicts = append(verdicts, v)
-			continue
-		}
-		i := slices.IndexFunc(waiting, func(p PodView) bool { return p.Node != h.Node })
-		if i < 0 {
-			v.Reason = fmt.Sprintf("no pod of the claim waits on a node other than %s", h.Node)
-			verdicts = append(verdicts, v)
-			continue
-		}
-		v.Unchanged = in.Now.Sub(h.ObservedAt)
-		if v.Unchanged <= in.FenceAfter {
-			v.Reason = fmt.Sprintf("node %s's report changed %s ago (fencing needs more than %s)", h.Node, v.Unchanged.Round(time.Second), in.FenceAfter)
-			v.RetryAfter = in.FenceAfter - v.Unchanged + 100*time.Millisecond
-			verdicts = append(verdicts, v)
-			continue
-		}
-		v.Fence = true
-		v.Waiting = &waiting[i]
-		where := "to be scheduled"
-		if v.Waiting.Node != "" {
-			where = "on node " + v.Waiting.Node
-		}
-		v.Reason = fmt.Sprintf("node %s's report unchanged for %s (fence-after %s), no pod of the claim on it, pod %s/%s waiting %s",
-			h.Node, v.Unchanged.Round(time.Second), in.FenceAfter, v.Waiting.Namespace, v.Waiting.Name, where)
-		verdicts = append(verdicts, v)
+		verdicts = append(verdicts, judgeInitiator(in, waiting, iqn, byInitiator[iqn]))
 	}
 	return verdicts, ""
+}
+
+// judgeInitiator is the verdict on one initiator of the ACL, given the reports that name it
+// (holders) and the claim's waiting pods.
+func judgeInitiator(in FenceInput, waiting []PodView, iqn string, holders []ReportView) FenceVerdict {
+	v := FenceVerdict{Initiator: iqn}
+	switch len(holders) {
+	case 0:
+		v.Reason = fmt.Sprintf("no node report names initiator %s: it may be a host outside this cluster, so it is left to an administrator", iqn)
+		return v
+	case 1:
+	default:
+		nodes := make([]string, 0, len(holders))
+		for _, h := range holders {
+			nodes = append(nodes, h.Node)
+		}
+		slices.Sort(nodes)
+		v.Reason = fmt.Sprintf("initiator %s is named by the reports of several nodes (%s): ambiguous, never fenced", iqn, strings.Join(nodes, ", "))
+		return v
+	}
+	h := holders[0]
+	v.Node = h.Node
+	if i := slices.IndexFunc(in.Pods, func(p PodView) bool { return p.Node == h.Node }); i >= 0 {
+		v.Reason = fmt.Sprintf("pod %s/%s of the claim is still on node %s", in.Pods[i].Namespace, in.Pods[i].Name, h.Node)
+		return v
+	}
+	i := slices.IndexFunc(waiting, func(p PodView) bool { return p.Node != h.Node })
+	if i < 0 {
+		v.Reason = fmt.Sprintf("no pod of the claim waits on a node other than %s", h.Node)
+		return v
+	}
+	v.Unchanged = in.Now.Sub(h.ObservedAt)
+	if v.Unchanged <= in.FenceAfter {
+		v.Reason = fmt.Sprintf("node %s's report changed %s ago (fencing needs more than %s)", h.Node, v.Unchanged.Round(time.Second), in.FenceAfter)
+		v.RetryAfter = in.FenceAfter - v.Unchanged + 100*time.Millisecond
+		return v
+	}
+	v.Fence = true
+	v.Waiting = &waiting[i]
+	where := "to be scheduled"
+	if v.Waiting.Node != "" {
+		where = "on node " + v.Waiting.Node
+	}
+	v.Reason = fmt.Sprintf("node %s's report unchanged for %s (fence-after %s), no pod of the claim on it, pod %s/%s waiting %s",
+		h.Node, v.Unchanged.Round(time.Second), in.FenceAfter, v.Waiting.Namespace, v.Waiting.Name, where)
+	return v
 }
