@@ -245,12 +245,13 @@ func indexPodByClaim(obj any) ([]string, error) {
 	return podClaims(pod), nil
 }
 
-// podClaims lists "<namespace>/<claim>" of every claim the pod mounts.
+// podClaims lists the mutate.ClaimKey of every claim the pod mounts: the key the PV claim
+// index uses too, so one key finds a claim's pods and its PVs.
 func podClaims(pod *corev1.Pod) []string {
 	var out []string
 	for _, v := range pod.Spec.Volumes {
 		if v.PersistentVolumeClaim != nil && v.PersistentVolumeClaim.ClaimName != "" {
-			out = append(out, pod.Namespace+"/"+v.PersistentVolumeClaim.ClaimName)
+			out = append(out, mutate.ClaimKey(pod.Namespace, v.PersistentVolumeClaim.ClaimName))
 		}
 	}
 	return out

@@ -128,7 +128,7 @@ func (c *controller) claimHasWaitingPod(claimKey string) bool {
 
 // claimPods returns the claim's pods that have not terminated, from the cache.
 func (c *controller) claimPods(namespace, claim string) []PodView {
-	objs, _ := c.podIndexer.ByIndex(byClaim, namespace+"/"+claim)
+	objs, _ := c.podIndexer.ByIndex(byClaim, mutate.ClaimKey(namespace, claim))
 	out := make([]PodView, 0, len(objs))
 	for _, o := range objs {
 		p, ok := o.(*corev1.Pod)
@@ -265,7 +265,7 @@ func (c *controller) fence(ctx context.Context, d DateraAPI, pv *corev1.Persiste
 			continue
 		}
 		for _, key := range podClaims(p) {
-			if key == ref.Namespace+"/"+ref.Name {
+			if key == mutate.ClaimKey(ref.Namespace, ref.Name) {
 				c.log.Info("not fencing: a pod of the claim is still on the node", "pv", pv.Name, "node", v.Node, "pod", p.Name)
 				return 0, nil
 			}

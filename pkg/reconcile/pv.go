@@ -49,7 +49,7 @@ func (c *controller) syncPV(ctx context.Context, name string) (time.Duration, er
 	case corev1.VolumeBound:
 		// A pod of its claim may be waiting for a dead holder to be fenced.
 		if ref := pv.Spec.ClaimRef; ref != nil && c.reports != nil {
-			c.enqueueFenceForClaim(ref.Namespace + "/" + ref.Name)
+			c.enqueueFenceForClaim(mutate.ClaimKey(ref.Namespace, ref.Name))
 		}
 	case corev1.VolumeReleased, corev1.VolumeFailed:
 		// Retain means retain: a PV that served a claim is deleted only under Delete.
