@@ -63,6 +63,33 @@ func closedWithin(conn net.Conn, d time.Duration) (bool, time.Duration) {
 	return true, time.Since(start)
 }
 
+// requireCutOff asserts that the server closes conn within 5 s (waiting up to 10 s).
+func requireCutOff(t *testing.T, conn net.Conn, what string) {
+	t.Helper()
+	closed, after := closedWithin(conn, 10*time.Second)
+	require.True(t, closed, "%s still open after %v", what, after)
+	require.Less(t, after, 5*time.Second)
+}
+
+// trickle writes line(i), i = 0, 1, …, to conn every interval until the returned stop is
+// called or a write fails.
+func trickle(conn net.Conn, every time.Duration, line func(i int) string) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-done:
+				return
+			case <-time.After(every):
+				if _, err := io.WriteString(conn, line(i)); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	return func() { close(done) }
+}
+
 // A client that sends its headers and then trickles the body (slowloris on the body) holds a
 // connection and a goroutine for as long as it likes unless the server has a ReadTimeout.
 func TestSlowBodyClientIsCutOff(t *testing.T) {
@@ -72,23 +99,8 @@ func TestSlowBodyClientIsCutOff(t *testing.T) {
 	defer conn.Close()
 	_, err = io.WriteString(conn, "POST "+PathStatefulSets+" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{")
 	require.NoError(t, err)
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() {
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(500 * time.Millisecond):
-				if _, err := conn.Write([]byte(" ")); err != nil {
-					return
-				}
-			}
-		}
-	}()
-	closed, after := closedWithin(conn, 10*time.Second)
-	require.True(t, closed, "slow-body connection still open after %v", after)
-	require.Less(t, after, 5*time.Second)
+	defer trickle(conn, 500*time.Millisecond, func(int) string { return " " })()
+	requireCutOff(t, conn, "slow-body connection")
 }
 
 // A client that never finishes its headers (classic slowloris) is cut off too.
@@ -99,23 +111,8 @@ func TestSlowHeaderClientIsCutOff(t *testing.T) {
 	defer conn.Close()
 	_, err = io.WriteString(conn, "POST "+PathStatefulSets+" HTTP/1.1\r\nHost: x\r\n")
 	require.NoError(t, err)
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() {
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			case <-time.After(300 * time.Millisecond):
-				if _, err := io.WriteString(conn, "X-Slow: "+strconv.Itoa(i)+"\r\n"); err != nil {
-					return
-				}
-			}
-		}
-	}()
-	closed, after := closedWithin(conn, 10*time.Second)
-	require.True(t, closed, "slow-header connection still open after %v", after)
-	require.Less(t, after, 5*time.Second)
+	defer trickle(conn, 300*time.Millisecond, func(i int) string { return "X-Slow: " + strconv.Itoa(i) + "\r\n" })()
+	requireCutOff(t, conn, "slow-header connection")
 }
 
 // The health listener (plain HTTP) has the same timeouts.
@@ -131,9 +128,7 @@ func TestHealthListenerIdleIsClosed(t *testing.T) {
 	defer conn.Close()
 	_, err = io.WriteString(conn, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
 	require.NoError(t, err)
-	closed, after := closedWithin(conn, 10*time.Second)
-	require.True(t, closed, "idle health connection still open after %v", after)
-	require.Less(t, after, 5*time.Second)
+	requireCutOff(t, conn, "idle health connection")
 }
 
 // The defaults fit the apiserver's call: the write timeout outlasts the largest webhook
@@ -165,7 +160,5 @@ func TestIdleKeepAliveIsClosed(t *testing.T) {
 	n, err := conn.Read(buf)
 	require.NoError(t, err)
 	require.Contains(t, string(buf[:n]), "405")
-	closed, after := closedWithin(conn, 10*time.Second)
-	require.True(t, closed, "idle keep-alive still open after %v", after)
-	require.Less(t, after, 5*time.Second)
+	requireCutOff(t, conn, "idle keep-alive")
 }
