@@ -83,8 +83,7 @@ type controller struct {
 	nsLister   corelisters.NamespaceLister
 	podIndexer cache.Indexer
 	synced     []cache.InformerSynced
-	factories  []informers.SharedInformerFactory // this term's own; the shared one is not among them
-	shared     bool                              // reading the process's factory (UseInformers)
+	factories  []informers.SharedInformerFactory // this term's own; the shared one (UseInformers) is not among them
 	handlers   []registered
 	warnedMu   sync.Mutex
 	warned     map[string]string // dedup of repeated warnings: key → last message
@@ -130,7 +129,6 @@ func newController(r *Reconciler) (*controller, error) {
 		DeleteFunc: c.onPVDelete,
 	}
 	if all != nil {
-		c.shared = true
 		pvs = all.Core().V1().PersistentVolumes()
 		c.pvLister = managedPVLister{pvs.Lister()}
 		c.pvIndexer = managedPVIndexer{pvs.Informer().GetIndexer()}
@@ -178,7 +176,7 @@ func newController(r *Reconciler) (*controller, error) {
 	// without one the loop cannot tell whose an initiator is and never fences).
 	if o.ReportNamespace != "" {
 		pods := all.Core().V1().Pods()
-		if !c.shared { // UseInformers did this before the shared factory started
+		if r.shared == nil { // with a shared factory, UseInformers did this before it started
 			// Pods are many: keep only what fencing reads (node, phase, claims, deletion).
 			if err := pods.Informer().SetTransform(slimPod); err != nil {
 				return nil, err
