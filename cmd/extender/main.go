@@ -68,7 +68,7 @@ func run(args []string) error {
 		fmt.Println(version.String("extender"))
 		return nil
 	}
-	if *qps <= 0 {
+	if !(*qps > 0) { // also refuses NaN
 		return fmt.Errorf("--kube-api-qps %v: must be positive", *qps)
 	}
 	if *burst < 1 {

@@ -13,6 +13,7 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		want string
 	}{
 		{[]string{"--kube-api-qps=0"}, "--kube-api-qps 0: must be positive"},
+		{[]string{"--kube-api-qps=NaN"}, "--kube-api-qps NaN: must be positive"},
 		{[]string{"--kube-api-burst=0"}, "--kube-api-burst 0: must be at least 1"},
 		{[]string{"--max-report-ttl=500ms"}, "--max-report-ttl 500ms: must be at least 1s"},
 		{[]string{"--read-header-timeout=0s"}, "--read-header-timeout 0s: must be positive"},

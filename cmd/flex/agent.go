@@ -76,7 +76,7 @@ func agentMain(args []string) error {
 		return errors.New("--namespace (or $POD_NAMESPACE) is required")
 	case *backstores == "":
 		return errors.New("--backstores is required")
-	case *qps <= 0:
+	case !(*qps > 0): // also refuses NaN
 		return fmt.Errorf("--kube-api-qps %v: must be positive", *qps)
 	case *burst < 1:
 		return fmt.Errorf("--kube-api-burst %d: must be at least 1", *burst)

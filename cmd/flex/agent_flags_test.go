@@ -15,6 +15,7 @@ func TestAgentRejectsBadClientLimits(t *testing.T) {
 	}{
 		{[]string{"--kube-api-qps=0"}, "--kube-api-qps 0: must be positive"},
 		{[]string{"--kube-api-qps=-3"}, "--kube-api-qps -3: must be positive"},
+		{[]string{"--kube-api-qps=NaN"}, "--kube-api-qps NaN: must be positive"},
 		{[]string{"--kube-api-burst=0"}, "--kube-api-burst 0: must be at least 1"},
 	} {
 		t.Run(tc.want, func(t *testing.T) {
