@@ -7,13 +7,15 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/petfabric/petfabric/test/helmchart"
 )
 
 // TestChartLintsStrict: helm lint --strict finds nothing, with the default values and with
 // the policies switched off.
 func TestChartLintsStrict(t *testing.T) {
 	for _, set := range []string{"policies.enabled=true", "policies.enabled=false"} {
-		out, err := runHelm(t, "", "lint", "--strict", chartDir, "--namespace", releaseNS, "--set", set)
+		out, err := runHelm(t, "", "lint", "--strict", helmchart.ChartDir(), "--namespace", releaseNS, "--set", set)
 		require.NoError(t, err, "helm lint --strict --set %s:\n%s", set, out)
 		t.Logf("helm lint --strict --set %s: %s", set, out)
 	}

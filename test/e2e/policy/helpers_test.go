@@ -1,15 +1,7 @@
 package policy
 
 import (
-	"bytes"
 	"context"
-	"errors"
-	"fmt"
-	"io"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -23,13 +15,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/wait"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 
-	"github.com/petfabric/petfabric/internal/testenv"
 	"github.com/petfabric/petfabric/test/cluster"
+	"github.com/petfabric/petfabric/test/helmchart"
 )
 
 // The release the tests install, with the chart's default ServiceAccount names.
@@ -52,78 +43,29 @@ const (
 	policyDeadline = 60 * time.Second
 )
 
-func repoRoot() string {
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		return "."
-	}
-	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", "..", ".."))
-}
-
-var chartDir = filepath.Join(repoRoot(), "charts", "petfabric")
-
-// helm returns the pinned helm binary, or fails (make test) / skips (by hand) without it.
-func helm(t testing.TB) string {
-	t.Helper()
-	b, err := cluster.DefaultBinaries()
-	require.NoError(t, err, "locate pinned binaries")
-	if _, err := os.Stat(b.Helm); err != nil {
-		testenv.Missing(t, "pinned helm ("+b.Helm+")")
-	}
-	return b.Helm
-}
-
 // runHelm runs helm with args (plus --values when values is not empty) and returns stdout.
 func runHelm(t testing.TB, values string, args ...string) (string, error) {
 	t.Helper()
-	if values != "" {
-		f := filepath.Join(t.TempDir(), "values.yaml")
-		require.NoError(t, os.WriteFile(f, []byte(values), 0o600))
-		args = append(args, "--values", f)
-	}
-	cmd := exec.Command(helm(t), args...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return stdout.String(), fmt.Errorf("helm %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
-	}
-	return stdout.String(), nil
+	return helmchart.Run(t, values, args...)
 }
 
 // helmTemplate renders the chart as release petfabric in petfabric-system, for the pinned
 // Kubernetes version (helm template assumes v1.20 otherwise, which the chart refuses).
 func helmTemplate(t testing.TB, values string) (string, error) {
 	t.Helper()
-	v, err := cluster.LoadVersions()
-	require.NoError(t, err)
-	return runHelm(t, values, "template", releaseName, chartDir, "--namespace", releaseNS, "--kube-version", v["K8S_VERSION"])
+	return helmchart.Template(t, values)
 }
 
 // render renders the chart or fails the test.
 func render(t testing.TB, values string) string {
 	t.Helper()
-	out, err := helmTemplate(t, values)
-	require.NoError(t, err, "render charts/petfabric")
-	return out
+	return helmchart.Render(t, values)
 }
 
 // objects decodes rendered manifests.
 func objects(t testing.TB, manifests string) []*unstructured.Unstructured {
 	t.Helper()
-	dec := utilyaml.NewYAMLOrJSONDecoder(strings.NewReader(manifests), 4096)
-	var out []*unstructured.Unstructured
-	for {
-		var m map[string]any
-		err := dec.Decode(&m)
-		if errors.Is(err, io.EOF) {
-			return out
-		}
-		require.NoError(t, err, "decode rendered manifests")
-		if len(m) == 0 {
-			continue
-		}
-		out = append(out, &unstructured.Unstructured{Object: m})
-	}
+	return helmchart.Objects(t, manifests)
 }
 
 // env is a real control plane with the release namespace and helpers to act as identities.
