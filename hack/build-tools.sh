@@ -52,10 +52,24 @@ build_k8s() {
   for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ldf+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=$major -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
   done
-  (cd "$HACK/k8s" && run_with_progress "kube-apiserver, kube-controller-manager, kube-scheduler, kubectl $K8S_VERSION" \
-    go build -trimpath -ldflags "$ldf" -o "$dir/" \
+  # Build next to the cache and move each binary in with a rename: tests running the previous
+  # binaries keep their files (a rename never rewrites a running executable), and a failed
+  # build leaves the previous set in place.
+  local stage
+  stage=$(mktemp -d "$BIN/.k8s-build.XXXXXX")
+  # kubelet and fakecri (the fake CRI runtime, hack/k8s/fakecri) run real kubelet nodes in
+  # test/cluster; in the same `go build` they share the packages already compiled for the rest.
+  if ! (cd "$HACK/k8s" && run_with_progress "kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, fakecri $K8S_VERSION" \
+    go build -trimpath -ldflags "$ldf" -o "$stage/" \
       k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl \
+      k8s.io/kubernetes/cmd/kubelet ./fakecri); then
+    rm -rf "$stage"
+    return 1
+  fi
+  local f
+  for f in "$stage"/*; do mv -f "$f" "$dir/"; done
+  rmdir "$stage"
   stamp "$dir" "$key"
 }
 

@@ -20,8 +20,11 @@ type Binaries struct {
 	Kubectl               string
 	Etcd                  string
 	Kwok                  string
-	KwokStages            []string // kwok stage files: node and pod lifecycles
-	Helm                  string
+	// Kubelet and FakeCRI (hack/k8s/fakecri) run real kubelet nodes (KubeletSpec).
+	Kubelet    string
+	FakeCRI    string
+	KwokStages []string // kwok stage files: node and pod lifecycles
+	Helm       string
 }
 
 // Versions are the pinned tool versions, read from hack/versions.env.
@@ -93,6 +96,8 @@ func DefaultBinaries() (Binaries, error) {
 		KubeControllerManager: filepath.Join(k8s, "kube-controller-manager"),
 		KubeScheduler:         filepath.Join(k8s, "kube-scheduler"),
 		Kubectl:               filepath.Join(k8s, "kubectl"),
+		Kubelet:               filepath.Join(k8s, "kubelet"),
+		FakeCRI:               filepath.Join(k8s, "fakecri"),
 		Etcd:                  filepath.Join(dir("PETFABRIC_ETCD_BIN", "etcd", v["ETCD_VERSION"]), "etcd"),
 		Kwok:                  filepath.Join(kwok, "kwok"),
 		Helm:                  filepath.Join(dir("PETFABRIC_HELM_BIN", "helm", v["HELM_VERSION"]), "helm"),
@@ -124,6 +129,32 @@ func (b Binaries) check() error {
 		}
 	}
 	return nil
+}
+
+// checkKubelet reports a missing kubelet or fake CRI runtime binary.
+func (b Binaries) checkKubelet() error {
+	for _, f := range []struct{ name, path string }{{"kubelet", b.Kubelet}, {"fakecri", b.FakeCRI}} {
+		if _, err := os.Stat(f.path); err != nil {
+			return fmt.Errorf("%s: %s not found: %w (build the pinned tools with `make tools`)", f.name, f.path, err)
+		}
+	}
+	return nil
+}
+
+// RequireKubelet skips the test (by hand) or fails it (PETFABRIC_STRICT=1) unless the pinned
+// control-plane binaries, kubelet and the fake CRI runtime are built and the test runs as root
+// (kubelet mounts pod volumes on this host).
+func RequireKubelet(t testing.TB) {
+	t.Helper()
+	RequireBinaries(t)
+	b, err := DefaultBinaries()
+	if err != nil {
+		t.Fatalf("locate pinned binaries: %v", err)
+	}
+	if err := b.checkKubelet(); err != nil {
+		testenv.Missing(t, "pinned kubelet binaries ("+err.Error()+")")
+	}
+	testenv.Root(t)
 }
 
 // RequireBinaries skips the test (by hand) or fails it (under make test, PETFABRIC_STRICT=1)

@@ -65,6 +65,10 @@ type Options struct {
 	ExtraControllerManagerFlags []string
 	ExtraSchedulerFlags         []string
 
+	// Kubelets are real kubelet nodes started once the control plane is ready (see
+	// KubeletSpec and Cluster.StartKubelets); Cluster.Kubelets lists them in this order.
+	Kubelets []KubeletSpec
+
 	// StartTimeout bounds the whole start-up; default 90s.
 	StartTimeout time.Duration
 	// Logf receives progress lines; nil is silent.
@@ -84,9 +88,20 @@ type Cluster struct {
 	// StartupTime is how long New took, from the first process to a usable cluster.
 	StartupTime time.Duration
 
+	// Kubelets are the real kubelet nodes started with Options.Kubelets.
+	Kubelets []*Kubelet
+
 	ca       *testpki.CA
 	procs    []*process // in start order
 	stopOnce sync.Once
+	stopErr  error
+	server   string // the apiserver's URL
+	caFile   string
+	log      func(format string, args ...any)
+
+	kubeletMu sync.Mutex
+	kubelets  []*Kubelet // every kubelet started, by Options.Kubelets or StartKubelets
+	host      *hostState // set while this cluster holds the host's kubelet lock
 }
 
 // Start starts a control plane for a test and stops it when the test ends; on failure the
@@ -107,7 +122,9 @@ func Start(t testing.TB, opts Options) *Cluster {
 		if t.Failed() {
 			c.DumpLogs(t.Logf, 40)
 		}
-		c.Stop()
+		if err := c.Stop(); err != nil {
+			t.Errorf("stop cluster: %v", err)
+		}
 	})
 	return c
 }
@@ -143,10 +160,10 @@ func New(ctx context.Context, opts Options) (_ *Cluster, err error) {
 			return nil, fmt.Errorf("create cluster dir: %w", err)
 		}
 	}
-	c := &Cluster{Dir: dir, Bin: *bins}
+	c := &Cluster{Dir: dir, Bin: *bins, log: logf}
 	defer func() {
 		if err != nil {
-			c.Stop()
+			_ = c.Stop()
 		}
 	}()
 
@@ -201,7 +218,9 @@ func New(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		"--service-account-key-file=" + files.saPub,
 		"--service-account-signing-key-file=" + files.saKey,
 		"--service-cluster-ip-range=10.0.0.0/24",
-		"--authorization-mode=RBAC",
+		// Node authorizes kubelet nodes (system:node:<name>): with RBAC alone the group
+		// system:nodes has no rights at all.
+		"--authorization-mode=Node,RBAC",
 		"--allow-privileged=true",
 		// The kubernetes Service cannot point at 127.0.0.1 (loopback endpoints are invalid),
 		// and nothing in a kwok cluster reaches the apiserver through it.
@@ -273,6 +292,11 @@ func New(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		"--cidr=10.244.0.0/16",
 		"--node-ip=10.0.0.1",
 		"--server-address=127.0.0.1:" + strconv.Itoa(ports.kwok),
+		// The heartbeat-with-lease stage stops refreshing the Ready condition's heartbeat
+		// on the assumption that a node Lease carries it; without a lease duration kwok keeps
+		// no Lease, so the node-lifecycle controller saw stale heartbeats and flapped the
+		// nodes NotReady about every 50s in long runs.
+		"--node-lease-duration-seconds=40",
 	}
 	for _, s := range bins.KwokStages {
 		kwokArgs = append(kwokArgs, "--config="+s)
@@ -313,19 +337,28 @@ func New(ctx context.Context, opts Options) (_ *Cluster, err error) {
 			return nil, err
 		}
 	}
+	if len(opts.Kubelets) > 0 {
+		if c.Kubelets, err = c.StartKubelets(ctx, opts.Kubelets...); err != nil {
+			return nil, err
+		}
+	}
 	c.StartupTime = time.Since(began)
-	logf("cluster: ready with %d node(s) in %s (dir %s)", len(opts.Nodes), c.StartupTime.Round(time.Millisecond), dir)
+	logf("cluster: ready with %d node(s) and %d kubelet node(s) in %s (dir %s)", len(opts.Nodes), len(opts.Kubelets), c.StartupTime.Round(time.Millisecond), dir)
 	return c, nil
 }
 
-// Stop stops every component, newest first (the apiserver before etcd: an apiserver whose
-// etcd is gone hangs in shutdown), escalating to SIGKILL. Safe to call more than once.
-func (c *Cluster) Stop() {
+// Stop stops every kubelet node first (restoring the host state they changed), then every
+// component, newest first (the apiserver before etcd: an apiserver whose etcd is gone hangs
+// in shutdown), escalating to SIGKILL. Safe to call more than once; it returns what could not
+// be undone on the host.
+func (c *Cluster) Stop() error {
 	c.stopOnce.Do(func() {
+		c.stopErr = c.stopKubelets()
 		for i := len(c.procs) - 1; i >= 0; i-- {
 			c.procs[i].stop(10 * time.Second)
 		}
 	})
+	return c.stopErr
 }
 
 // DumpLogs prints the last n lines of every component's log.
@@ -352,7 +385,7 @@ func (c *Cluster) KubectlInput(stdin string, args ...string) (string, error) {
 }
 
 func (c *Cluster) start(name, binary string, args []string) (*process, error) {
-	p, err := startProcess(name, binary, filepath.Join(c.Dir, name+".log"), args)
+	p, err := startProcess(name, binary, filepath.Join(c.Dir, name+".log"), args, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -580,6 +613,7 @@ func (c *Cluster) writePKI(dir string, apiserverPort int) (pkiFiles, error) {
 		return f, fmt.Errorf("write service-account public key: %w", err)
 	}
 	server := hostURL("https", apiserverPort)
+	c.server, c.caFile = server, f.caCert
 	identities := []struct {
 		path   *string
 		file   string

@@ -21,13 +21,15 @@ type process struct {
 	logPath string
 	logFile *os.File
 
-	done    chan struct{} // closed when the process has exited
-	waitErr error
+	done      chan struct{} // closed when the process has exited
+	waitErr   error
+	startedAt time.Time
 
 	stopOnce sync.Once
 }
 
-func startProcess(name, binary, logPath string, args []string) (*process, error) {
+// startProcess runs binary with the test's environment plus env.
+func startProcess(name, binary, logPath string, args, env []string) (*process, error) {
 	if _, err := os.Stat(binary); err != nil {
 		return nil, fmt.Errorf("%s: binary %s: %w (build it with `make tools` / hack/build-tools.sh)", name, binary, err)
 	}
@@ -39,13 +41,13 @@ func startProcess(name, binary, logPath string, args []string) (*process, error)
 	cmd := exec.Command(binary, args...)
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
-	cmd.Env = append(os.Environ(), "GOTRACEBACK=all")
+	cmd.Env = append(append(os.Environ(), "GOTRACEBACK=all"), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
 		return nil, fmt.Errorf("%s: start %s: %w", name, binary, err)
 	}
-	p := &process{name: name, cmd: cmd, logPath: logPath, logFile: logFile, done: make(chan struct{})}
+	p := &process{name: name, cmd: cmd, logPath: logPath, logFile: logFile, done: make(chan struct{}), startedAt: time.Now()}
 	go func() {
 		p.waitErr = cmd.Wait()
 		logFile.Close()
