@@ -118,7 +118,11 @@ func KubeVersion(t testing.TB) string {
 func Run(t testing.TB, valuesYAML string, args ...string) (string, error) {
 	t.Helper()
 	if valuesYAML != "" {
-		f := filepath.Join(t.TempDir(), "values.yaml")
+		// Not t.TempDir: helm splits --values at commas, which subtest names put in its path.
+		dir, err := os.MkdirTemp("", "helmchart-values-")
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = os.RemoveAll(dir) })
+		f := filepath.Join(dir, "values.yaml")
 		require.NoError(t, os.WriteFile(f, []byte(valuesYAML), 0o600))
 		args = append(args, "--values", f)
 	}

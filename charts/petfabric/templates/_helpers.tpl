@@ -58,3 +58,76 @@ spec:
   policyName: {{ .policy }}
   validationActions: [Deny]
 {{- end -}}
+
+{{/* Standard labels of one component (dict "root" $ "component" name). */}}
+{{- define "petfabric.componentLabels" -}}
+{{ include "petfabric.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* Selector labels of one component (dict "root" $ "component" name). */}}
+{{- define "petfabric.selectorLabels" -}}
+app.kubernetes.io/name: {{ .root.Chart.Name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* The image of the three programs. */}}
+{{- define "petfabric.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "petfabric.webhook.name" -}}{{ include "petfabric.fullname" . }}-webhook{{- end -}}
+
+{{/*
+How TLS is provided: "provided" (tls.caBundle and existing Secrets, no cert-manager),
+"issuer" (an existing cert-manager issuer signs the serving certificates) or "selfsigned"
+(the chart renders a self-signed CA chain).
+*/}}
+{{- define "petfabric.tls.mode" -}}
+{{- if and .Values.tls.caBundle .Values.tls.issuerRef -}}
+{{- fail "tls.caBundle and tls.issuerRef exclude each other: caBundle means no cert-manager at all, issuerRef an existing cert-manager issuer" -}}
+{{- else if .Values.tls.caBundle -}}provided
+{{- else if .Values.tls.issuerRef -}}issuer
+{{- else -}}selfsigned
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret holding the webhook's serving certificate. */}}
+{{- define "petfabric.webhook.tlsSecret" -}}
+{{- if eq (include "petfabric.tls.mode" .) "provided" -}}
+{{- required "tls.webhookSecretName is required with tls.caBundle (an existing kubernetes.io/tls Secret in the release namespace)" .Values.tls.webhookSecretName -}}
+{{- else -}}
+{{- include "petfabric.webhook.name" . }}-tls
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret with the Datera credentials the classes name. */}}
+{{- define "petfabric.dateraSecret" -}}
+{{- default (printf "%s-datera" (include "petfabric.fullname" .)) .Values.datera.existingSecret -}}
+{{- end -}}
+
+{{/* The restricted securityContext of a container that needs no privilege. */}}
+{{- define "petfabric.restrictedContainer" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* The pod securityContext of a pod that needs no privilege: the image's non-root user. */}}
+{{- define "petfabric.restrictedPod" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* The namespaces the webhook never sees: kube-system, the release's and excludeNamespaces. */}}
+{{- define "petfabric.webhook.excludedNamespaces" -}}
+{{- toJson (uniq (concat (list "kube-system" .Release.Namespace) .Values.webhook.excludeNamespaces)) -}}
+{{- end -}}

@@ -22,12 +22,15 @@ func TestChartLintsStrict(t *testing.T) {
 }
 
 // TestChartRendersPoliciesWithDenyBindings: the default render holds exactly the three
-// policies, each failing closed, each with a binding of the same name that denies.
+// policies (and no other policy or binding), each failing closed, each with a binding of the same name that denies.
 func TestChartRendersPoliciesWithDenyBindings(t *testing.T) {
 	objs := objects(t, render(t, ""))
 	kinds := map[string][]string{}
 	byName := map[string]*unstructured.Unstructured{}
 	for _, o := range objs {
+		if o.GetKind() != "ValidatingAdmissionPolicy" && o.GetKind() != "ValidatingAdmissionPolicyBinding" {
+			continue // the programs' objects; test/chart checks those
+		}
 		require.Equal(t, "admissionregistration.k8s.io/v1", o.GetAPIVersion(), "%s %s", o.GetKind(), o.GetName())
 		kinds[o.GetKind()] = append(kinds[o.GetKind()], o.GetName())
 		byName[o.GetKind()+"/"+o.GetName()] = o
@@ -38,7 +41,6 @@ func TestChartRendersPoliciesWithDenyBindings(t *testing.T) {
 		sort.Strings(kinds[k])
 		require.Equal(t, want, kinds[k], k)
 	}
-	require.Len(t, kinds, 2, "only policies and bindings: %v", kinds)
 	for _, name := range want {
 		p := byName["ValidatingAdmissionPolicy/"+name]
 		fp, _, _ := unstructured.NestedString(p.Object, "spec", "failurePolicy")
@@ -52,13 +54,13 @@ func TestChartRendersPoliciesWithDenyBindings(t *testing.T) {
 }
 
 // TestPoliciesDisabledRendersNoPolicy: policies.enabled=false renders no policy and no
-// binding (today the chart renders nothing else, so nothing at all).
+// binding.
 func TestPoliciesDisabledRendersNoPolicy(t *testing.T) {
 	objs := objects(t, render(t, "policies:\n  enabled: false\n"))
 	for _, o := range objs {
 		assert.NotContains(t, []string{"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}, o.GetKind(), o.GetName())
 	}
-	assert.Empty(t, objs)
+	assert.NotEmpty(t, objs, "the programs are still rendered")
 }
 
 // TestChartRejectsBadValues: a wrong value stops the render with an error naming the value,

@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/yaml"
 
 	"github.com/petfabric/petfabric/test/cluster"
 	"github.com/petfabric/petfabric/test/helmchart"
@@ -183,12 +184,22 @@ func (e *env) asSA(ns, name string) kubernetes.Interface {
 	return e.as(e.token(ns, name, nil))
 }
 
-// install renders the chart with values, applies it with kubectl (strict schema validation
-// on the server) and waits until the apiserver has type-checked every policy, requiring
-// that no expression drew a warning.
+// install renders the chart with values, applies its policies and bindings with kubectl
+// (strict schema validation on the server) and waits until the apiserver has type-checked
+// every policy, requiring that no expression drew a warning. The programs' objects are left
+// out: these tests act as the programs' identities themselves, and the webhook configuration
+// would send their requests to a webhook that does not run here.
 func (e *env) install(values string) {
 	e.t.Helper()
-	manifests := render(e.t, values)
+	var docs []string
+	for _, o := range objects(e.t, render(e.t, values)) {
+		if o.GetKind() == "ValidatingAdmissionPolicy" || o.GetKind() == "ValidatingAdmissionPolicyBinding" {
+			b, err := yaml.Marshal(o.Object)
+			require.NoError(e.t, err, "encode %s %s", o.GetKind(), o.GetName())
+			docs = append(docs, string(b))
+		}
+	}
+	manifests := strings.Join(docs, "---\n")
 	out, err := e.c.KubectlInput(manifests, "apply", "--validate=strict", "-f", "-")
 	require.NoError(e.t, err, "kubectl apply the rendered chart")
 	e.t.Logf("kubectl apply:\n%s", strings.TrimSpace(out))
