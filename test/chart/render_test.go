@@ -388,11 +388,22 @@ func TestTLSModes(t *testing.T) {
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), "tls.caBundle and tls.issuerRef exclude each other")
 	})
-	t.Run("url mode needs caBundle", func(t *testing.T) {
-		_, err := helmchart.Template(t, "webhook:\n  url: https://10.0.0.5:8443\n")
-		require.Error(t, err)
-		assert.Contains(t, err.Error(), "webhook.url needs tls.caBundle")
-	})
+	for _, tc := range []struct{ url, field, host string }{
+		{"https://127.0.0.1:8443", "ipAddresses", "127.0.0.1"},
+		{"https://[::1]:8443", "ipAddresses", "::1"},
+		{"https://hook.example.com:9443", "dnsNames", "hook.example.com"},
+	} {
+		t.Run("url mode with cert-manager: "+tc.url, func(t *testing.T) {
+			objs := helmchart.Objects(t, helmchart.Render(t, "webhook:\n  url: "+tc.url+"\n"))
+			cert := helmchart.Find(objs, "Certificate", webhookCert)
+			require.NotNil(t, cert, "the out-of-cluster webhook serves the Certificate's Secret")
+			spec, _, _ := unstructured.NestedMap(cert.Object, "spec")
+			assert.Equal(t, []any{tc.host}, spec[tc.field], "the URL's host is the certificate's only name")
+			mwc, _ := hooks(t, objs)
+			assert.Equal(t, ns+"/"+webhookCert, mwc.Annotations["cert-manager.io/inject-ca-from"])
+			assert.Nil(t, helmchart.Find(objs, "Deployment", webhookName), "no in-cluster webhook in url mode")
+		})
+	}
 }
 
 // TestRBACIsNarrow: no wildcard anywhere, no cluster-wide access to Secrets, and Secrets
