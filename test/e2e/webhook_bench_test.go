@@ -31,7 +31,7 @@ func BenchmarkStatefulSetCreate(b *testing.B) {
 	ctx := context.Background()
 	cs := c.Client
 	setupDateraNamespaces(ctx, b, cs, map[string]map[string]string{
-		"hooked": nil, "plain": {webhookIgnoreLabel: "ignore"},
+		"hooked": nil, "plain": {webhookIgnoreLabel: webhookIgnoreValue},
 	})
 	w := startWebhook(b, c, mutate.Config{ClusterID: "bench"})
 	registerWebhook(ctx, b, c, w, admissionregistrationv1.Fail)
@@ -86,7 +86,7 @@ func BenchmarkClaimsBound100(b *testing.B) {
 	b.ResetTimer()
 	for i := range b.N {
 		pfNS, manualNS := fmt.Sprintf("petfabric-%d", i), fmt.Sprintf("manual-%d", i)
-		setupDateraNamespaces(ctx, b, cs, map[string]map[string]string{pfNS: nil, manualNS: {webhookIgnoreLabel: "ignore"}})
+		setupDateraNamespaces(ctx, b, cs, map[string]map[string]string{pfNS: nil, manualNS: {webhookIgnoreLabel: webhookIgnoreValue}})
 
 		b.StopTimer()
 		for n := range pets {

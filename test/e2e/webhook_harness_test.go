@@ -19,12 +19,14 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/yaml"
 
 	"github.com/petfabric/petfabric/internal/testpki"
 	"github.com/petfabric/petfabric/pkg/mutate"
 	"github.com/petfabric/petfabric/pkg/serving"
 	"github.com/petfabric/petfabric/pkg/webhook"
 	"github.com/petfabric/petfabric/test/cluster"
+	"github.com/petfabric/petfabric/test/helmchart"
 )
 
 // runningWebhook is the real webhook server (pkg/webhook.Run, as cmd/webhook runs it) serving
@@ -95,43 +97,12 @@ func startWebhook(t testing.TB, c *cluster.Cluster, cfg mutate.Config, opts ...f
 	return w
 }
 
-// registerWebhook installs the MutatingWebhookConfiguration the chart installs, pointed at
-// the test's webhook by URL (no Service network in a kwok cluster), and waits until the
-// apiserver calls it.
+// registerWebhook installs the MutatingWebhookConfiguration the chart renders (test/helmchart),
+// in url mode pointed at the test's webhook (no Service network in a kwok cluster) with the
+// test CA as caBundle and the given failurePolicy, and waits until the apiserver calls it.
 func registerWebhook(ctx context.Context, t testing.TB, c *cluster.Cluster, w *runningWebhook, policy admissionregistrationv1.FailurePolicyType) {
 	t.Helper()
-	sideEffects := admissionregistrationv1.SideEffectClassNoneOnDryRun
-	hook := func(name, path string, ops []admissionregistrationv1.OperationType, resources ...string) admissionregistrationv1.MutatingWebhook {
-		group := ""
-		if resources[0] == "statefulsets" || resources[0] == "statefulsets/scale" {
-			group = "apps"
-		}
-		return admissionregistrationv1.MutatingWebhook{
-			Name:         name,
-			ClientConfig: admissionregistrationv1.WebhookClientConfig{URL: ptr.To(w.URL + path), CABundle: w.CAPEM},
-			Rules: []admissionregistrationv1.RuleWithOperations{{Operations: ops, Rule: admissionregistrationv1.Rule{
-				APIGroups: []string{group}, APIVersions: []string{"v1"}, Resources: resources,
-			}}},
-			NamespaceSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
-				{Key: "kubernetes.io/metadata.name", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"kube-system", "kube-public"}},
-				{Key: webhookIgnoreLabel, Operator: metav1.LabelSelectorOpNotIn, Values: []string{"ignore"}},
-			}},
-			FailurePolicy:           &policy,
-			SideEffects:             &sideEffects,
-			AdmissionReviewVersions: []string{"v1"},
-			TimeoutSeconds:          ptr.To[int32](10),
-			MatchPolicy:             ptr.To(admissionregistrationv1.Equivalent),
-		}
-	}
-	create, update := admissionregistrationv1.Create, admissionregistrationv1.Update
-	cfg := &admissionregistrationv1.MutatingWebhookConfiguration{
-		ObjectMeta: metav1.ObjectMeta{Name: "petfabric"},
-		Webhooks: []admissionregistrationv1.MutatingWebhook{
-			hook("statefulsets.petfabric.io", webhook.PathStatefulSets, []admissionregistrationv1.OperationType{create, update}, "statefulsets"),
-			hook("scale.petfabric.io", webhook.PathScale, []admissionregistrationv1.OperationType{update}, "statefulsets/scale"),
-			hook("claims.petfabric.io", webhook.PathClaims, []admissionregistrationv1.OperationType{create}, "persistentvolumeclaims"),
-		},
-	}
+	cfg := chartWebhookConfig(t, w.URL, w.CAPEM, policy)
 	_, err := c.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Create(ctx, cfg, metav1.CreateOptions{})
 	require.NoError(t, err)
 	// The apiserver loads webhook configurations asynchronously: probe with a dry-run create
@@ -147,8 +118,33 @@ func registerWebhook(ctx context.Context, t testing.TB, c *cluster.Cluster, w *r
 	require.NoError(t, err, "the apiserver never called the webhook")
 }
 
-// webhookIgnoreLabel=ignore on a namespace keeps the apiserver from calling the webhook there.
-const webhookIgnoreLabel = "petfabric.io/webhook"
+// chartWebhookClasses are the Datera classes the e2e tests create (dateraClass); the chart's
+// claim hook is called for claims of these (webhook.claimClasses) and for pinned claims.
+var chartWebhookClasses = []string{"datera-gold"}
+
+// chartWebhookConfig renders the chart's MutatingWebhookConfiguration for a webhook served at
+// url (https://host:port) with the CA caPEM, under failurePolicy policy.
+func chartWebhookConfig(t testing.TB, url string, caPEM []byte, policy admissionregistrationv1.FailurePolicyType) *admissionregistrationv1.MutatingWebhookConfiguration {
+	t.Helper()
+	values, err := yaml.Marshal(map[string]any{
+		"webhook": map[string]any{"url": url, "failurePolicy": string(policy), "claimClasses": chartWebhookClasses},
+		// With a provided caBundle the chart needs the extender's Secret name too; only the
+		// webhook configuration is used here.
+		"tls": map[string]any{"caBundle": string(caPEM), "extenderSecretName": "petfabric-extender-serving"},
+	})
+	require.NoError(t, err)
+	objs := helmchart.Objects(t, helmchart.Render(t, string(values)))
+	var cfg admissionregistrationv1.MutatingWebhookConfiguration
+	require.NoError(t, helmchart.Decode(helmchart.Find(objs, "MutatingWebhookConfiguration", helmchart.Release), &cfg), "the chart's webhook configuration")
+	return &cfg
+}
+
+// webhookIgnoreLabel=webhookIgnoreValue on a namespace (or an object) keeps the apiserver from
+// calling the webhook there (the chart's webhook.optOutLabel).
+const (
+	webhookIgnoreLabel = "petfabric.io/webhook"
+	webhookIgnoreValue = "disabled"
+)
 
 const (
 	credsNamespace = "petfabric-system"

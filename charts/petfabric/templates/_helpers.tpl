@@ -131,3 +131,71 @@ seccompProfile:
 {{- define "petfabric.webhook.excludedNamespaces" -}}
 {{- toJson (uniq (concat (list "kube-system" .Release.Namespace) .Values.webhook.excludeNamespaces)) -}}
 {{- end -}}
+
+{{- define "petfabric.extender.name" -}}{{ include "petfabric.fullname" . }}-extender{{- end -}}
+
+{{/* The Secret holding the extender's serving certificate. */}}
+{{- define "petfabric.extender.tlsSecret" -}}
+{{- if eq (include "petfabric.tls.mode" .) "provided" -}}
+{{- required "tls.extenderSecretName is required with tls.caBundle (an existing kubernetes.io/tls Secret in the release namespace)" .Values.tls.extenderSecretName -}}
+{{- else -}}
+{{- include "petfabric.extender.name" . }}-tls
+{{- end -}}
+{{- end -}}
+
+{{/* The URL prefix kube-scheduler calls the extender at. */}}
+{{- define "petfabric.extender.url" -}}
+{{- if eq .Values.scheduler.mode "DaemonSet" -}}
+https://127.0.0.1:{{ .Values.scheduler.hostPort }}
+{{- else -}}
+https://{{ include "petfabric.extender.name" . }}.{{ .Release.Namespace }}.svc:443
+{{- end -}}
+{{- end -}}
+
+{{/*
+The KubeSchedulerConfiguration calling the extender (dict "root" $ "secondary" bool). The
+secondary scheduler runs in-cluster with its own profile and lease and reads the CA from the
+mounted Secret; the default scheduler of a kubeadm control plane reads scheduler.caFile.
+*/}}
+{{- define "petfabric.schedulerConfig" -}}
+{{- $v := .root.Values.scheduler -}}
+apiVersion: kubescheduler.config.k8s.io/v1
+kind: KubeSchedulerConfiguration
+{{- if .secondary }}
+leaderElection:
+  leaderElect: true
+  resourceLock: leases
+  resourceName: {{ $v.secondary.name }}
+  resourceNamespace: {{ .root.Release.Namespace }}
+profiles:
+  - schedulerName: {{ $v.secondary.name }}
+{{- else }}
+clientConnection:
+  kubeconfig: {{ $v.kubeconfig }}
+profiles:
+  - schedulerName: default-scheduler
+{{- end }}
+extenders:
+  - urlPrefix: {{ include "petfabric.extender.url" .root }}
+    filterVerb: filter
+    prioritizeVerb: prioritize
+    weight: {{ $v.weight }}
+    # The extender keeps its own informer cache: the scheduler sends node names only.
+    nodeCacheCapable: true
+    enableHTTPS: true
+    httpTimeout: {{ $v.httpTimeout }}
+    ignorable: {{ $v.ignorable }}
+    tlsConfig:
+      {{- if .root.Values.tls.caBundle }}
+      caData: {{ .root.Values.tls.caBundle | b64enc }}
+      {{- else if .secondary }}
+      caFile: /etc/petfabric/extender-ca/ca.crt
+      {{- else }}
+      caFile: {{ $v.caFile }}
+      {{- end }}
+    {{- with $v.managedResource }}
+    managedResources:
+      - name: {{ . }}
+        ignoredByScheduler: true
+    {{- end }}
+{{- end -}}
