@@ -456,7 +456,7 @@ func TestStorageClasses(t *testing.T) {
 	assert.Equal(t, mutate.Provisioner, sc.Provisioner)
 	assert.Equal(t, storagev1.VolumeBindingWaitForFirstConsumer, *sc.VolumeBindingMode)
 	assert.Equal(t, corev1.PersistentVolumeReclaimRetain, *sc.ReclaimPolicy)
-	assert.Equal(t, map[string]string{"backstoreServer": "datera.example.com", "fsType": "xfs", "replica": "3",
+	assert.Equal(t, map[string]string{"backstoreServer": "datera.example.com:443", "fsType": "xfs", "replica": "3",
 		"secretName": "petfabric-datera", "secretNamespace": ns}, sc.Parameters)
 	var secret corev1.Secret
 	decode(t, objs, "Secret", "petfabric-datera", &secret)
