@@ -69,7 +69,7 @@ func TestCacheReportRenewedInTheFutureGoesStaleAfterItsTTL(t *testing.T) {
 	f.clock.Step(41 * time.Second)
 	res := f.filterNames(t, "liar")
 	assert.Empty(t, *res.NodeNames, "a Lease renewed 1h in the future and never again must be stale after its TTL")
-	assert.Equal(t, "node liar: reachability report is stale (no renewal seen for 41s, valid for 40s); is the petfabric node agent running?",
+	assert.Equal(t, "reachability report is stale (no renewal seen within its 40s validity); is the petfabric node agent running?",
 		res.FailedAndUnresolvableNodes["liar"])
 }
 
@@ -91,7 +91,7 @@ func TestCacheCapsDeclaredLeaseDuration(t *testing.T) {
 	f.clock.Step(time.Second)
 	res := f.filterNames(t, "greedy")
 	assert.Empty(t, *res.NodeNames, "a Lease declaring a day of freshness must be capped")
-	assert.Contains(t, res.FailedAndUnresolvableNodes["greedy"], "valid for 2m0s")
+	assert.Contains(t, res.FailedAndUnresolvableNodes["greedy"], "within its 2m0s validity")
 }
 
 // A configured cap applies, and an unchanged Lease delivered again (what an informer relist

@@ -90,6 +90,11 @@ func (h *handler) decode(r *http.Request, a *args) (*bytes.Buffer, error) {
 	}
 	buf := h.bufs.Get().(*bytes.Buffer)
 	buf.Reset()
+	if r.ContentLength > 0 {
+		// One allocation of the announced size instead of doubling (and copying) a
+		// 17 MB body of 5,000 Nodes up from 512 bytes.
+		buf.Grow(int(r.ContentLength) + bytes.MinRead)
+	}
 	if _, err := buf.ReadFrom(http.MaxBytesReader(nil, r.Body, h.maxLen)); err != nil {
 		h.bufs.Put(buf)
 		var tooBig *http.MaxBytesError
@@ -152,8 +157,17 @@ func (h *handler) filter(w http.ResponseWriter, r *http.Request) {
 	}
 	defer h.release(buf)
 	res, path := h.decideFilter(h.withPodLogger(r.Context(), &a), &a)
-	out := appendFilterResult(make([]byte, 0, len(buf.Bytes())+256), res)
+	// The answer is at most the request's size plus the failure messages; it is built in a
+	// pooled buffer like the request's.
+	ob := h.bufs.Get().(*bytes.Buffer)
+	ob.Reset()
+	ob.Grow(len(buf.Bytes()) + 256)
+	out := appendFilterResult(ob.AvailableBuffer(), res)
 	h.reply(w, "filter", path, start, out)
+	if cap(out) > ob.Cap() {
+		ob = bytes.NewBuffer(out[:0]) // keep the grown array for the next answer
+	}
+	h.release(ob)
 }
 
 // decideFilter returns the answer and the metrics path label.
@@ -198,18 +212,21 @@ func (h *handler) decideFilter(ctx context.Context, a *args) (*filterResult, str
 		names = a.list.names
 	}
 	var d placement.Decision
+	var explained string
 	now := h.now()
+	log := serving.LoggerFrom(ctx, h.log)
 	h.src.Read(func(_ placement.Lookup, st placement.State) {
 		d = placement.Filter(now, vols, names, st, h.opts.PortalPolicy)
+		// The answer's messages are the same for every node with one cause (so that the
+		// scheduler's event aggregates); the nodes and their report ages go to this log.
+		if log.Enabled(ctx, filterLogLevel(d)) {
+			explained = placement.Explain(now, d, names, st, explainExamples)
+		}
 	})
 	if namesMode {
-		res.hasNames, res.names = true, make([]string, len(d.Pass))
-		for i, idx := range d.Pass {
-			res.names[i] = names[idx]
-		}
-	} else {
-		res.pass = d.Pass
+		res.hasNames, res.namesPass, res.names = true, true, names
 	}
+	res.pass = d.Pass
 	// Nothing a preemption could change makes a node reachable, so every failure is
 	// unresolvable (kube-scheduler then skips preemption attempts on these nodes).
 	res.unresolvable = d.Failed
@@ -218,13 +235,20 @@ func (h *handler) decideFilter(ctx context.Context, a *args) (*filterResult, str
 			h.opts.Metrics.decisions.WithLabelValues(string(reason)).Add(float64(n))
 		}
 	}
-	level := slog.LevelDebug
-	if len(d.Pass) == 0 {
-		level = slog.LevelInfo
-	}
-	serving.LoggerFrom(ctx, h.log).Log(ctx, level, "filtered nodes", "volumes", len(vols), "nodes", len(names),
-		"passed", len(d.Pass), "failed", len(d.Failed))
+	log.Log(ctx, filterLogLevel(d), "filtered nodes", "volumes", len(vols), "nodes", len(names),
+		"passed", len(d.Pass), "failed", len(d.Failed), "summary", explained)
 	return res, "full"
+}
+
+// explainExamples is how many nodes the filter log names per failure message.
+const explainExamples = 3
+
+// filterLogLevel logs a decision that leaves the pod nowhere to go at Info, others at Debug.
+func filterLogLevel(d placement.Decision) slog.Level {
+	if len(d.Pass) == 0 {
+		return slog.LevelInfo
+	}
+	return slog.LevelDebug
 }
 
 func (h *handler) prioritize(w http.ResponseWriter, r *http.Request) {

@@ -209,9 +209,9 @@ func TestFilterNodeNames(t *testing.T) {
 	assert.Empty(t, res.Error)
 	assert.Empty(t, res.FailedNodes)
 	assert.Equal(t, extenderv1.FailedNodesMap{
-		"b": "node b: no reachability report from the petfabric node agent (Lease petfabric-node-b not found)",
-		"c": "node c: portal 10.1.1.5:3260 unreachable: connection refused (report 12s old)",
-		"d": "node d: reachability report is stale (no renewal seen for 2m0s, valid for 40s); is the petfabric node agent running?",
+		"b": "no reachability report from the petfabric node agent (no petfabric-node-<node> Lease)",
+		"c": "cannot reach portal 10.1.1.5:3260 of backstore 172.16.0.10:7717 (connection refused)",
+		"d": "reachability report is stale (no renewal seen within its 40s validity); is the petfabric node agent running?",
 	}, res.FailedAndUnresolvableNodes)
 
 	assert.Equal(t, 1.0, testutil.ToFloat64(f.metrics.decisions.WithLabelValues("pass")))

@@ -22,7 +22,11 @@
 // attachment still held by another node whose report is fresh. Every failure carries a
 // message such as
 //
-//	node c: portal 10.1.1.5:3260 unreachable: connection refused (report 12s old)
+//	cannot reach portal 10.1.1.5:3260 of backstore 172.16.0.10:7717 (connection refused)
+//
+// that names neither the node nor a report's age, so that kube-scheduler's event counts
+// the nodes per cause and repeated events fold into one (see Decision.Failed); Explain
+// lists the nodes and ages for the extender's log.
 //
 // # Prioritize
 //

@@ -62,17 +62,45 @@ const (
 	ReasonRWOHeld     Reason = "rwo_attached_elsewhere"
 )
 
+// reasonOrder numbers the Reasons, so Filter counts into an array instead of a map.
+var reasonOrder = [...]Reason{ReasonPass, ReasonNoReport, ReasonBadReport, ReasonStale, ReasonNotProbed, ReasonUnreachable, ReasonRWOHeld}
+
+const (
+	rPass = iota
+	rNoReport
+	rBadReport
+	rStale
+	rNotProbed
+	rUnreachable
+	rRWOHeld
+)
+
 // Decision is the result of Filter.
 type Decision struct {
 	// Pass holds the indices (into the nodes argument) of the nodes that pass, in order.
 	Pass []int
-	// Failed maps each failed node to a message a person can act on. All failures are
-	// unresolvable: preempting pods fixes neither reachability nor an attachment held by
-	// another live node.
+	// Failed maps each failed node to why it failed. All failures are unresolvable:
+	// preempting pods fixes neither reachability nor an attachment held by another live node.
+	//
+	// The message never names the failed node nor carries a report's age: nodes that fail
+	// for the same cause get the identical string, and a retry a minute later gets it again.
+	// kube-scheduler builds its FailedScheduling event from these values by counting
+	// identical strings ("0/200 nodes are available: 180 cannot reach portal …, 20 …"),
+	// and the event recorder only folds repeated events into one (a growing count) when
+	// their messages are equal. Which nodes failed, and how old their reports were, goes
+	// to the extender's log (Explain).
 	Failed map[string]string
 	// Reasons counts nodes per Reason (ReasonPass included).
 	Reasons map[Reason]int
 }
+
+// Messages of the failures that do not depend on the node.
+const (
+	msgNoReport   = "no reachability report from the petfabric node agent (no petfabric-node-<node> Lease)"
+	msgNeverRenew = "reachability report was never renewed; is the petfabric node agent running?"
+	msgUnobserved = "reachability report has not been observed yet"
+	msgNoTTL      = "reachability report has no leaseDurationSeconds, so it is never fresh"
+)
 
 // Filter decides, for a pod with the Datera volumes vols, which nodes can host it:
 //   - the node must have a report (no report: the agent is not running there, or the
@@ -83,37 +111,48 @@ type Decision struct {
 //   - for each ReadWriteOnce volume, no other node with a fresh report may still hold it.
 //     A holder whose report went stale is presumed dead, so its attachment no longer blocks.
 //
-// Filter is pure: it reads st and now and nothing else.
+// Filter is pure: it reads st and now and nothing else. Its cost per node is a report
+// lookup and, per volume, a slice index into the backstore summaries the Index computed
+// when the report arrived; the failure messages are built when reports change (Index) or
+// once per request and volume, never per node.
 func Filter(now time.Time, vols []Volume, nodes []string, st State, policy PortalPolicy) Decision {
-	d := Decision{Pass: make([]int, 0, len(nodes)), Reasons: map[Reason]int{}}
+	d := Decision{Pass: make([]int, 0, len(nodes))}
 	if len(vols) == 0 {
 		for i := range nodes {
 			d.Pass = append(d.Pass, i)
 		}
-		d.Reasons[ReasonPass] = len(nodes)
+		d.Reasons = map[Reason]int{ReasonPass: len(nodes)}
 		return d
 	}
-	held := liveHolders(now, vols, st)
-	refs := backstoreRefs(vols, st)
+	c := checker{now: now, vols: vols, refs: backstoreRefs(vols, st), held: liveHolders(now, vols, st),
+		notProbed: make([]string, len(vols)), st: st, policy: policy}
+	var counts [len(reasonOrder)]int
 	for i, node := range nodes {
-		reason, msg := checkNode(now, node, vols, refs, held, st, policy)
-		d.Reasons[reason]++
-		if reason == ReasonPass {
+		reason, msg := c.node(node)
+		counts[reason]++
+		if reason == rPass {
 			d.Pass = append(d.Pass, i)
 			continue
 		}
 		if d.Failed == nil {
-			d.Failed = make(map[string]string)
+			d.Failed = make(map[string]string, len(nodes)-i)
 		}
 		d.Failed[node] = msg
+	}
+	d.Reasons = make(map[Reason]int, len(reasonOrder))
+	for r, n := range counts {
+		if n > 0 {
+			d.Reasons[reasonOrder[r]] = n
+		}
 	}
 	return d
 }
 
-// holding is the set of live nodes that hold one RWO volume, with a ready-made message part.
+// holding is the set of live nodes that hold one RWO volume, with the message for the
+// nodes it keeps out.
 type holding struct {
 	nodes map[string]struct{}
-	desc  string // "node b (report 3s old)"
+	msg   string // "ReadWriteOnce volume v (claim ns/c) is still attached to node b"
 }
 
 // liveHolders finds, once per request, which live nodes hold each RWO volume.
@@ -123,7 +162,7 @@ func liveHolders(now time.Time, vols []Volume, st State) []holding {
 		if !v.RWO {
 			continue
 		}
-		var parts []string
+		var live []string
 		for _, h := range st.Holders(v.VolumeID) {
 			nr, ok := st.NodeReport(h)
 			if !ok || !nr.Fresh(now) {
@@ -133,10 +172,17 @@ func liveHolders(now time.Time, vols []Volume, st State) []holding {
 				out[i].nodes = map[string]struct{}{}
 			}
 			out[i].nodes[h] = struct{}{}
-			parts = append(parts, fmt.Sprintf("%s (report %s old)", h, age(nr.Age(now))))
+			live = append(live, h)
 		}
-		sort.Strings(parts)
-		out[i].desc = strings.Join(parts, ", ")
+		if live == nil {
+			continue
+		}
+		sort.Strings(live)
+		what := "node " + live[0]
+		if len(live) > 1 {
+			what = "nodes " + strings.Join(live, ", ")
+		}
+		out[i].msg = fmt.Sprintf("ReadWriteOnce volume %s%s is still attached to %s", v.VolumeID, claimSuffix(v), what)
 	}
 	return out
 }
@@ -161,60 +207,99 @@ func backstoreRefs(vols []Volume, st State) []backstoreRef {
 	return refs
 }
 
-func checkNode(now time.Time, node string, vols []Volume, refs []backstoreRef, held []holding, st State, policy PortalPolicy) (Reason, string) {
-	nr, ok := st.NodeReport(node)
+// checker judges the nodes of one request.
+type checker struct {
+	now       time.Time
+	vols      []Volume
+	refs      []backstoreRef
+	held      []holding
+	notProbed []string // per volume, built the first time a node lacks its backstore
+	st        State
+	policy    PortalPolicy
+}
+
+func (c *checker) node(node string) (int, string) {
+	nr, ok := c.st.NodeReport(node)
 	if !ok {
-		return ReasonNoReport, fmt.Sprintf("node %s: no reachability report from the petfabric node agent (Lease %s not found)", node, LeaseName(node))
+		return rNoReport, msgNoReport
 	}
 	if nr.Err != nil {
-		return ReasonBadReport, fmt.Sprintf("node %s: unreadable reachability report: %v", node, nr.Err)
+		return rBadReport, nr.errMessage()
 	}
-	if !nr.Fresh(now) {
-		switch {
-		case nr.RenewTime.IsZero():
-			return ReasonStale, fmt.Sprintf("node %s: reachability report was never renewed; is the petfabric node agent running?", node)
-		case nr.ObservedAt.IsZero():
-			return ReasonStale, fmt.Sprintf("node %s: reachability report has not been observed yet", node)
-		case nr.TTL <= 0:
-			return ReasonStale, fmt.Sprintf("node %s: reachability report has no leaseDurationSeconds, so it is never fresh", node)
-		}
-		return ReasonStale, fmt.Sprintf("node %s: reachability report is stale (no renewal seen for %s, valid for %s); is the petfabric node agent running?",
-			node, age(nr.Age(now)), age(nr.TTL))
+	if !nr.Fresh(c.now) {
+		return rStale, nr.staleMessage()
 	}
-	for i, v := range vols {
-		sum, ok := nr.backstoreAt(refs[i])
+	for i, v := range c.vols {
+		sum, ok := nr.backstoreAt(c.refs[i])
 		if !ok || sum.Portals == 0 {
-			return ReasonNotProbed, fmt.Sprintf("node %s: backstore %s of volume %s is not probed by the node agent (add it to the agent's backstores; report %s old)",
-				node, v.Backstore, v.VolumeID, age(nr.Age(now)))
+			if c.notProbed[i] == "" {
+				c.notProbed[i] = fmt.Sprintf("backstore %s of volume %s is not probed by the node agent (add it to the agent's backstores)", v.Backstore, v.VolumeID)
+			}
+			return rNotProbed, c.notProbed[i]
 		}
-		if sum.Reachable < sum.Portals && (policy == AllPortals || sum.Reachable == 0) {
-			// Only failures pay for building a message.
-			return ReasonUnreachable, fmt.Sprintf("node %s: %s (report %s old)", node, portalProblem(nr.Report.Backstores[v.Backstore]), age(nr.Age(now)))
+		if sum.Reachable < sum.Portals && (c.policy == AllPortals || sum.Reachable == 0) {
+			if sum.unreachable != "" {
+				return rUnreachable, sum.unreachable
+			}
+			return rUnreachable, portalProblem(v.Backstore, nr.Report.Backstores[v.Backstore])
 		}
-		if h := held[i]; h.nodes != nil {
+		if h := c.held[i]; h.nodes != nil {
 			if _, self := h.nodes[node]; !self || len(h.nodes) > 1 {
-				return ReasonRWOHeld, fmt.Sprintf("node %s: ReadWriteOnce volume %s%s is still attached to node %s",
-					node, v.VolumeID, claimSuffix(v), h.desc)
+				return rRWOHeld, h.msg
 			}
 		}
 	}
-	return ReasonPass, ""
+	return rPass, ""
 }
 
-// portalProblem describes the unreachable portals of a backstore.
-func portalProblem(bs BackstoreReport) string {
+// staleMessage says why a report that is not fresh does not count (see NodeReport). The
+// Index builds it when the report arrives; a report never indexed builds it here.
+func (n *NodeReport) staleMessage() string {
+	if n.staleMsg != "" {
+		return n.staleMsg
+	}
+	switch {
+	case n.RenewTime.IsZero():
+		return msgNeverRenew
+	case n.ObservedAt.IsZero():
+		return msgUnobserved
+	case n.TTL <= 0:
+		return msgNoTTL
+	}
+	return fmt.Sprintf("reachability report is stale (no renewal seen within its %s validity); is the petfabric node agent running?", age(n.TTL))
+}
+
+// errMessage says why a report is unusable.
+func (n *NodeReport) errMessage() string {
+	if n.errMsg != "" {
+		return n.errMsg
+	}
+	return "unreadable reachability report: " + n.Err.Error()
+}
+
+// portalProblem describes the unreachable portals of a backstore, in portal order:
+// "cannot reach portal 10.1.1.5:3260 of backstore bs (connection refused)", or for several
+// "cannot reach portals 10.1.1.5:3260 (connection refused) and 10.1.1.6:3260 (i/o timeout)
+// of backstore bs". Empty when every portal is reachable.
+func portalProblem(backstore string, bs BackstoreReport) string {
 	var bad []string
 	for portal, p := range bs.Portals {
 		if !p.OK {
 			bad = append(bad, portal)
 		}
 	}
+	switch len(bad) {
+	case 0:
+		return ""
+	case 1:
+		return fmt.Sprintf("cannot reach portal %s of backstore %s (%s)", bad[0], backstore, bs.Portals[bad[0]].Error)
+	}
 	slices.Sort(bad)
 	parts := make([]string, len(bad))
 	for i, portal := range bad {
-		parts[i] = fmt.Sprintf("portal %s unreachable: %s", portal, bs.Portals[portal].Error)
+		parts[i] = fmt.Sprintf("%s (%s)", portal, bs.Portals[portal].Error)
 	}
-	return strings.Join(parts, "; ")
+	return fmt.Sprintf("cannot reach portals %s and %s of backstore %s", strings.Join(parts[:len(parts)-1], ", "), parts[len(parts)-1], backstore)
 }
 
 func claimSuffix(v Volume) string {
@@ -222,6 +307,52 @@ func claimSuffix(v Volume) string {
 		return ""
 	}
 	return " (claim " + v.Claim + ")"
+}
+
+// Explain summarises a Decision for a log line, in the scheduler's manner but with the
+// detail the event leaves out: how many of the nodes passed, then per distinct message
+// (most nodes first) the count and the first few nodes, in request order, with their
+// report ages. It costs a map lookup per node; call it only when the line is logged.
+//
+//	1/5 nodes pass; 3 × cannot reach portal 10.1.1.5:3260 of backstore bs (connection refused): c (report 12s old), e (report 1s old), f (report 3s old); 1 × no reachability report …: b
+func Explain(now time.Time, d Decision, nodes []string, st State, examples int) string {
+	type group struct {
+		msg   string
+		count int
+		nodes []string
+	}
+	var groups []*group
+	byMsg := map[string]*group{}
+	for _, node := range nodes {
+		msg, failed := d.Failed[node]
+		if !failed {
+			continue
+		}
+		g := byMsg[msg]
+		if g == nil {
+			g = &group{msg: msg}
+			byMsg[msg] = g
+			groups = append(groups, g)
+		}
+		g.count++
+		if len(g.nodes) < examples {
+			desc := node
+			if nr, ok := st.NodeReport(node); ok && !nr.ObservedAt.IsZero() {
+				desc += " (report " + age(nr.Age(now)) + " old)"
+			}
+			g.nodes = append(g.nodes, desc)
+		}
+	}
+	slices.SortStableFunc(groups, func(a, b *group) int { return b.count - a.count })
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "%d/%d nodes pass", len(d.Pass), len(nodes))
+	for _, g := range groups {
+		fmt.Fprintf(&sb, "; %d × %s: %s", g.count, g.msg, strings.Join(g.nodes, ", "))
+		if g.count > len(g.nodes) {
+			sb.WriteString(", …")
+		}
+	}
+	return sb.String()
 }
 
 // age prints a duration the way people read report ages: whole seconds, or milliseconds

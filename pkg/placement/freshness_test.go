@@ -61,7 +61,7 @@ func TestReportRenewedInTheFutureGoesStaleAfterItsTTL(t *testing.T) {
 
 	d := Filter(r.clock, []Volume{{VolumeID: "pf-vol-a", Backstore: bsA, RWO: true}}, []string{"liar"}, r.x, AllPortals)
 	assert.Empty(t, d.Pass)
-	assert.Equal(t, "node liar: reachability report is stale (no renewal seen for 41s, valid for 40s); is the petfabric node agent running?", d.Failed["liar"])
+	assert.Equal(t, "reachability report is stale (no renewal seen within its 40s validity); is the petfabric node agent running?", d.Failed["liar"])
 }
 
 // A node whose clock runs 10 minutes behind but whose agent renews every round stays fresh.
@@ -191,10 +191,10 @@ func TestObserveWithoutPreviousObservation(t *testing.T) {
 	noTTL.Observe(nil, now, 0)
 	assert.False(t, noTTL.Fresh(now))
 	d := Filter(now, []Volume{{VolumeID: "v", Backstore: bsA}}, []string{"b"}, indexOfReports(noTTL), AllPortals)
-	assert.Equal(t, "node b: reachability report has no leaseDurationSeconds, so it is never fresh", d.Failed["b"])
+	assert.Equal(t, "reachability report has no leaseDurationSeconds, so it is never fresh", d.Failed["b"])
 	unobserved := &NodeReport{Node: "c", RenewTime: now, DeclaredTTL: ttl, TTL: ttl}
 	d = Filter(now, []Volume{{VolumeID: "v", Backstore: bsA}}, []string{"c"}, indexOfReports(unobserved), AllPortals)
-	assert.Equal(t, "node c: reachability report has not been observed yet", d.Failed["c"])
+	assert.Equal(t, "reachability report has not been observed yet", d.Failed["c"])
 }
 
 // indexOfReports is an Index holding the reports as given (not observed again).

@@ -49,6 +49,11 @@ func NewIndex() *Index {
 func (x *Index) SetReport(nr *NodeReport) {
 	x.DeleteReport(nr.Node)
 	x.reports[nr.Node] = nr
+	nr.staleMsg, nr.errMsg = "", ""
+	nr.staleMsg = nr.staleMessage()
+	if nr.Err != nil {
+		nr.errMsg = nr.errMessage()
+	}
 	if nr.Report == nil {
 		return
 	}
@@ -65,7 +70,7 @@ func (x *Index) SetReport(nr *NodeReport) {
 		if sum, ok := nr.Summary[name]; ok {
 			byID[id] = sum
 		} else {
-			byID[id] = Summarize(b)
+			byID[id] = summarize(name, b)
 		}
 	}
 	nr.byID = byID

@@ -111,9 +111,9 @@ func TestFilter(t *testing.T) {
 			nodes: []string{"a", "b", "c", "d"},
 			pass:  []string{"a"},
 			failed: map[string]string{
-				"b": "node b: no reachability report from the petfabric node agent (Lease petfabric-node-b not found)",
-				"c": "node c: portal 10.1.1.5:3260 unreachable: connection refused (report 12s old)",
-				"d": "node d: reachability report is stale (no renewal seen for 1m35s, valid for 40s); is the petfabric node agent running?",
+				"b": "no reachability report from the petfabric node agent (no petfabric-node-<node> Lease)",
+				"c": "cannot reach portal 10.1.1.5:3260 of backstore 172.16.0.10:7717 (connection refused)",
+				"d": "reachability report is stale (no renewal seen within its 40s validity); is the petfabric node agent running?",
 			},
 		},
 		{
@@ -129,7 +129,7 @@ func TestFilter(t *testing.T) {
 			policy: AnyPortal,
 			pass:   []string{"c"},
 			failed: map[string]string{
-				"e": "node e: portal 10.1.1.5:3260 unreachable: timeout during login: i/o timeout; portal 10.1.1.6:3260 unreachable: connection refused (report 1s old)",
+				"e": "cannot reach portals 10.1.1.5:3260 (timeout during login: i/o timeout) and 10.1.1.6:3260 (connection refused) of backstore 172.16.0.10:7717",
 			},
 		},
 		{
@@ -140,7 +140,7 @@ func TestFilter(t *testing.T) {
 			},
 			nodes: []string{"a"},
 			failed: map[string]string{
-				"a": "node a: backstore 172.16.0.20:7717 of volume pf-vol-b is not probed by the node agent (add it to the agent's backstores; report 2s old)",
+				"a": "backstore 172.16.0.20:7717 of volume pf-vol-b is not probed by the node agent (add it to the agent's backstores)",
 			},
 		},
 		{
@@ -153,8 +153,8 @@ func TestFilter(t *testing.T) {
 			},
 			nodes: []string{"a", "b"},
 			failed: map[string]string{
-				"a": "node a: unreadable reachability report: unsupported report version 2 (this build reads versions 1 to 1; a newer agent needs a newer reader)",
-				"b": "node b: unreadable reachability report: no petfabric.io/report annotation on Lease petfabric-node-b",
+				"a": "unreadable reachability report: unsupported report version 2 (this build reads versions 1 to 1; a newer agent needs a newer reader)",
+				"b": "unreadable reachability report: no petfabric.io/report annotation on the Lease",
 			},
 		},
 		{
@@ -180,7 +180,7 @@ func TestFilter(t *testing.T) {
 			nodes: []string{"a", "b"},
 			pass:  []string{"b"},
 			failed: map[string]string{
-				"a": "node a: ReadWriteOnce volume pf-vol-a (claim shop/data-db-0) is still attached to node b (report 3s old)",
+				"a": "ReadWriteOnce volume pf-vol-a (claim shop/data-db-0) is still attached to node b",
 			},
 		},
 		{
@@ -207,8 +207,8 @@ func TestFilter(t *testing.T) {
 			},
 			nodes: []string{"a", "b"},
 			failed: map[string]string{
-				"a": "~is still attached to node a (report 3s old), b (report 4s old)",
-				"b": "~is still attached to node a (report 3s old), b (report 4s old)",
+				"a": "ReadWriteOnce volume pf-vol-a (claim shop/data-db-0) is still attached to nodes a, b",
+				"b": "ReadWriteOnce volume pf-vol-a (claim shop/data-db-0) is still attached to nodes a, b",
 			},
 		},
 		{

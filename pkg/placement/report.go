@@ -213,6 +213,9 @@ type NodeReport struct {
 	// byID holds the same summaries indexed by the Index's backstore numbers (set by
 	// Index.SetReport), turning the per-node map lookup into a slice index.
 	byID []BackstoreSummary
+	// staleMsg and errMsg are Filter's messages for this report when it is not fresh or
+	// unreadable, built by Index.SetReport so that a request only copies them.
+	staleMsg, errMsg string
 }
 
 // BackstoreSummary condenses one backstore's portal results.
@@ -221,6 +224,9 @@ type BackstoreSummary struct {
 	Portals, Reachable int
 	// SlowestRTT is the largest RTT among the reachable portals.
 	SlowestRTT time.Duration
+	// unreachable is the Filter message for a node that misses a portal (empty when every
+	// portal is reachable), built once when the report is read rather than per request.
+	unreachable string
 }
 
 // Summarize condenses a backstore report.
@@ -231,6 +237,21 @@ func Summarize(b BackstoreReport) BackstoreSummary {
 			s.Reachable++
 			s.SlowestRTT = max(s.SlowestRTT, p.RTT())
 		}
+	}
+	return s
+}
+
+// summarize is Summarize with Filter's message for the named backstore.
+func summarize(backstore string, b BackstoreReport) BackstoreSummary {
+	s := BackstoreSummary{Portals: len(b.Portals)}
+	for _, p := range b.Portals {
+		if p.OK {
+			s.Reachable++
+			s.SlowestRTT = max(s.SlowestRTT, p.RTT())
+		}
+	}
+	if s.Reachable < s.Portals {
+		s.unreachable = portalProblem(backstore, b)
 	}
 	return s
 }
@@ -263,7 +284,7 @@ func (n *NodeReport) backstore(name string) (BackstoreSummary, bool) {
 	if !ok {
 		return BackstoreSummary{}, false
 	}
-	return Summarize(b), true
+	return summarize(name, b), true
 }
 
 // Observe sets ObservedAt and TTL. prev is the same node's report as this reader last held
@@ -315,7 +336,9 @@ func NodeReportFromLease(l *coordinationv1.Lease) (nr *NodeReport, ok bool) {
 	}
 	raw, found := l.Annotations[ReportAnnotation]
 	if !found {
-		nr.Err = fmt.Errorf("no %s annotation on Lease %s", ReportAnnotation, l.Name)
+		// The Lease is not named: this text ends up in the Filter message, which must read
+		// the same for every node with the same problem.
+		nr.Err = fmt.Errorf("no %s annotation on the Lease", ReportAnnotation)
 		return nr, true
 	}
 	r, err := DecodeReport(raw)
@@ -330,7 +353,7 @@ func NodeReportFromLease(l *coordinationv1.Lease) (nr *NodeReport, ok bool) {
 	}
 	nr.Summary = make(map[string]BackstoreSummary, len(r.Backstores))
 	for name, b := range r.Backstores {
-		nr.Summary[name] = Summarize(b)
+		nr.Summary[name] = summarize(name, b)
 	}
 	return nr, true
 }

@@ -56,8 +56,8 @@ func TestAgentReportReachesScheduler(t *testing.T) {
 	e.waitPortalReported(t, "probed", "127.0.0.1:7717", tgt.Portal, false)
 	e.pod(t, "second", "second")
 	msg := e.failedScheduling(t, "second",
-		"node probed: portal "+tgt.Portal+" unreachable: login rejected during login",
-		"node silent: no reachability report")
+		"1 cannot reach portal "+tgt.Portal+" of backstore 127.0.0.1:7717 (login rejected during login",
+		"1 no reachability report")
 	t.Logf("FailedScheduling: %s", msg)
 	e.requireUnscheduled(t, "second")
 }

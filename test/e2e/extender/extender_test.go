@@ -342,13 +342,13 @@ func TestExtenderPlacesPets(t *testing.T) {
 			require.NoError(t, err)
 
 			// While good has no report either, web-0 cannot go anywhere, and the event
-			// names every node's reason.
+			// counts the nodes per reason (the scheduler counts the extender's identical
+			// per-node messages).
 			msg := e.failedScheduling(t, "web-0",
 				"0/4 nodes are available",
-				"node good: no reachability report from the petfabric node agent (Lease petfabric-node-good not found)",
-				"node noreport: no reachability report from the petfabric node agent (Lease petfabric-node-noreport not found)",
-				"node unreachable: portal 10.1.1.5:3260 unreachable: connection refused (report",
-				"node stale: reachability report is stale (no renewal seen for",
+				"2 no reachability report from the petfabric node agent (no petfabric-node-<node> Lease)",
+				"1 cannot reach portal 10.1.1.5:3260 of backstore 172.16.0.10:7717 (connection refused)",
+				"1 reachability report is stale (no renewal seen within its 1s validity)",
 			)
 			t.Logf("FailedScheduling: %s", msg)
 			e.requireUnscheduled(t, "web-0")
@@ -366,8 +366,8 @@ func TestExtenderPlacesPets(t *testing.T) {
 			e.report(t, "noreport", unreachable, 0, hour, "pf-held")
 			e.pod(t, "mover", "held")
 			msg = e.failedScheduling(t, "mover",
-				"node good: ReadWriteOnce volume pf-held (claim shop/held) is still attached to node noreport (report",
-				"node noreport: portal 10.1.1.5:3260 unreachable: connection refused",
+				"1 ReadWriteOnce volume pf-held (claim shop/held) is still attached to node noreport",
+				"2 cannot reach portal 10.1.1.5:3260 of backstore 172.16.0.10:7717 (connection refused)",
 			)
 			t.Logf("FailedScheduling: %s", msg)
 			e.requireUnscheduled(t, "mover")
@@ -381,7 +381,7 @@ func TestExtenderPlacesPets(t *testing.T) {
 			time.Sleep(3 * time.Second)
 			e.volume(t, "late", "pf-late", nil, true)
 			e.pod(t, "late", "late")
-			msg = e.failedScheduling(t, "late", "node good: reachability report is stale (no renewal seen for")
+			msg = e.failedScheduling(t, "late", "1 reachability report is stale (no renewal seen within its 2s validity)")
 			t.Logf("FailedScheduling: %s", msg)
 			e.requireUnscheduled(t, "late")
 
