@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -42,6 +43,10 @@ func startProcess(name, binary, logPath string, args, env []string) (*process, e
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	cmd.Env = append(append(os.Environ(), "GOTRACEBACK=all"), env...)
+	// Run in the directory of the log (the cluster's), never in the test's package directory:
+	// kubelet and the drivers it runs clean up after pods, and a relative path must not reach
+	// the source tree.
+	cmd.Dir = filepath.Dir(logPath)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		logFile.Close()

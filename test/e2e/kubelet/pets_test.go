@@ -27,6 +27,15 @@ import (
 // dominates the cost) and run in order; each names what it proves.
 func TestKubeletRunsPets(t *testing.T) {
 	e := newEnv(t, 2)
+	// kubelet and the drivers it runs clean up after pods with paths of their own; a file in
+	// the processes' working directory (the cluster dir) and this package's sources must
+	// survive every step.
+	canary := filepath.Join(e.c.Dir, "canary")
+	require.NoError(t, os.WriteFile(canary, []byte("kept"), 0o644))
+	defer func() {
+		assert.FileExists(t, canary, "nothing deletes files in the kubelet's working directory")
+		assert.FileExists(t, "pets_test.go", "nothing deletes files in the package directory")
+	}()
 	_, err := e.cs.AppsV1().StatefulSets(appNS).Create(e.ctx, statefulSet("db", 2, classXFS), metav1.CreateOptions{})
 	require.NoError(t, err)
 	pets := map[string]*corev1.Pod{}
