@@ -60,6 +60,12 @@ func run(args []string) error {
 		qps          = fs.Float64("kube-api-qps", 5, "client QPS towards the apiserver (informers' list/watch only: 3 LIST+WATCH at start, a re-watch per informer every 5–10 min)")
 		burst        = fs.Int("kube-api-burst", 10, "client burst towards the apiserver (covers starting all three informers at once)")
 		maxReportTTL = fs.Duration("max-report-ttl", placement.DefaultMaxReportTTL, "longest freshness a node report Lease may declare (leaseDurationSeconds); must exceed the agents' --ttl (default 4 × --interval = 40s)")
+		// kube-scheduler does not watch Leases: without the trigger a pod rejected for a bad
+		// report waits minutes after the report recovers (see pkg/extender/requeue.go).
+		requeue         = fs.Bool("requeue-trigger", true, "when a node report recovers, patch a CSIStorageCapacity object in --namespace so kube-scheduler retries the pods it holds as unschedulable (needs create and patch on csistoragecapacities there)")
+		requeueName     = fs.String("requeue-trigger-name", extender.DefaultRequeueObject, "name of the CSIStorageCapacity trigger object in --namespace")
+		requeueCoalesce = fs.Duration("requeue-trigger-coalesce", extender.DefaultRequeueCoalesce, "how long recoveries are gathered into one trigger write")
+		requeueInterval = fs.Duration("requeue-trigger-min-interval", extender.DefaultRequeueMinInterval, "least time between two trigger writes (the rate limit)")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -76,6 +82,12 @@ func run(args []string) error {
 	}
 	if *maxReportTTL < time.Second {
 		return fmt.Errorf("--max-report-ttl %s: must be at least 1s (Lease durations are whole seconds)", *maxReportTTL)
+	}
+	if *requeueCoalesce <= 0 || *requeueInterval <= 0 {
+		return fmt.Errorf("--requeue-trigger-coalesce %s and --requeue-trigger-min-interval %s: must be positive", *requeueCoalesce, *requeueInterval)
+	}
+	if *requeue && *requeueName == "" {
+		return errors.New("--requeue-trigger-name: must not be empty")
 	}
 	if err := sc.CheckFlags(); err != nil {
 		return err
@@ -106,5 +118,6 @@ func run(args []string) error {
 	defer stop()
 	return extender.Run(ctx, client, extender.Config{
 		Serving: sc, Namespace: *namespace, MaxBodyBytes: *maxBody, PortalPolicy: pp, MaxReportTTL: *maxReportTTL,
+		Requeue: extender.RequeueConfig{Enabled: *requeue, Name: *requeueName, Coalesce: *requeueCoalesce, MinInterval: *requeueInterval},
 	})
 }

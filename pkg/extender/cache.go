@@ -40,6 +40,8 @@ type Cache struct {
 	// (placement.NodeReport.Observe), maxTTL caps the TTL a Lease declares.
 	now    func() time.Time
 	maxTTL time.Duration
+	// improved is CacheOptions.OnReportImproved.
+	improved func(node string)
 
 	mu    sync.RWMutex
 	index *placement.Index
@@ -64,11 +66,15 @@ type CacheOptions struct {
 	// Now is the clock that stamps observed renewals (time.Now when nil). Handler requests
 	// must judge freshness with the same clock.
 	Now func() time.Time
+	// OnReportImproved, when set, is called (outside the cache's lock) after a node's
+	// report changed in a way that may admit a pod the filter rejected (reportImproved in
+	// requeue.go). It must not block.
+	OnReportImproved func(node string)
 }
 
 // NewCache sets up the informers; Start runs them.
 func NewCache(client kubernetes.Interface, namespace string, log *slog.Logger, opts CacheOptions) (*Cache, error) {
-	c := &Cache{index: placement.NewIndex(), leaseNode: map[string]string{}, log: log, now: opts.Now, maxTTL: opts.MaxReportTTL}
+	c := &Cache{index: placement.NewIndex(), leaseNode: map[string]string{}, log: log, now: opts.Now, maxTTL: opts.MaxReportTTL, improved: opts.OnReportImproved}
 	if c.now == nil {
 		c.now = time.Now
 	}
@@ -256,6 +262,12 @@ func (c *Cache) setLease(obj any) {
 	// The informer already selects by label; checking again keeps a Lease that lost its
 	// labels (or a watch that does not filter) from counting as a report.
 	ok = ok && ReportLeaseSelector.Matches(labels.Set(l.Labels))
+	var improved bool
+	defer func() {
+		if improved && c.improved != nil {
+			c.improved(nr.Node)
+		}
+	}()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if old, had := c.leaseNode[l.Name]; had && (!ok || old != nr.Node) {
@@ -273,7 +285,9 @@ func (c *Cache) setLease(obj any) {
 	// Freshness is judged by when this cache saw the Lease written (a new renewTime or
 	// resourceVersion), never by the renewTime itself (written with the node's clock).
 	prev, _ := c.index.NodeReport(nr.Node)
-	nr.Observe(prev, c.now(), c.maxTTL)
+	now := c.now()
+	nr.Observe(prev, now, c.maxTTL)
+	improved = reportImproved(prev, nr, now)
 	if nr.DeclaredTTL > c.maxTTL && (prev == nil || prev.DeclaredTTL != nr.DeclaredTTL) {
 		c.log.Warn("node report Lease declares a longer freshness than the extender allows; capped",
 			"node", nr.Node, "lease", l.Name, "leaseDuration", nr.DeclaredTTL, "maxReportTTL", c.maxTTL)

@@ -16,6 +16,7 @@ type Metrics struct {
 	duration  *prometheus.HistogramVec
 	requests  *prometheus.CounterVec
 	decisions *prometheus.CounterVec
+	requeue   requeueMetrics
 }
 
 // NewMetrics creates and registers the extender's own metrics.
@@ -38,6 +39,7 @@ func NewMetrics() *Metrics {
 		}, []string{"reason"}),
 	}
 	m.Registry.MustRegister(m.duration, m.requests, m.decisions)
+	m.requeue = newRequeueMetrics(m.Registry)
 	// Pre-create the label values people alert on, so they read 0 rather than absent.
 	for _, r := range []placement.Reason{placement.ReasonPass, placement.ReasonNoReport, placement.ReasonBadReport,
 		placement.ReasonStale, placement.ReasonNotProbed, placement.ReasonUnreachable, placement.ReasonRWOHeld} {

@@ -31,6 +31,19 @@ type Config struct {
 	// MaxReportTTL caps the freshness a node report Lease may declare
 	// (default placement.DefaultMaxReportTTL).
 	MaxReportTTL time.Duration
+	// Requeue configures the requeue trigger (requeue.go): when Enabled, a node report
+	// recovery makes the scheduler retry the pods it holds as unschedulable, within about a
+	// second instead of minutes. Its Namespace defaults to Namespace.
+	Requeue RequeueConfig
+}
+
+// RequeueConfig is the requeue trigger's part of Config.
+type RequeueConfig struct {
+	Enabled bool
+	// Name of the CSIStorageCapacity object (default DefaultRequeueObject); Coalesce and
+	// MinInterval as in RequeueOptions.
+	Name                  string
+	Coalesce, MinInterval time.Duration
 }
 
 // Run serves until ctx ends, then shuts down gracefully: /readyz turns 503 first, in-flight
@@ -47,7 +60,19 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg Config) error {
 		return err
 	}
 	log := srv.Logger()
-	cache, err := NewCache(client, cfg.Namespace, log, CacheOptions{MaxReportTTL: cfg.MaxReportTTL})
+	copts := CacheOptions{MaxReportTTL: cfg.MaxReportTTL}
+	var requeuer *Requeuer
+	if cfg.Requeue.Enabled {
+		requeuer, err = NewRequeuer(client, RequeueOptions{
+			Namespace: cfg.Namespace, Name: cfg.Requeue.Name, Coalesce: cfg.Requeue.Coalesce,
+			MinInterval: cfg.Requeue.MinInterval, Log: log, Metrics: metrics,
+		})
+		if err != nil {
+			return err
+		}
+		copts.OnReportImproved = requeuer.Notify
+	}
+	cache, err := NewCache(client, cfg.Namespace, log, copts)
 	if err != nil {
 		return fmt.Errorf("extender cache: %w", err)
 	}
@@ -59,6 +84,12 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg Config) error {
 		}),
 		Start: func(ctx context.Context) error {
 			cache.Start(ctx)
+			return nil
+		},
+		Background: func(ctx context.Context) error {
+			if requeuer != nil {
+				requeuer.Run(ctx)
+			}
 			return nil
 		},
 		Ready: func() error {

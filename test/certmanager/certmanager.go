@@ -82,7 +82,7 @@ func CRDFiles() ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	files, err := filepath.Glob(filepath.Join(dir, "*.cert-manager.io_*.yaml"))
+	files, err := filepath.Glob(filepath.Join(dir, "*cert-manager.io_*.yaml"))
 	if err != nil {
 		return nil, fmt.Errorf("list cert-manager CRDs in %s: %w", dir, err)
 	}
@@ -114,6 +114,20 @@ func InstallCRDs(c *cluster.Cluster) error {
 	}
 	if _, err := c.Kubectl(wait...); err != nil {
 		return fmt.Errorf("wait for cert-manager CRDs: %w", err)
+	}
+	// The apiserver publishes a new CRD in discovery shortly after it is Established, and
+	// kubectl caches discovery on disk from before the CRDs existed: api-resources refreshes
+	// that cache, so poll it until the kinds show.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err := c.Kubectl("api-resources", "--api-group=cert-manager.io", "-o", "name")
+		if err == nil && strings.Contains(out, "certificates.cert-manager.io") {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the apiserver's discovery never listed cert-manager.io certificates (%v): %s", err, out)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 	return nil
 }
