@@ -11,6 +11,7 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	storagev1 "k8s.io/api/storage/v1"
@@ -79,6 +80,7 @@ var typed = map[string]func() any{
 	"Role":                             func() any { return &rbacv1.Role{} },
 	"RoleBinding":                      func() any { return &rbacv1.RoleBinding{} },
 	"StorageClass":                     func() any { return &storagev1.StorageClass{} },
+	"NetworkPolicy":                    func() any { return &networkingv1.NetworkPolicy{} },
 }
 
 // crdKinds are the kinds of installed CRDs the chart may render.
@@ -108,9 +110,15 @@ func TestEveryCIValuesRendersKnownKinds(t *testing.T) {
 					require.True(t, ok, "unexpected kind: %s", id)
 					assert.NoError(t, helmchart.Decode(o, mk()), id)
 				}
-				if o.GetNamespace() != "" && o.GetName() != "petfabric-petfabric-scheduler-auth-reader" {
-					// (the secondary scheduler's binding to the authentication reader Role
-					// lives where that Role is, in kube-system)
+				switch {
+				case o.GetNamespace() == "":
+				case o.GetName() == "petfabric-petfabric-scheduler-auth-reader":
+					// the secondary scheduler's binding to the authentication reader Role
+					// lives where that Role is
+					assert.Equal(t, "kube-system", o.GetNamespace(), id)
+				case o.GetName() == "petfabric-dashboard":
+					// where Grafana's sidecar looks (metrics.dashboard.namespace)
+				default:
 					assert.Equal(t, ns, o.GetNamespace(), id)
 				}
 				assert.NotContains(t, fmt.Sprint(o.Object), "subPath", id)

@@ -199,3 +199,13 @@ extenders:
         ignoredByScheduler: true
     {{- end }}
 {{- end -}}
+
+{{/* The peers allowed to the health and metrics ports. */}}
+{{- define "petfabric.np.metricsFrom" -}}
+- namespaceSelector:
+    {{- toYaml .Values.networkPolicy.metricsNamespaceSelector | nindent 4 }}
+{{- range .Values.networkPolicy.nodeCIDRs }}
+- ipBlock:
+    cidr: {{ . }}
+{{- end }}
+{{- end }}
