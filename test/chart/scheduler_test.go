@@ -204,6 +204,16 @@ func TestExtender(t *testing.T) {
 
 	var role rbacv1.Role
 	decode(t, objs, "Role", extenderName, &role)
-	assert.Contains(t, role.Rules, rbacv1.PolicyRule{APIGroups: []string{"storage.k8s.io"}, Resources: []string{"csistoragecapacities"}, Verbs: []string{"get", "create", "update", "patch"}},
-		"the recovery trigger (pkg/extender/requeue.go)")
+	// The recovery trigger (pkg/extender/requeue.go): created once, then patched by name.
+	assert.Contains(t, role.Rules, rbacv1.PolicyRule{APIGroups: []string{"storage.k8s.io"}, Resources: []string{"csistoragecapacities"}, Verbs: []string{"create"}})
+	assert.Contains(t, role.Rules, rbacv1.PolicyRule{APIGroups: []string{"storage.k8s.io"}, Resources: []string{"csistoragecapacities"},
+		ResourceNames: []string{"petfabric-requeue-trigger"}, Verbs: []string{"patch"}})
+	assert.Contains(t, c.Args, "--requeue-trigger-name=petfabric-requeue-trigger")
+
+	// Trigger off: no CSIStorageCapacity rule at all.
+	objs = render(t, "default", "scheduler:\n  requeueTrigger: {enabled: false, name: x}\n")
+	decode(t, objs, "Role", extenderName, &role)
+	for _, r := range role.Rules {
+		assert.NotContains(t, r.Resources, "csistoragecapacities")
+	}
 }
