@@ -1,8 +1,8 @@
 // Package cluster runs a real, local Kubernetes control plane for tests: etcd, kube-apiserver
 // (RBAC, service-account keys, client-certificate auth), kube-controller-manager,
-// kube-scheduler and kwok managing fake nodes that turn Ready and run pods. Every component
-// listens on 127.0.0.1 on free ports; binaries come from the pinned cache that
-// hack/build-tools.sh fills.
+// kube-scheduler and kwok managing fake nodes that turn Ready and run pods, and optionally real
+// kubelet nodes (KubeletSpec) that mount pod volumes on this host. Every component listens on
+// 127.0.0.1 on free ports; binaries come from the pinned cache that hack/build-tools.sh fills.
 package cluster
 
 import (
