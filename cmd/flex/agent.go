@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -13,9 +14,11 @@ import (
 	"time"
 
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/petfabric/petfabric/pkg/agent"
+	"github.com/petfabric/petfabric/pkg/serving"
 	"github.com/petfabric/petfabric/pkg/version"
 )
 
@@ -31,12 +34,12 @@ func runAgent(args []string) int {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
-		return 1
+		return serving.ExitCode(err)
 	}
 	return 0
 }
 
-func agentMain(args []string) error {
+func agentMain(args []string) (err error) {
 	fs := flag.NewFlagSet("flex agent", flag.ContinueOnError)
 	var (
 		node          = fs.String("node", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME, from the downward API)")
@@ -60,9 +63,18 @@ func agentMain(args []string) error {
 		// share one apiserver, so an agent must never be able to send more.
 		qps   = fs.Float64("kube-api-qps", 2, "client QPS towards the apiserver (one Lease update per round, one per attached-list change)")
 		burst = fs.Int("kube-api-burst", 5, "client burst towards the apiserver")
+		check = fs.Bool("check", false, "check mode: validate the flags and the files they name (backstores, CHAP files, initiator name, kubeconfig) without contacting anything; exit 0, or print the problem and exit 2")
 	)
 	if err := fs.Parse(args); err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return serving.Refuse(err)
+	}
+	if *check {
+		// Check mode runs the start-up below up to its first network call: any refusal on
+		// the way is a refused flag set (exit 2).
+		defer func() { err = serving.Refuse(err) }()
 	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -90,6 +102,12 @@ func agentMain(args []string) error {
 		if iqn, err = agent.ReadInitiatorName(*initiatorFile); err != nil {
 			return err
 		}
+	}
+	if *check {
+		return checkAgent(*kubeconfig, *metricsListen, agent.Options{
+			Node: *node, Initiator: iqn, Backstores: bs, StateDir: *stateDir,
+			Interval: *interval, Jitter: *jitter, TTL: *ttl, ProbeTimeout: *probeTimeout, AttachPoll: *attachPoll, Log: log,
+		})
 	}
 	cfg, err := clientcmd.BuildConfigFromFlags("", *kubeconfig)
 	if err != nil {
@@ -134,6 +152,36 @@ func agentMain(args []string) error {
 	log.Info("node agent starting", "node", *node, "namespace", *namespace, "initiator", iqn, "backstores", servers,
 		"interval", *interval, "stateDir", *stateDir)
 	return a.Run(ctx)
+}
+
+// checkAgent is the rest of the agent's check mode: the kubeconfig, the metrics address, the
+// discovery CHAP files, and the options agent.New validates. agent.New needs a Lease client;
+// it gets one for an address that does not resolve, and nothing ever runs, so nothing is
+// contacted.
+func checkAgent(kubeconfig, metricsListen string, opts agent.Options) error {
+	if err := serving.CheckKubeconfig(kubeconfig); err != nil {
+		return err
+	}
+	if metricsListen != "" {
+		if _, _, err := net.SplitHostPort(metricsListen); err != nil {
+			return fmt.Errorf("--metrics-listen %q: %w", metricsListen, err)
+		}
+	}
+	for _, b := range opts.Backstores {
+		if err := b.CHAP.Check(); err != nil {
+			return fmt.Errorf("--backstores: backstore %s: discoveryCHAP: %w", b.Server, err)
+		}
+	}
+	client, err := kubernetes.NewForConfig(&rest.Config{Host: "https://agent-check.invalid"})
+	if err != nil {
+		return err
+	}
+	opts.Leases = client.CoordinationV1().Leases("check")
+	if _, err := agent.New(opts); err != nil {
+		return err
+	}
+	fmt.Println("flex agent: check passed: the flags and the files they name are valid")
+	return nil
 }
 
 // agentMetrics are the agent's metrics plus petfabric_build_info.

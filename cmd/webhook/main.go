@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -33,11 +34,11 @@ import (
 func main() {
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "webhook:", err)
-		os.Exit(1)
+		os.Exit(serving.ExitCode(err))
 	}
 }
 
-func run(args []string) error {
+func run(args []string) (err error) {
 	fs := flag.NewFlagSet("webhook", flag.ContinueOnError)
 	sc := serving.Config{
 		Listen: ":8443", HealthListen: ":8080",
@@ -65,15 +66,26 @@ func run(args []string) error {
 		loopBurst    = fs.Int("reconcile-kube-api-burst", reconcile.DefaultKubeAPIBurst, "API request burst of the reconcile loop")
 		fenceAfter   = fs.Duration("fence-after", reconcile.DefaultFenceAfter, "how long a node's report must have been seen unchanged before the loop may fence its initiator out of a ReadWriteOnce volume")
 		reportNS     = fs.String("report-namespace", "", "namespace of the node agents' report Leases (default: --lease-namespace)")
+		schedName    = fs.String("scheduler-name", "", "set spec.template.spec.schedulerName of every StatefulSet the webhook mutates to this scheduler (the secondary-scheduler mode) when the template names none or default-scheduler; a template naming another scheduler is left alone and logged. Empty: pod templates keep their scheduler")
+		managedRes   = fs.String("managed-resource", "", "extended resource (e.g. petfabric.io/datera) the first container of every mutated StatefulSet's pod template requests and limits 1 of, unless the user set it; list it in the scheduler's extender managedResources with ignoredByScheduler: true. Empty: off")
+		check        = fs.Bool("check", false, "check mode: validate the flags and the files they name (TLS pair, client CA, Datera CA, kubeconfig) without contacting anything; exit 0, or print the problem and exit 2")
 		defaults     = keyValues{}
 	)
 	fs.Var(defaults, "default", "option default key=value (repeatable): replica, fsType, backstoreServer, secretName, secretNamespace, …")
 	if err := fs.Parse(args); err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return serving.Refuse(err)
 	}
 	if *showVersion {
 		fmt.Println(version.String("webhook"))
 		return nil
+	}
+	if *check {
+		// Check mode runs the start-up below up to its first network call: any refusal on
+		// the way is a refused flag set (exit 2).
+		defer func() { err = serving.Refuse(err) }()
 	}
 	if err := checkFlags(*maxOrdinals, *apiQPS, *apiBurst, *loopQPS, *loopBurst); err != nil {
 		return err
@@ -81,11 +93,18 @@ func run(args []string) error {
 	if err := sc.CheckFlags(); err != nil {
 		return err
 	}
+	podTemplate := mutate.Config{SchedulerName: *schedName, ManagedResource: *managedRes}
+	if err := podTemplate.ValidatePodTemplateSettings(); err != nil {
+		return err
+	}
 	log, err := serving.NewLogger(*logLevel)
 	if err != nil {
 		return err
 	}
 	sc.Logger = log
+	if *check {
+		return checkFiles(&sc, *kubeconfig, *dateraCA, *clusterID, *reconcileOn, *leaseNS)
+	}
 	restCfg, err := loadConfig(*kubeconfig)
 	if err != nil {
 		return err
@@ -102,7 +121,8 @@ func run(args []string) error {
 		return err
 	}
 	log.Info("cluster id", "clusterID", id, "derived", *clusterID == "")
-	mutateCfg := mutate.Config{ClusterID: id, DefaultClass: *defaultClass, Defaults: defaults, MaxOrdinals: *maxOrdinals}
+	mutateCfg := mutate.Config{ClusterID: id, DefaultClass: *defaultClass, Defaults: defaults, MaxOrdinals: *maxOrdinals,
+		SchedulerName: podTemplate.SchedulerName, ManagedResource: podTemplate.ManagedResource}
 	sc.Registry = prometheus.NewRegistry()
 	// One informer cache for the process: the admission path and the reconcile loop read the
 	// same StatefulSets, PVs, classes and namespaces. Resynced at the loop's period (a resync
@@ -196,6 +216,30 @@ func checkFlags(maxOrdinals int, apiQPS float64, apiBurst int, loopQPS float64, 
 			return fmt.Errorf("--%s-burst %d: want at least 1", f.name, f.burst)
 		}
 	}
+	return nil
+}
+
+// checkFiles is the rest of the check mode: the files the start-up and the reconcile loop read,
+// and what they would refuse after contacting the apiserver.
+func checkFiles(sc *serving.Config, kubeconfig, dateraCA, clusterID string, reconcileOn bool, leaseNS string) error {
+	if err := sc.CheckFiles(); err != nil {
+		return err
+	}
+	if err := serving.CheckCAFile("--datera-ca-file", dateraCA); err != nil {
+		return err
+	}
+	if err := serving.CheckKubeconfig(kubeconfig); err != nil {
+		return err
+	}
+	if clusterID != "" {
+		if _, err := mutate.VolumeID(clusterID, "ns", "claim"); err != nil {
+			return fmt.Errorf("--cluster-id: %w", err)
+		}
+	}
+	if reconcileOn && leaseNS == "" {
+		return errors.New("--lease-namespace (or $POD_NAMESPACE) is required with --reconcile: it holds the loop's leader-election Lease")
+	}
+	fmt.Println("webhook: check passed: the flags and the files they name are valid")
 	return nil
 }
 

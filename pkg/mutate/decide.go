@@ -60,6 +60,15 @@ type Config struct {
 	// for an ordinal >= MaxOrdinals, and the webhook denies a StatefulSet whose ordinals reach
 	// past it. Zero or less means DefaultMaxOrdinals.
 	MaxOrdinals int
+	// SchedulerName, when set, is written into the pod template of every StatefulSet the
+	// webhook mutates, unless the template names a scheduler other than the default one
+	// (PodTemplatePatch). Set in the secondary-scheduler mode, where the scheduler that calls
+	// the extender is not the cluster's default.
+	SchedulerName string
+	// ManagedResource, when set, is an extended resource the patch requests (and limits) 1 of
+	// in the first container of every mutated StatefulSet's pod template, so a scheduler whose
+	// extender entry manages it calls the extender for pets only (PodTemplatePatch).
+	ManagedResource string
 }
 
 // DefaultMaxOrdinals is the ordinal ceiling when Config.MaxOrdinals is not set: far above any
@@ -133,6 +142,8 @@ type Plan struct {
 	NamespaceUID string
 	StatefulSet  string
 	Templates    []TemplatePlan // only the Datera-bound ones, in template order
+	// SchedulerName and ManagedResource are Config's, for the pod template (PodTemplatePatch).
+	SchedulerName, ManagedResource string
 }
 
 // Decide finds the Datera-bound claim templates of a StatefulSet and resolves their options.
@@ -143,7 +154,8 @@ type Plan struct {
 // An invalid option is an error naming the field and the allowed values.
 func Decide(cfg Config, in Input) (Plan, error) {
 	sts := in.StatefulSet
-	p := Plan{Namespace: sts.Namespace, NamespaceUID: in.NamespaceUID, StatefulSet: sts.Name}
+	p := Plan{Namespace: sts.Namespace, NamespaceUID: in.NamespaceUID, StatefulSet: sts.Name,
+		SchedulerName: cfg.SchedulerName, ManagedResource: cfg.ManagedResource}
 	if sts.Labels[InjectLabel] == "disabled" {
 		return p, nil
 	}

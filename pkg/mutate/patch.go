@@ -95,6 +95,11 @@ func (p Plan) Patch(raw []byte, sts *appsv1.StatefulSet) ([]byte, error) {
 			}
 		}
 	}
+	podOps, err := p.podTemplateOps(doc.Spec)
+	if err != nil {
+		return nil, err
+	}
+	ops = append(ops, podOps...)
 	if len(ops) == 0 {
 		return nil, nil
 	}
@@ -109,9 +114,21 @@ func (p Plan) Patch(raw []byte, sts *appsv1.StatefulSet) ([]byte, error) {
 // decoded with sigs.k8s.io/json: member names match exactly (encoding/json would also match
 // "Spec" or "SPEC"), as they must for the paths of a JSON Patch.
 type rawStatefulSet struct {
-	Spec *struct {
-		VolumeClaimTemplates []*rawTemplate `json:"volumeClaimTemplates"`
-	} `json:"spec"`
+	Spec *rawStatefulSetSpec `json:"spec"`
+}
+
+type rawStatefulSetSpec struct {
+	VolumeClaimTemplates []*rawTemplate `json:"volumeClaimTemplates"`
+	Template             *struct {
+		Spec *struct {
+			SchedulerName any             `json:"schedulerName"`
+			Containers    []*rawContainer `json:"containers"`
+		} `json:"spec"`
+	} `json:"template"`
+}
+
+type rawContainer struct {
+	Resources map[string]json.RawMessage `json:"resources"` // nil when absent or null
 }
 
 type rawTemplate struct {

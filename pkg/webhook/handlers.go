@@ -69,6 +69,10 @@ func (s *Server) admitStatefulSet(r *http.Request, req *admissionv1.AdmissionReq
 		if patch, err = plan.Patch(req.Object.Raw, &sts); err != nil {
 			return errored(http.StatusInternalServerError, fmt.Errorf("petfabric: %w", err))
 		}
+		if other, kept := plan.OtherScheduler(&sts.Spec.Template); kept {
+			s.logger(r.Context()).Info("pod template names another scheduler: left as is, its pods are placed without the extender",
+				"statefulset", plan.Namespace+"/"+plan.StatefulSet, "schedulerName", other, "wanted", plan.SchedulerName)
+		}
 	}
 	out := patched(patch)
 	if isDryRun(req) || count(fresh) == 0 {
