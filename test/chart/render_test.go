@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -38,20 +39,25 @@ func ciFile(name string) string {
 	return filepath.Join(helmchart.ChartDir(), "ci", name+"-values.yaml")
 }
 
-// render renders with ci/<name>-values.yaml (name "" for the chart's defaults) plus values.
+// renders caches manifests by ci file and values: many tests look at the same rendering.
+var renders sync.Map
+
+// render renders with ci/<name>-values.yaml (name "" for the chart's defaults) plus values
+// (applied after the ci file), and decodes the objects afresh for the caller.
 func render(t *testing.T, name, values string) []*unstructured.Unstructured {
 	t.Helper()
+	key := name + "\x00" + values
+	if out, ok := renders.Load(key); ok {
+		return helmchart.Objects(t, out.(string))
+	}
 	var args []string
 	if name != "" {
 		args = []string{"--values", ciFile(name)}
 	}
-	// --values files apply in order: the ci file first, then the test's own values.
-	if values != "" {
-		out, err := helmchart.Template(t, values, args...)
-		require.NoError(t, err)
-		return helmchart.Objects(t, out)
-	}
-	return helmchart.Objects(t, helmchart.Render(t, "", args...))
+	out, err := helmchart.Template(t, values, args...)
+	require.NoError(t, err)
+	renders.Store(key, out)
+	return helmchart.Objects(t, out)
 }
 
 // decode converts the object of kind and name into into, failing the test when it is absent.
