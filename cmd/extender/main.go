@@ -37,11 +37,11 @@ import (
 func main() {
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "extender:", err)
-		os.Exit(1)
+		os.Exit(serving.ExitCode(err))
 	}
 }
 
-func run(args []string) error {
+func run(args []string) (err error) {
 	fs := flag.NewFlagSet("extender", flag.ContinueOnError)
 	sc := serving.Config{Listen: ":8443", HealthListen: ":8080", ShutdownTimeout: 10 * time.Second}
 	sc.AddFlags(fs)
@@ -67,8 +67,17 @@ func run(args []string) error {
 		requeueCoalesce = fs.Duration("requeue-trigger-coalesce", extender.DefaultRequeueCoalesce, "how long recoveries are gathered into one trigger write")
 		requeueInterval = fs.Duration("requeue-trigger-min-interval", extender.DefaultRequeueMinInterval, "least time between two trigger writes (the rate limit)")
 	)
+	check := fs.Bool("check", false, "check mode: validate the flags and the files they name (TLS pair, client CA, kubeconfig) without contacting anything; exit 0, or print the problem and exit 2")
 	if err := fs.Parse(args); err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return serving.Refuse(err)
+	}
+	if *check {
+		// Check mode runs the start-up below up to its first network call: any refusal on
+		// the way is a refused flag set (exit 2).
+		defer func() { err = serving.Refuse(err) }()
 	}
 	if *showVersion {
 		fmt.Println(version.String("extender"))
@@ -103,6 +112,16 @@ func run(args []string) error {
 	}
 	if *namespace == "" {
 		return errors.New("--namespace (or $POD_NAMESPACE) is required: it holds the node report Leases")
+	}
+	if *check {
+		if err := sc.CheckFiles(); err != nil {
+			return err
+		}
+		if err := serving.CheckKubeconfig(*kubeconfig); err != nil {
+			return err
+		}
+		fmt.Println("extender: check passed: the flags and the files they name are valid")
+		return nil
 	}
 	cfg, err := clientcmd.BuildConfigFromFlags("", *kubeconfig)
 	if err != nil {
