@@ -38,6 +38,13 @@ build:
 	$(GO) build ./...
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/webhook ./cmd/extender ./cmd/flex
 
+## image: the container image (webhook, extender and flex, static, non-root user 65532) as an
+## OCI image layout (bin/image/oci) and a `docker load`-able tarball (bin/image/petfabric-image.tar),
+## built without a container daemon by hack/image; the Dockerfile builds the same for docker users.
+.PHONY: image
+image:
+	$(GO) run ./hack/image -out bin -version "$(VERSION)" -ldflags "$(LDFLAGS)"
+
 lint: fmt vet staticcheck tidy doccheck
 
 fmt:
