@@ -1,9 +1,13 @@
 package chart
 
 import (
+	"context"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -14,6 +18,8 @@ import (
 	schedulerv1 "k8s.io/kube-scheduler/config/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/petfabric/petfabric/internal/testenv"
+	"github.com/petfabric/petfabric/internal/testpki"
 	"github.com/petfabric/petfabric/pkg/extender"
 	"github.com/petfabric/petfabric/test/helmchart"
 )
@@ -215,5 +221,70 @@ func TestExtender(t *testing.T) {
 	decode(t, objs, "Role", extenderName, &role)
 	for _, r := range role.Rules {
 		assert.NotContains(t, r.Resources, "csistoragecapacities")
+	}
+}
+
+// kubeScheduler returns the pinned kube-scheduler, or fails (make test) / skips without it.
+func kubeScheduler(t *testing.T) string {
+	t.Helper()
+	dir := os.Getenv("PETFABRIC_K8S_BIN")
+	if dir == "" {
+		home, err := os.UserHomeDir()
+		require.NoError(t, err)
+		cache := os.Getenv("PETFABRIC_CACHE")
+		if cache == "" {
+			cache = filepath.Join(home, ".cache", "petfabric")
+		}
+		dir = filepath.Join(cache, "bin", "k8s-"+helmchart.KubeVersion(t))
+	}
+	bin := filepath.Join(dir, "kube-scheduler")
+	if _, err := os.Stat(bin); err != nil {
+		testenv.Missing(t, "pinned kube-scheduler ("+bin+")")
+	}
+	return bin
+}
+
+// TestKubeSchedulerAcceptsConfiguration: the pinned kube-scheduler loads each rendered
+// configuration, validates it and builds its extender (reading the CA), then writes the
+// configuration it would run with (--write-config-to) and exits. The files the configuration
+// names on a control-plane node (kubeconfig, CA) are stand-ins in a temp directory.
+func TestKubeSchedulerAcceptsConfiguration(t *testing.T) {
+	bin := kubeScheduler(t)
+	ca, err := testpki.NewCA("petfabric-scheduler-test-ca")
+	require.NoError(t, err)
+	for _, ci := range []string{"default", "hostnetwork-extender", "secondary-scheduler", "provided-cabundle"} {
+		t.Run(ci, func(t *testing.T) {
+			dir := t.TempDir()
+			caFile := filepath.Join(dir, "ca.crt")
+			require.NoError(t, os.WriteFile(caFile, ca.CertPEM, 0o600))
+			kubeconfig := filepath.Join(dir, "kubeconfig")
+			require.NoError(t, os.WriteFile(kubeconfig, []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: u, user: {token: unused}}]
+contexts: [{name: c, context: {cluster: c, user: u}}]
+current-context: c
+`), 0o600))
+			cfg := schedulerConfig(t, render(t, ci, ""))
+			cfg.ClientConnection.Kubeconfig = kubeconfig
+			if tls := cfg.Extenders[0].TLSConfig; tls.CAFile != "" {
+				tls.CAFile = caFile
+			}
+			b, err := yaml.Marshal(cfg)
+			require.NoError(t, err)
+			in, out := filepath.Join(dir, "config.yaml"), filepath.Join(dir, "written.yaml")
+			require.NoError(t, os.WriteFile(in, b, 0o600))
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			res, err := exec.CommandContext(ctx, bin, "--config="+in, "--write-config-to="+out).CombinedOutput()
+			require.NoError(t, err, "kube-scheduler refused the configuration:\n%s", res)
+			written, err := os.ReadFile(out)
+			require.NoError(t, err)
+			var got schedulerv1.KubeSchedulerConfiguration
+			require.NoError(t, yaml.Unmarshal(written, &got))
+			require.Len(t, got.Extenders, 1)
+			assert.Equal(t, cfg.Extenders[0].URLPrefix, got.Extenders[0].URLPrefix)
+			assert.Equal(t, cfg.Extenders[0].ManagedResources, got.Extenders[0].ManagedResources)
+		})
 	}
 }
