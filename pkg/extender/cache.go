@@ -84,7 +84,8 @@ func NewCache(client kubernetes.Interface, namespace string, log *slog.Logger, o
 	// Managed fields are large and never read here; dropping them halves the memory of a
 	// cache of thousands of claims and volumes.
 	strip := cachetransform.Option()
-	all := informers.NewSharedInformerFactoryWithOptions(client, 0, strip)
+	// Claims and volumes are cut down to the fields the decisions read (SlimObject).
+	all := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(SlimObject))
 	leases := informers.NewSharedInformerFactoryWithOptions(client, 0, strip,
 		informers.WithNamespace(namespace),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = ReportLeaseSelector.String() }))

@@ -127,6 +127,11 @@ func Filter(now time.Time, vols []Volume, nodes []string, st State, policy Porta
 	c := checker{now: now, vols: vols, refs: backstoreRefs(vols, st), held: liveHolders(now, vols, st),
 		notProbed: make([]string, len(vols)), st: st, policy: policy}
 	var counts [len(reasonOrder)]int
+	type failure struct {
+		node int
+		msg  string
+	}
+	var failures []failure // collected first, so that the map is made once at its size
 	for i, node := range nodes {
 		reason, msg := c.node(node)
 		counts[reason]++
@@ -134,10 +139,13 @@ func Filter(now time.Time, vols []Volume, nodes []string, st State, policy Porta
 			d.Pass = append(d.Pass, i)
 			continue
 		}
-		if d.Failed == nil {
-			d.Failed = make(map[string]string, len(nodes)-i)
+		failures = append(failures, failure{i, msg})
+	}
+	if len(failures) > 0 {
+		d.Failed = make(map[string]string, len(failures))
+		for _, f := range failures {
+			d.Failed[nodes[f.node]] = f.msg
 		}
-		d.Failed[node] = msg
 	}
 	d.Reasons = make(map[Reason]int, len(reasonOrder))
 	for r, n := range counts {

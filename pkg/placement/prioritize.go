@@ -1,6 +1,8 @@
 package placement
 
 import (
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -107,21 +109,31 @@ func siblingNodes(vols []Volume, st State) map[string]int {
 	if !pet.Valid() {
 		return nil
 	}
-	perNode := map[string]map[int]struct{}{}
+	// (node, ordinal) pairs, sorted, then the distinct ordinals counted per node: three
+	// allocations however many nodes hold pets.
+	type held struct {
+		node    string
+		ordinal int
+	}
+	var pairs []held
 	for _, pv := range st.PetVolumes(pet.Namespace, pet.StatefulSet) {
 		if pv.Ordinal == pet.Ordinal {
 			continue
 		}
 		for _, node := range st.Holders(pv.VolumeID) {
-			if perNode[node] == nil {
-				perNode[node] = map[int]struct{}{}
-			}
-			perNode[node][pv.Ordinal] = struct{}{}
+			pairs = append(pairs, held{node, pv.Ordinal})
 		}
 	}
-	out := make(map[string]int, len(perNode))
-	for node, ords := range perNode {
-		out[node] = len(ords)
+	slices.SortFunc(pairs, func(a, b held) int {
+		if c := strings.Compare(a.node, b.node); c != 0 {
+			return c
+		}
+		return a.ordinal - b.ordinal
+	})
+	pairs = slices.Compact(pairs)
+	out := make(map[string]int, len(pairs))
+	for _, p := range pairs {
+		out[p.node]++
 	}
 	return out
 }
