@@ -345,4 +345,3 @@ func reissue(ctx context.Context, t *testing.T, cm cmclient.Interface, name stri
 	})
 	require.NoError(t, err, "trigger re-issue of Certificate %s", name)
 }
-
