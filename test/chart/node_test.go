@@ -94,7 +94,7 @@ func TestNodeDaemonSet(t *testing.T) {
 // that reads them on the node (pkg/flex.LoadConfig, pkg/agent.LoadBackstores), and the
 // driver's state directory is the one the agent is given.
 func TestNodeConfigLoads(t *testing.T) {
-	objs := render(t, "default", "node:\n  stateDir: /srv/petfabric/state\n  config:\n    allowedBackstores: ['datera.example.com:443']\n    multipath: 'off'\n")
+	objs := render(t, "default", "node:\n  stateDir: /srv/petfabric/state\n  config:\n    allowedBackstores: ['datera.example.com:7718']\n    multipath: 'off'\n")
 	var cm corev1.ConfigMap
 	decode(t, objs, "ConfigMap", "petfabric-node", &cm)
 	dir := t.TempDir()
@@ -104,7 +104,7 @@ func TestNodeConfigLoads(t *testing.T) {
 	t.Setenv(flex.EnvStateDir, "")
 	cfg, err := flex.LoadConfig()
 	require.NoError(t, err, "flex.json:\n%s", cm.Data["flex.json"])
-	assert.Equal(t, []string{"datera.example.com:443"}, cfg.AllowedBackstores)
+	assert.Equal(t, []string{"datera.example.com:7718"}, cfg.AllowedBackstores)
 	assert.Equal(t, "/srv/petfabric/state", cfg.StateDir)
 	assert.Equal(t, "/etc/iscsi/initiatorname.iscsi", cfg.InitiatorNameFile)
 

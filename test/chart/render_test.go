@@ -21,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/petfabric/petfabric/pkg/mutate"
+	"github.com/petfabric/petfabric/pkg/pvoptions"
 	"github.com/petfabric/petfabric/pkg/webhook"
 	"github.com/petfabric/petfabric/test/helmchart"
 )
@@ -468,9 +469,15 @@ func TestStorageClasses(t *testing.T) {
 	var sc storagev1.StorageClass
 	decode(t, objs, "StorageClass", "datera-gold", &sc)
 	assert.Equal(t, mutate.Provisioner, sc.Provisioner)
+	for _, f := range ciValues(t) {
+		for _, o := range helmchart.OfKind(helmchart.Objects(t, helmchart.Render(t, "", "--values", f)), "StorageClass") {
+			server, _, _ := unstructured.NestedString(o.Object, "parameters", "backstoreServer")
+			assert.True(t, pvoptions.ValidBackstoreServer(server), "%s: class %s: backstoreServer %q is not one the webhook accepts", filepath.Base(f), o.GetName(), server)
+		}
+	}
 	assert.Equal(t, storagev1.VolumeBindingWaitForFirstConsumer, *sc.VolumeBindingMode)
 	assert.Equal(t, corev1.PersistentVolumeReclaimRetain, *sc.ReclaimPolicy)
-	assert.Equal(t, map[string]string{"backstoreServer": "datera.example.com:443", "fsType": "xfs", "replica": "3",
+	assert.Equal(t, map[string]string{"backstoreServer": "datera.example.com:7718", "fsType": "xfs", "replica": "3",
 		"secretName": "petfabric-datera", "secretNamespace": ns}, sc.Parameters)
 	var secret corev1.Secret
 	decode(t, objs, "Secret", "petfabric-datera", &secret)
