@@ -31,6 +31,10 @@ petfabric {{ .Chart.AppVersion }} is installed in namespace {{ $ns }}.
      kubectl -n {{ $ns }} rollout status deployment/{{ .Values.scheduler.secondary.name }}
 {{- else }}
    Wire the scheduler configuration into your control plane (README: "Scheduler wiring"):
+{{- if ne .Values.scheduler.mode "DaemonSet" }}
+   (It calls the extender's Service by its cluster DNS name; a kubeadm kube-scheduler on the
+   host network usually cannot resolve it: use scheduler.mode=DaemonSet there.)
+{{- end }}
      kubectl -n {{ $ns }} get configmap {{ $fullname }}-scheduler -o jsonpath='{.data.scheduler-config\.yaml}'
 {{- if not .Values.tls.caBundle }}
    and copy the extender's CA to {{ .Values.scheduler.caFile }} on every control-plane node:
