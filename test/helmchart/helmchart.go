@@ -147,7 +147,7 @@ func TemplateArgs(t testing.TB) []string {
 }
 
 // Template renders the chart with valuesYAML (may be empty) and extra helm arguments (e.g.
-// "--values", "ci/x-values.yaml" or "--set", "k=v"), returning the manifests.
+// "--values" with a file of charts/petfabric/ci, or "--set", "k=v"), returning the manifests.
 func Template(t testing.TB, valuesYAML string, args ...string) (string, error) {
 	t.Helper()
 	return Run(t, valuesYAML, append(TemplateArgs(t), args...)...)
