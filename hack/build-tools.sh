@@ -43,7 +43,8 @@ sumkey() { sha256sum "$1" | cut -c1-16; }
 
 build_k8s() {
   local dir=$BIN/k8s-$K8S_VERSION key
-  key="$K8S_VERSION $GO_VERSION $(sumkey "$HACK/k8s/go.sum")"
+  # fakecri is our own source in the wrapper module: its files are part of the key.
+  key="$K8S_VERSION $GO_VERSION $(sumkey "$HACK/k8s/go.sum") $(cat "$HACK"/k8s/fakecri/*.go | sha256sum | cut -c1-16)"
   if fresh "$dir" "$key"; then log "k8s $K8S_VERSION: cached in $dir"; return; fi
   mkdir -p "$dir"
   local major=${K8S_VERSION#v}; major=${major%%.*}

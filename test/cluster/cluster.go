@@ -139,6 +139,7 @@ func New(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if opts.StartTimeout == 0 {
 		opts.StartTimeout = 90 * time.Second
 	}
+	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, opts.StartTimeout)
 	defer cancel()
 
@@ -166,6 +167,19 @@ func New(ctx context.Context, opts Options) (_ *Cluster, err error) {
 			_ = c.Stop()
 		}
 	}()
+	if len(opts.Kubelets) > 0 {
+		// Wait for another test binary's kubelets before the start-up clock runs.
+		if err := c.lockHost(parent); err != nil {
+			return nil, err
+		}
+		if waited := time.Since(began); waited > time.Second {
+			logf("cluster: waited %s for another test's kubelet nodes to stop", waited.Round(time.Millisecond))
+		}
+		cancel()
+		began = time.Now()
+		ctx, cancel = context.WithTimeout(parent, opts.StartTimeout)
+		defer cancel()
+	}
 
 	ports, err := pickPorts(opts.APIServerPort)
 	if err != nil {

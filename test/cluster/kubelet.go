@@ -191,16 +191,9 @@ func (c *Cluster) StartKubelets(ctx context.Context, specs ...KubeletSpec) ([]*K
 	if err := c.Bin.checkKubelet(); err != nil {
 		return nil, err
 	}
-	c.kubeletMu.Lock()
-	if c.host == nil {
-		h, err := acquireHost(ctx)
-		if err != nil {
-			c.kubeletMu.Unlock()
-			return nil, err
-		}
-		c.host = h
+	if err := c.lockHost(ctx); err != nil {
+		return nil, err
 	}
-	c.kubeletMu.Unlock()
 	var out []*Kubelet
 	for _, s := range specs {
 		k, err := c.startKubelet(ctx, s)
@@ -210,6 +203,26 @@ func (c *Cluster) StartKubelets(ctx context.Context, specs ...KubeletSpec) ([]*K
 		out = append(out, k)
 	}
 	return out, nil
+}
+
+// kubeletLockWait bounds the wait for another test binary's kubelets to stop.
+const kubeletLockWait = 15 * time.Minute
+
+// lockHost takes the host-wide kubelet lock for this cluster, once, and records the host state.
+func (c *Cluster) lockHost(ctx context.Context) error {
+	c.kubeletMu.Lock()
+	defer c.kubeletMu.Unlock()
+	if c.host != nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, kubeletLockWait)
+	defer cancel()
+	h, err := acquireHost(ctx)
+	if err != nil {
+		return err
+	}
+	c.host = h
+	return nil
 }
 
 func (c *Cluster) startKubelet(ctx context.Context, s KubeletSpec) (*Kubelet, error) {

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/mount-utils"
@@ -156,6 +157,19 @@ func TestKubeletNodeLeavesHostAsFound(t *testing.T) {
 	assert.GreaterOrEqual(t, tmpfs, 2, "the pod's memory emptyDir and service-account token are tmpfs mounts: %v", during.mounts)
 	assert.NotZero(t, k.Pid())
 	assert.NotEmpty(t, during.procs)
+
+	// Deleting the pod removes its container: kubelet then deletes the container's log files
+	// ("<log path>*"), so the fake runtime must report a log path, or kubelet deletes every file
+	// in its working directory (the cluster dir).
+	canary := filepath.Join(dir, "canary")
+	require.NoError(t, os.WriteFile(canary, []byte("kept"), 0o644))
+	require.NoError(t, c.Client.CoreV1().Pods("default").Delete(ctx, "vols", metav1.DeleteOptions{}))
+	require.NoError(t, wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		_, err := c.Client.CoreV1().Pods("default").Get(ctx, "vols", metav1.GetOptions{})
+		return apierrors.IsNotFound(err), nil
+	}), "the pod was never deleted")
+	assert.FileExists(t, canary, "kubelet removed the container's logs only")
+	assert.FileExists(t, filepath.Join(dir, "admin.kubeconfig"))
 
 	stopped := time.Now()
 	require.NoError(t, c.Stop())

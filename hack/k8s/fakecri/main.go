@@ -7,15 +7,19 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
+	"google.golang.org/grpc"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 	"k8s.io/cri-client/pkg/fake"
+	"k8s.io/cri-client/pkg/util"
 )
 
 func main() {
@@ -49,10 +53,23 @@ func run(endpoint, root string) error {
 	rt.RuntimeService.Lock()
 	rt.RuntimeService.FakeLinuxConfiguration = &runtimeapi.LinuxRuntimeConfiguration{CgroupDriver: runtimeapi.CgroupDriver_CGROUPFS}
 	rt.RuntimeService.Unlock()
-	if err := rt.Start(endpoint); err != nil {
-		return err
+	// Served through logPaths rather than rt.Start, whose server would answer with the fake's
+	// own CreateContainer (see logPaths).
+	rt.RuntimeService.Lock()
+	rt.RuntimeService.FakeStatus = &runtimeapi.RuntimeStatus{Conditions: []*runtimeapi.RuntimeCondition{
+		{Type: runtimeapi.RuntimeReady, Status: true}, {Type: runtimeapi.NetworkReady, Status: true},
+	}}
+	rt.RuntimeService.Unlock()
+	l, err := util.CreateListener(endpoint)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", endpoint, err)
 	}
-	defer rt.Stop()
+	srv := grpc.NewServer()
+	svc := logPaths{RemoteRuntime: rt, root: root}
+	runtimeapi.RegisterRuntimeServiceServer(srv, svc)
+	runtimeapi.RegisterImageServiceServer(srv, svc)
+	go func() { _ = srv.Serve(l) }()
+	defer srv.Stop()
 
 	// The fakes record every call in Called and never forget it; kubelet polls several times a
 	// second, so clear the records now and then to keep memory flat.
@@ -75,4 +92,30 @@ func run(endpoint, root string) error {
 			rt.ImageService.SetFakeContainerFilesystemUsage(usage())
 		}
 	}
+}
+
+// logPaths is the fake runtime with a log path for every container. The fake reports none, and
+// kubelet, removing a container, deletes "<log path>*": with an empty path that is every file
+// in kubelet's working directory. Here each container's log path is the one kubelet asked for
+// (the sandbox's log directory joined with the container's log path), or a file under root.
+type logPaths struct {
+	*fake.RemoteRuntime
+	root string
+}
+
+func (s logPaths) CreateContainer(ctx context.Context, req *runtimeapi.CreateContainerRequest) (*runtimeapi.CreateContainerResponse, error) {
+	resp, err := s.RemoteRuntime.CreateContainer(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	path := filepath.Join(req.GetSandboxConfig().GetLogDirectory(), req.GetConfig().GetLogPath())
+	if !filepath.IsAbs(path) || req.GetConfig().GetLogPath() == "" {
+		path = filepath.Join(s.root, "fakecri-logs", resp.ContainerId+".log")
+	}
+	s.RuntimeService.Lock()
+	if c, ok := s.RuntimeService.Containers[resp.ContainerId]; ok {
+		c.LogPath = path
+	}
+	s.RuntimeService.Unlock()
+	return resp, nil
 }
