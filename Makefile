@@ -91,6 +91,7 @@ bench:
 	PETFABRIC_STRICT=1 $(GO) test -run '^$$' -bench RoundTrip -cpu 1 ./pkg/datera/
 	PETFABRIC_STRICT=1 $(GO) test -run '^$$' -bench StatefulSetCreate -benchtime 100x ./test/e2e/
 	PETFABRIC_STRICT=1 $(GO) test -run '^$$' -bench ClaimsBound100 -benchtime 1x -timeout 20m ./test/e2e/
+	PETFABRIC_STRICT=1 $(GO) test -run '^$$' -bench CacheRSS -benchtime 1x -timeout 60m ./test/e2e/
 
 clean:
 	rm -rf bin .cache
