@@ -365,19 +365,20 @@ func BenchmarkRows(b *testing.B) {
 	const workers = 4
 	for _, sh := range shapes {
 		body := sh.body()
-		r := &row{name: fmt.Sprintf("%s (%.1f MB)", sh.name, float64(len(body))/1e6)}
+		r := &row{name: fmt.Sprintf("%s (%d kB)", sh.name, len(body)/1000)}
 		rows = append(rows, r)
 		b.Run(sh.name+"/floor-encoding-json", func(b *testing.B) { r.floor = load(b, floorSrv.URL, body, workers) })
 		b.Run(sh.name+"/noop", func(b *testing.B) { r.noop = load(b, noopSrv.URL, body, workers) })
 		b.Run(sh.name+"/petfabric-filter", func(b *testing.B) { r.extender = load(b, srv.URL+FilterPath, body, workers) })
 	}
+	ms := func(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
 	cell := func(l loadResult) string {
-		return fmt.Sprintf("%8.0f req/s p50 %7s p99 %7s", l.rps, l.p50.Round(10*time.Microsecond), l.p99.Round(10*time.Microsecond))
+		return fmt.Sprintf("%8.1f req/s p50 %10s p99 %10s", l.rps, ms(l.p50), ms(l.p99))
 	}
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "\n%-22s | %-38s | %-38s | %-38s | %s\n", "request", "encoding/json floor", "no-op handler", "petfabric filter", "petfabric vs floor req/s, vs no-op p99")
+	fmt.Fprintf(&sb, "\n%-26s | %-44s | %-44s | %-44s | %s\n", "request", "encoding/json floor", "no-op handler", "petfabric filter", "petfabric req/s ÷ floor's, p99 ÷ no-op's")
 	for _, r := range rows {
-		fmt.Fprintf(&sb, "%-22s | %s | %s | %s | %.2f×, %.2f×\n", r.name, cell(r.floor), cell(r.noop), cell(r.extender),
+		fmt.Fprintf(&sb, "%-26s | %s | %s | %s | %.2f×, %.2f×\n", r.name, cell(r.floor), cell(r.noop), cell(r.extender),
 			r.extender.rps/r.floor.rps, float64(r.extender.p99)/float64(r.noop.p99))
 	}
 	// Printed, not logged: a parent benchmark's log only shows with -v.
