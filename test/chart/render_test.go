@@ -483,6 +483,15 @@ func TestStorageClasses(t *testing.T) {
 	decode(t, objs, "Secret", "petfabric-datera", &secret)
 	assert.Equal(t, map[string]string{"username": "admin", "password": "secret"}, secret.StringData)
 
+	// Defaults of a class given only its name and backstoreServer.
+	objs = render(t, "", "storageClasses: [{name: plain, backstoreServer: 'd.example.com:7717'}]\ndatera: {username: u, password: p}\n")
+	decode(t, objs, "StorageClass", "plain", &sc)
+	assert.Equal(t, storagev1.VolumeBindingWaitForFirstConsumer, *sc.VolumeBindingMode)
+	assert.Equal(t, corev1.PersistentVolumeReclaimRetain, *sc.ReclaimPolicy)
+	assert.False(t, *sc.AllowVolumeExpansion)
+	assert.Equal(t, "xfs", sc.Parameters["fsType"])
+	assert.Equal(t, "3", sc.Parameters["replica"])
+
 	// An existing Secret: none rendered, the classes and the webhook's Role name it.
 	objs = render(t, "existing-issuer", "")
 	assert.Empty(t, helmchart.OfKind(objs, "Secret"))
