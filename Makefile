@@ -85,13 +85,41 @@ gotest:
 
 ## bench: the benchmarks whose figures go into the issue notes (each compares with a baseline
 ## measured in the same run). The e2e ones start their own control plane, so their iteration
-## counts are fixed instead of grown by the benchmark loop.
+## counts are fixed instead of grown by the benchmark loop. Every line's output is kept in
+## $(BENCH_LOG); a failing line does not stop the others (make prints "ignored"), and the run
+## ends with hack/benchtable's table (figure, value, baseline, ratio, goal), also written to
+## $(BENCH_JSON); it exits 1 when go test reported a failure or a row is missing. Its rows are
+## listed in hack/benchtable/rows.go: a new row is a benchmark here plus a Spec there.
+BENCH_DIR     ?= $(CURDIR)/.cache/bench
+BENCH_LOG     ?= $(BENCH_DIR)/bench.txt
+BENCH_JSON    ?= $(CURDIR)/bench.json
+BENCH_TEE     := 2>&1 | tee -a $(BENCH_LOG)
+
 bench:
-	PETFABRIC_STRICT=1 $(GO) test -p 1 -run '^$$' -bench . -benchmem ./pkg/... ./cmd/...
-	PETFABRIC_STRICT=1 $(GO) test -run '^$$' -bench RoundTrip -cpu 1 ./pkg/datera/
-	PETFABRIC_STRICT=1 $(GO) test -run '^$$' -bench StatefulSetCreate -benchtime 100x ./test/e2e/
-	PETFABRIC_STRICT=1 $(GO) test -run '^$$' -bench ClaimsBound100 -benchtime 1x -timeout 20m ./test/e2e/
-	PETFABRIC_STRICT=1 $(GO) test -run '^$$' -bench CacheRSS -benchtime 1x -timeout 60m ./test/e2e/
+	@mkdir -p $(BENCH_DIR) && : > $(BENCH_LOG)
+	-PETFABRIC_STRICT=1 $(GO) test -p 1 -run '^$$' -bench . -benchmem ./pkg/... ./cmd/... $(BENCH_TEE)
+	-PETFABRIC_STRICT=1 $(GO) test -run '^$$' -bench RoundTrip -cpu 1 ./pkg/datera/ $(BENCH_TEE)
+	-PETFABRIC_STRICT=1 $(GO) test -run '^$$' -bench StatefulSetCreate -benchtime 100x ./test/e2e/ $(BENCH_TEE)
+	-PETFABRIC_STRICT=1 $(GO) test -run '^$$' -bench ClaimsBound100 -benchtime 1x -timeout 20m ./test/e2e/ $(BENCH_TEE)
+	-PETFABRIC_STRICT=1 $(GO) test -run '^$$' -bench BindingModes100 -benchtime 1x -timeout 30m ./test/e2e/ $(BENCH_TEE)
+	-PETFABRIC_STRICT=1 $(GO) test -run '^$$' -bench RecoveryRequeue -benchtime 1x -timeout 30m ./test/e2e/extender/ $(BENCH_TEE)
+	-PETFABRIC_STRICT=1 $(GO) test -run '^$$' -bench KubeletPodRunning -benchtime 1x -timeout 20m ./test/e2e/kubelet/ $(BENCH_TEE)
+	-PETFABRIC_STRICT=1 $(GO) test -run '^$$' -bench CacheRSS -benchtime 1x -timeout 60m ./test/e2e/ $(BENCH_TEE)
+	@$(MAKE) --no-print-directory bench-table
+
+## bench-table: the table and $(BENCH_JSON) from the output make bench kept in $(BENCH_LOG)
+## (again, e.g. after a run that stopped; a partial log: BENCH_TABLE_FLAGS=-allow-missing).
+.PHONY: bench-table bench-compare
+BENCH_TABLE_FLAGS ?=
+bench-table:
+	$(GO) run ./hack/benchtable table -in $(BENCH_LOG) -json $(BENCH_JSON) $(BENCH_TABLE_FLAGS) \
+	  -commit "$$(git rev-parse HEAD 2>/dev/null || echo unknown)" -version "$(VERSION)"
+
+## bench-compare: OLD=a.json NEW=b.json prints each row's NEW/OLD and flags (exit 1) rows
+## more than 10% worse in their unit's direction (rates lower, times/bytes/counts higher).
+bench-compare:
+	@[[ -n "$(OLD)" && -n "$(NEW)" ]] || { echo "usage: make bench-compare OLD=old-bench.json NEW=new-bench.json"; exit 2; }
+	$(GO) run ./hack/benchtable compare $(OLD) $(NEW)
 
 clean:
 	rm -rf bin .cache
