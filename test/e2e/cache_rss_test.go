@@ -122,6 +122,16 @@ func measureCacheRSS(tb testing.TB, reports, pets int) (extenderPerPet, webhookP
 	tb.Logf("  %-36s %12s %12s", fmt.Sprintf("+ %d pets (PV + claim)", pets), mib(ext2), mib(wh2))
 	tb.Logf("  %-36s %12.0f %12.0f", "bytes per node report", per(ext0, ext1, reports), per(wh0, wh1, reports))
 	tb.Logf("  %-36s %12.0f %12.0f", "bytes per pet (PV + claim)", extenderPerPet, webhookPerPet)
+	if b, ok := tb.(*testing.B); ok {
+		// make bench's table: full caches against the empty cluster of the same run.
+		rssMiB := func(v uint64) float64 { return float64(v) / (1 << 20) }
+		b.ReportMetric(rssMiB(ext2), "extender-rss-MiB")
+		b.ReportMetric(rssMiB(ext0), "extender-empty-rss-MiB")
+		b.ReportMetric(rssMiB(wh2), "webhook-rss-MiB")
+		b.ReportMetric(rssMiB(wh0), "webhook-empty-rss-MiB")
+		b.ReportMetric(extenderPerPet, "extender-B/pet")
+		b.ReportMetric(webhookPerPet, "webhook-B/pet")
+	}
 	return extenderPerPet, webhookPerPet
 }
 
