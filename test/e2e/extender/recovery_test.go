@@ -14,6 +14,7 @@ import (
 	storagev1 "k8s.io/api/storage/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/ptr"
 
@@ -93,6 +94,30 @@ func startRecovery(tb testing.TB, requeue bool, claims int) *recoveryEnv {
 // or cap when it is still pending then.
 func (e *recoveryEnv) recover(tb testing.TB, i int, limit time.Duration) time.Duration {
 	tb.Helper()
+	name := e.reject(tb, i)
+	e.Report(tb, recoveryNodes[0], backstore, reachable, time.Hour)
+	start := time.Now()
+	var node string
+	err := wait.PollUntilContextTimeout(e.ctx, 20*time.Millisecond, limit, true, func(ctx context.Context) (bool, error) {
+		got, err := e.Client.CoreV1().Pods(appNS).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		node = got.Spec.NodeName
+		return node != "", nil
+	})
+	took := time.Since(start)
+	if err != nil {
+		return limit
+	}
+	require.Equal(tb, recoveryNodes[0], node)
+	return took
+}
+
+// reject makes every node report a refused portal and creates pod rec-<i> (using claim
+// rec-<i>); it returns once the pod was rejected and one more second passed.
+func (e *recoveryEnv) reject(tb testing.TB, i int) string {
+	tb.Helper()
 	for _, n := range recoveryNodes {
 		e.Report(tb, n, backstore, unreachable, time.Hour)
 	}
@@ -111,24 +136,36 @@ func (e *recoveryEnv) recover(tb testing.TB, i int, limit time.Duration) time.Du
 		return err == nil && len(evs.Items) > 0, nil
 	}), "pod %s was never rejected", name)
 	time.Sleep(time.Second)
+	return name
+}
 
-	e.Report(tb, recoveryNodes[0], backstore, reachable, time.Hour)
-	start := time.Now()
-	var node string
-	err = wait.PollUntilContextTimeout(e.ctx, 20*time.Millisecond, limit, true, func(ctx context.Context) (bool, error) {
-		got, err := e.Client.CoreV1().Pods(appNS).Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		node = got.Spec.NodeName
-		return node != "", nil
-	})
-	took := time.Since(start)
-	if err != nil {
-		return limit
-	}
-	require.Equal(tb, recoveryNodes[0], node)
-	return took
+var filterRequests = regexp.MustCompile(`(?m)^petfabric_extender_requests_total\{code="200",verb="filter"\} (\d+)$`)
+
+func filterCalls(tb testing.TB, e *recoveryEnv) int {
+	tb.Helper()
+	m := filterRequests.FindStringSubmatch(e.Metrics(tb))
+	require.NotNil(tb, m, "filter request metric missing")
+	n, err := strconv.Atoi(m[1])
+	require.NoError(tb, err)
+	return n
+}
+
+// TestPVChangeRetriesRejectedPod: why the trigger leaves PersistentVolume changes (a RWO
+// volume released, a PV re-bound) alone. With the trigger off, a pod the extender rejected
+// is not asked about again while nothing the scheduler watches changes; a change of a
+// PersistentVolume alone makes the scheduler retry it (the extender sees a new filter call).
+func TestPVChangeRetriesRejectedPod(t *testing.T) {
+	e := startRecovery(t, false, 2)
+	e.reject(t, 0)
+	before := filterCalls(t, e)
+	time.Sleep(3 * time.Second)
+	require.Equal(t, before, filterCalls(t, e), "the rejected pod is retried although nothing changed")
+
+	patch := fmt.Sprintf(`{"metadata":{"labels":{"petfabric.test/touched":"%d"}}}`, time.Now().UnixNano())
+	_, err := e.Client.CoreV1().PersistentVolumes().Patch(e.ctx, "datera-"+appNS+"-rec-1", types.MergePatchType, []byte(patch), metav1.PatchOptions{})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return filterCalls(t, e) > before }, 5*time.Second, 50*time.Millisecond,
+		"a PersistentVolume change did not make the scheduler retry the rejected pod")
 }
 
 var triggersOK = regexp.MustCompile(`(?m)^petfabric_extender_requeue_triggers_total\{result="ok"\} (\d+)$`)
