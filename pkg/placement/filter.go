@@ -263,9 +263,6 @@ func (c *checker) node(node string) (int, string) {
 // staleMessage says why a report that is not fresh does not count (see NodeReport). The
 // Index builds it when the report arrives; a report never indexed builds it here.
 func (n *NodeReport) staleMessage() string {
-	if n.staleMsg != "" {
-		return n.staleMsg
-	}
 	switch {
 	case n.RenewTime.IsZero():
 		return msgNeverRenew
@@ -273,8 +270,14 @@ func (n *NodeReport) staleMessage() string {
 		return msgUnobserved
 	case n.TTL <= 0:
 		return msgNoTTL
+	case n.staleMsg != "" && n.staleTTL == n.TTL:
+		return n.staleMsg
 	}
-	return fmt.Sprintf("reachability report is stale (no renewal seen within its %s validity); is the petfabric node agent running?", age(n.TTL))
+	return staleMessage(n.TTL)
+}
+
+func staleMessage(ttl time.Duration) string {
+	return fmt.Sprintf("reachability report is stale (no renewal seen within its %s validity); is the petfabric node agent running?", age(ttl))
 }
 
 // errMessage says why a report is unusable.

@@ -49,8 +49,7 @@ func NewIndex() *Index {
 func (x *Index) SetReport(nr *NodeReport) {
 	x.DeleteReport(nr.Node)
 	x.reports[nr.Node] = nr
-	nr.staleMsg, nr.errMsg = "", ""
-	nr.staleMsg = nr.staleMessage()
+	nr.staleMsg, nr.staleTTL, nr.errMsg = staleMessage(nr.TTL), nr.TTL, ""
 	if nr.Err != nil {
 		nr.errMsg = nr.errMessage()
 	}

@@ -81,3 +81,15 @@ func TestExplainNamesNodesAndAgesPerMessage(t *testing.T) {
 		assert.Equal(t, tc.want, Explain(now, d, nodes, x, tc.examples))
 	}
 }
+
+// The messages an Index builds when a report arrives follow the report if it is observed
+// afterwards (the stale message depends on the TTL Observe sets).
+func TestStaleMessageFollowsObserveAfterIndexing(t *testing.T) {
+	nr := &NodeReport{Node: "a", RenewTime: now, DeclaredTTL: ttl, Report: reportOf(nil)}
+	x := indexOfReports(nr)
+	vols := []Volume{{VolumeID: "v", Backstore: bsA}}
+	assert.Equal(t, "reachability report has not been observed yet", Filter(now, vols, []string{"a"}, x, AllPortals).Failed["a"])
+	nr.Observe(nil, now, 0)
+	assert.Equal(t, "reachability report is stale (no renewal seen within its 40s validity); is the petfabric node agent running?",
+		Filter(now.Add(ttl+time.Second), vols, []string{"a"}, x, AllPortals).Failed["a"])
+}

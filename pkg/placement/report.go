@@ -213,9 +213,11 @@ type NodeReport struct {
 	// byID holds the same summaries indexed by the Index's backstore numbers (set by
 	// Index.SetReport), turning the per-node map lookup into a slice index.
 	byID []BackstoreSummary
-	// staleMsg and errMsg are Filter's messages for this report when it is not fresh or
-	// unreadable, built by Index.SetReport so that a request only copies them.
+	// staleMsg (for a TTL of staleTTL) and errMsg are Filter's messages for this report when
+	// it is not fresh or unreadable, built by Index.SetReport so that a request only copies
+	// them.
 	staleMsg, errMsg string
+	staleTTL         time.Duration
 }
 
 // BackstoreSummary condenses one backstore's portal results.
