@@ -465,7 +465,9 @@ func (c *Cluster) stopKubelets() error {
 	defer c.kubeletMu.Unlock()
 	var errs []error
 	for _, k := range c.kubelets {
+		began := time.Now()
 		errs = append(errs, k.Stop())
+		c.logf("cluster: kubelet node %s stopped and unmounted in %s", k.Name, time.Since(began).Round(time.Millisecond))
 	}
 	if c.host != nil {
 		errs = append(errs, c.host.restore())

@@ -1,7 +1,7 @@
 // Package kubelete2e proves the kubelet ↔ FlexVolume driver protocol with kubelet itself: real
 // kubelet v1.36.3 nodes (test/cluster, fake CRI runtime) run petfabric's pets, the built
-// cmd/webhook pre-creates their PersistentVolumes, the real scheduler and PV controller place
-// and bind them, and kubelet runs the built cmd/flex driver (loop-device stand-in initiator)
+// cmd/webhook pre-creates their PersistentVolumes, the real scheduler (calling the built
+// cmd/extender) and PV controller place and bind them, and kubelet runs the built cmd/flex driver (loop-device stand-in initiator)
 // against the Datera simulator. Nothing here calls the driver "as kubelet would": every
 // mount and unmount is kubelet's, and the tests read the outcome from the host (mountinfo,
 // files), the driver's log and state, and the simulator's ACL history.
@@ -69,12 +69,14 @@ type env struct {
 	nodes    map[string]*flextest.Env
 	kubelets map[string]*cluster.Kubelet
 	acl      *aclRecorder
+	ext      *schedulerExtender
 	names    []string // node names in order
 }
 
 // newEnv starts n kubelet nodes (node-0 …) with the driver installed by its own install mode
 // and configured through kubelet's environment, the Datera simulator (owned by node-0's
-// flextest.Env, shared by the others), and the webhook binary registered with the apiserver.
+// flextest.Env, shared by the others), the webhook binary registered with the apiserver, and
+// the extender binary in kube-scheduler's path with a fresh report for every node.
 func newEnv(t testing.TB, n int) *env {
 	t.Helper()
 	cluster.RequireKubelet(t)
@@ -107,8 +109,9 @@ func newEnv(t testing.TB, n int) *env {
 			Env: []string{flex.EnvConfig + "=" + e.nodes[name].ConfigFile, flex.EnvStateDir + "=" + e.nodes[name].StateDir}})
 	}
 	serveBackstore(t, backstore, e.nodes["node-0"].SimURL)
+	ext, sched := newSchedulerExtender(t)
 	began := time.Now()
-	e.c = cluster.Start(t, cluster.Options{Kubelets: specs})
+	e.c = cluster.Start(t, cluster.Options{Kubelets: specs, Scheduler: sched})
 	t.Logf("control plane with %d kubelet nodes ready in %s", n, time.Since(began).Round(time.Millisecond))
 	e.cs = e.c.Client
 	for _, k := range e.c.Kubelets {
@@ -137,6 +140,9 @@ func newEnv(t testing.TB, n int) *env {
 		require.NoError(t, err)
 	}
 	startWebhook(t, e.c, bins.webhook)
+	ext.run(t, e.c, bins.extender)
+	e.ext = ext
+	e.reportNodes(t, backstore.Addr().String())
 	return e
 }
 
@@ -166,17 +172,18 @@ func serveBackstore(t testing.TB, l net.Listener, simURL string) {
 	t.Cleanup(func() { _ = srv.Close() })
 }
 
-type binaries struct{ flex, webhook string }
+type binaries struct{ flex, webhook, extender string }
 
 // buildBinaries builds the driver with the loop-device stand-in initiator (this kernel has no
-// iscsi_tcp; the flex tests build it the same way) and the webhook.
+// iscsi_tcp; the flex tests build it the same way), the webhook and the extender.
 func buildBinaries(t testing.TB) binaries {
 	t.Helper()
 	dir := t.TempDir()
-	b := binaries{flex: filepath.Join(dir, "flex"), webhook: filepath.Join(dir, "webhook")}
+	b := binaries{flex: filepath.Join(dir, "flex"), webhook: filepath.Join(dir, "webhook"), extender: filepath.Join(dir, "extender")}
 	for _, args := range [][]string{
 		{"build", "-tags", "petfabric_standin", "-o", b.flex, "github.com/petfabric/petfabric/cmd/flex"},
 		{"build", "-o", b.webhook, "github.com/petfabric/petfabric/cmd/webhook"},
+		{"build", "-o", b.extender, "github.com/petfabric/petfabric/cmd/extender"},
 	} {
 		out, err := exec.Command("go", args...).CombinedOutput()
 		require.NoError(t, err, "go %s: %s", strings.Join(args, " "), out)

@@ -43,6 +43,8 @@ func TestKubeletRunsPets(t *testing.T) {
 		pets[name] = e.waitRunning(t, name, "", 90*time.Second)
 	}
 	require.NotEqual(t, pets["db-0"].Spec.NodeName, pets["db-1"].Spec.NodeName, "the pets prefer distinct nodes")
+	require.Positive(t, e.ext.metric(t, `petfabric_extender_filter_decisions_total{reason="pass"}`),
+		"kube-scheduler asked the extender about the pets' nodes")
 	other := func(node string) string {
 		if node == "node-0" {
 			return "node-1"
