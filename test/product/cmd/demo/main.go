@@ -192,4 +192,3 @@ func defaultBinDir() string {
 	}
 	return filepath.Join(home, ".cache", "petfabric", "demo", "bin")
 }
-
