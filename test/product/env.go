@@ -197,7 +197,7 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 	if err := e.startBackstore(ctx); err != nil {
 		return e, err
 	}
-	phase(fmt.Sprintf("Datera simulator on %s exporting through tgtd (portal %s)", e.Backstore, e.Portal), began)
+	phase(fmt.Sprintf("Datera simulator on %s exporting through tgtd (portal %s, control port %d)", e.Backstore, e.Portal, e.TgtControlPort), began)
 
 	began = time.Now()
 	ca, err := testpki.NewCA("petfabric-demo-ca")
@@ -683,6 +683,14 @@ func (e *Env) close() error {
 			p.stop(10 * time.Second)
 		}
 	}
+	// The route goes while this environment still holds the host's kubelet lock (another
+	// environment adds the same route only under it).
+	if e.routeAdded {
+		addr, _, _ := strings.Cut(UnreachablePortal, ":")
+		if out, err := exec.Command("ip", "route", "del", "unreachable", addr+"/32").CombinedOutput(); err != nil {
+			errs = append(errs, fmt.Errorf("ip route del unreachable %s: %w: %s", addr, err, out))
+		}
+	}
 	if e.Cluster != nil {
 		if err := e.Cluster.Stop(); err != nil {
 			errs = append(errs, fmt.Errorf("stop the control plane: %w", err))
@@ -714,12 +722,6 @@ func (e *Env) close() error {
 	if e.exp != nil {
 		if err := e.exp.tgt.Close(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("remove tgtd targets: %w", err))
-		}
-	}
-	if e.routeAdded {
-		addr, _, _ := strings.Cut(UnreachablePortal, ":")
-		if out, err := exec.Command("ip", "route", "del", "unreachable", addr+"/32").CombinedOutput(); err != nil {
-			errs = append(errs, fmt.Errorf("ip route del unreachable %s: %w: %s", addr, err, out))
 		}
 	}
 	if e.tgtd != nil {
