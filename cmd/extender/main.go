@@ -13,6 +13,11 @@
 //	  nodeCacheCapable: true
 //	  ignorable: false
 //	  tlsConfig: {caData: <CA of the serving certificate>, certData/keyData: <client pair when --client-ca-file is set>}
+//
+// When a node report recovers, the extender makes kube-scheduler retry the pods it rejected
+// by patching the CSIStorageCapacity object --requeue-trigger-name in --namespace
+// (pkg/extender/requeue.go). RBAC for that, in --namespace: create on csistoragecapacities,
+// and patch on that one object by resourceNames. --requeue-trigger=false needs neither.
 package main
 
 import (
