@@ -19,6 +19,16 @@ LDFLAGS       := -X github.com/petfabric/petfabric/pkg/version.Version=$(VERSION
 
 all: build
 
+## demo: the whole product on this machine and the 2016 Datera/PetSet blog walkthrough, narrated
+## (test/product/cmd/demo): a control plane with 3 real kubelet nodes (one cannot reach the
+## storage), the Datera simulator exporting tgtd targets, petfabric installed with its chart.
+## KEEP=1 leaves it running (prints the kubeconfig and a kubectl line); Ctrl-C cleans up.
+.PHONY: demo
+demo: setup
+	@echo "==> building the demo (the first run compiles the programs; later runs only link)"
+	@$(GO) build -o bin/demo ./test/product/cmd/demo
+	@exec bin/demo $(if $(KEEP),--keep)
+
 ## test: everything CI checks, from a cold machine.
 test: setup lint gotest
 
