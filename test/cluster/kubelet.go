@@ -55,7 +55,8 @@ type Kubelet struct {
 	PluginDir string
 	// CRISocketDir holds the fake CRI runtime's socket (a short path under the temp dir).
 	CRISocketDir string
-	// LogPath is kubelet's log (klog at --v=2; the driver calls show there).
+	// LogPath is kubelet's log (klog at --v=2). Each start of the process (Restart,
+	// StartKubelet) begins it afresh.
 	LogPath string
 
 	spec KubeletSpec

@@ -119,10 +119,12 @@ func TestKubeletNodeLeavesHostAsFound(t *testing.T) {
 	assert.Equal(t, "kubelet", node.Labels["petfabric.io/e2e"])
 
 	// The kwok node's heartbeat now rides on a node Lease, as a kubelet's does.
+	leaseWait := time.Now()
 	require.NoError(t, wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
 		_, err := c.Client.CoordinationV1().Leases("kube-node-lease").Get(ctx, "kwok-a", metav1.GetOptions{})
 		return err == nil, nil
 	}), "kwok keeps no Lease for its node")
+	t.Logf("kwok node Lease present %s after the cluster was ready", time.Since(leaseWait).Round(time.Millisecond))
 
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "vols", Namespace: "default"},
@@ -134,12 +136,14 @@ func TestKubeletNodeLeavesHostAsFound(t *testing.T) {
 			Volumes: []corev1.Volume{{Name: "scratch", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory}}}},
 		},
 	}
+	created := time.Now()
 	_, err = c.Client.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{})
 	require.NoError(t, err)
 	require.NoError(t, wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
 		p, err := c.Client.CoreV1().Pods("default").Get(ctx, "vols", metav1.GetOptions{})
 		return err == nil && p.Status.Phase == corev1.PodRunning, nil
 	}), "the pod never ran on the kubelet node")
+	t.Logf("pod Running %s after create", time.Since(created).Round(time.Millisecond))
 
 	during := snapshotHost(t, dir)
 	assert.Equal(t, kubeletSetsSysctls, during.sysctls, "kubelet sets these sysctls while it runs")
@@ -160,14 +164,18 @@ func TestKubeletNodeLeavesHostAsFound(t *testing.T) {
 
 	// Deleting the pod removes its container: kubelet then deletes the container's log files
 	// ("<log path>*"), so the fake runtime must report a log path, or kubelet deletes every file
-	// in its working directory (the cluster dir).
+	// in its working directory (the cluster dir). When exactly kubelet removes the container is
+	// its own business; test/e2e/kubelet checks the same after many pods came and went.
 	canary := filepath.Join(dir, "canary")
 	require.NoError(t, os.WriteFile(canary, []byte("kept"), 0o644))
-	require.NoError(t, c.Client.CoreV1().Pods("default").Delete(ctx, "vols", metav1.DeleteOptions{}))
+	deleted := time.Now()
+	// A grace period makes kubelet stop and remove the container before the pod is gone.
+	require.NoError(t, c.Client.CoreV1().Pods("default").Delete(ctx, "vols", metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](1)}))
 	require.NoError(t, wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
 		_, err := c.Client.CoreV1().Pods("default").Get(ctx, "vols", metav1.GetOptions{})
 		return apierrors.IsNotFound(err), nil
 	}), "the pod was never deleted")
+	t.Logf("pod gone %s after delete", time.Since(deleted).Round(time.Millisecond))
 	assert.FileExists(t, canary, "kubelet removed the container's logs only")
 	assert.FileExists(t, filepath.Join(dir, "admin.kubeconfig"))
 
