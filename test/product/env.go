@@ -725,7 +725,12 @@ func (e *Env) close() error {
 		}
 	}
 	if e.tgtd != nil {
-		e.tgtd.stop(10 * time.Second)
+		// tgtd ignores SIGTERM for a while: remove the placeholder target and ask it to exit
+		// ("--op delete --mode system" is refused while targets exist), then stop it.
+		ctl := strconv.Itoa(e.TgtControlPort)
+		_ = exec.Command("tgtadm", "-C", ctl, "--lld", "iscsi", "--mode", "target", "--op", "delete", "--force", "--tid", "1").Run()
+		_ = exec.Command("tgtadm", "-C", ctl, "--mode", "system", "--op", "delete").Run()
+		e.tgtd.stop(3 * time.Second)
 		for _, f := range []string{tgtSocket(e.TgtControlPort), tgtSocket(e.TgtControlPort) + ".lock"} {
 			if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
 				errs = append(errs, err)

@@ -79,18 +79,18 @@ func run(args []string, stdout *os.File) int {
 		if code == 0 && *keep {
 			fmt.Fprintf(stdout, "\n%s\n  export KUBECONFIG=%s\n  %s --kubeconfig %s get pods -A -o wide\n%s\n",
 				s.paint("1", "The product keeps running. Use it with:"), env.Kubeconfig, env.Cluster.Bin.Kubectl, env.Kubeconfig,
-				"Logs: "+filepath.Join(env.Dir, "logs")+" and "+env.Cluster.Dir+". Ctrl-C cleans everything up.")
+				"Logs: "+filepath.Join(env.Dir, "logs")+" and "+env.Cluster.Dir+". The node DaemonSet's pods stay in Init:\n"+
+					"the fake CRI runs no container; the agents run as host processes from their rendering.\nCtrl-C cleans everything up.")
 			<-ctx.Done()
 		}
-	} else {
+	} else if ctx.Err() == nil {
 		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
 		code = 1
 	}
 	if ctx.Err() != nil {
+		// Start cleans up after itself when interrupted; Close below does the rest.
 		s.progress("interrupted: cleaning up")
-		if code == 0 {
-			code = 130
-		}
+		code = 130
 	}
 	if env != nil && err == nil {
 		began := time.Now()
