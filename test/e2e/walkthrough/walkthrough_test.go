@@ -305,8 +305,8 @@ func checkStep(t *testing.T, env *product.Env, w *product.Walk, name string, o *
 	}
 }
 
-// TestDemoInterrupted runs the demo program, interrupts it (SIGINT, as Ctrl-C) once the
-// pets run, and checks that it left nothing running or mounted.
+// TestDemoInterrupted runs the demo program, interrupts it (SIGINT to its process group, as
+// Ctrl-C) once the pets run, and checks that it left nothing running, mounted or changed.
 func TestDemoInterrupted(t *testing.T) {
 	requireHost(t)
 	before := readHost(t)
@@ -316,6 +316,9 @@ func TestDemoInterrupted(t *testing.T) {
 	require.NoError(t, err, "%s", out)
 
 	cmd := exec.Command(bin, "--bin-dir", binDir(t))
+	// Its own process group, signalled as a whole below: a terminal's Ctrl-C reaches every
+	// process of the foreground group, the control plane's too, not just the demo.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
 	cmd.Stderr = cmd.Stdout
@@ -340,7 +343,7 @@ func TestDemoInterrupted(t *testing.T) {
 		}
 		// Mid-way: the pets of the first StatefulSet run and their volumes are mounted.
 		if !interrupted && strings.Contains(line, "── 4.") {
-			require.NoError(t, cmd.Process.Signal(syscall.SIGINT))
+			require.NoError(t, syscall.Kill(-cmd.Process.Pid, syscall.SIGINT))
 			interrupted = true
 		}
 	}
@@ -352,6 +355,7 @@ func TestDemoInterrupted(t *testing.T) {
 	assert.Equal(t, 130, exit.ExitCode(), transcript.String())
 	assert.Contains(t, transcript.String(), "interrupted: cleaning up")
 	assert.Contains(t, transcript.String(), "cleaned up in")
+	assert.NotContains(t, transcript.String(), "\x1b[", "no colour when stdout is not a terminal")
 	require.NotEmpty(t, dir, "the demo names its directory")
 	require.NotZero(t, port, "the demo names tgtd's control port")
 	assert.NoDirExists(t, dir, "the demo removes its directory")
