@@ -149,7 +149,7 @@ func TestChartCertificateRotation(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 		}
 	}()
-	settle := func() { time.Sleep(3 * time.Second) } // admissions before and after each step
+	settle := func() { time.Sleep(2 * time.Second) } // admissions before and after each step
 
 	settle()
 	served0 := waitServed(t, addr, secretCert(ctx, t, c, leaf.Spec.SecretName))
