@@ -18,6 +18,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -30,8 +31,10 @@ import (
 	"syscall"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
@@ -545,6 +548,9 @@ func (e *Env) startPrograms(ctx context.Context, ca *testpki.CA, webhookPort int
 	if err := waitHTTP200(ctx, wh, fmt.Sprintf("http://127.0.0.1:%d/readyz", whHealth), time.Minute); err != nil {
 		return err
 	}
+	if err := e.waitWebhookCalled(ctx, whHealth); err != nil {
+		return err
+	}
 	if err := waitHTTP200(ctx, ex, fmt.Sprintf("http://127.0.0.1:%d/readyz", e.extenderHealth), time.Minute); err != nil {
 		return err
 	}
@@ -559,6 +565,50 @@ func (e *Env) routeUnreachable(ctx context.Context) error {
 		return fmt.Errorf("ip route replace unreachable %s: %w: %s", addr, err, out)
 	}
 	e.routeAdded = true
+	return nil
+}
+
+// waitWebhookCalled waits until the apiserver calls the webhook (it loads webhook
+// configurations asynchronously): a server-side dry-run create of a StatefulSet with a claim
+// template until the webhook's metrics count a StatefulSet review.
+func (e *Env) waitWebhookCalled(ctx context.Context, health int) error {
+	probe := &appsv1.StatefulSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "webhook-probe", Namespace: metav1.NamespaceDefault},
+		Spec: appsv1.StatefulSetSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "probe"}},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "probe"}},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "registry.example/probe:1"}}}},
+			VolumeClaimTemplates: []corev1.PersistentVolumeClaim{{ObjectMeta: metav1.ObjectMeta{Name: "data"},
+				Spec: corev1.PersistentVolumeClaimSpec{AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+					Resources: corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")}}}}},
+		},
+	}
+	metrics := fmt.Sprintf("http://127.0.0.1:%d/metrics", health)
+	var last string
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		if _, err := e.Client.AppsV1().StatefulSets(probe.Namespace).Create(ctx, probe, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}); err != nil {
+			last = err.Error()
+			return false, nil
+		}
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, metrics, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			last = err.Error()
+			return false, nil
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		for _, line := range splitLines(string(b)) {
+			if strings.HasPrefix(line, "petfabric_webhook_admission_requests_total{") && strings.Contains(line, "statefulsets") {
+				return true, nil
+			}
+		}
+		last = "no StatefulSet review counted yet"
+		return false, nil
+	})
+	if err != nil {
+		return fmt.Errorf("the apiserver never called the webhook (last: %s): %w", last, err)
+	}
 	return nil
 }
 
