@@ -68,6 +68,7 @@ func run(args []string) (err error) {
 		reportNS     = fs.String("report-namespace", "", "namespace of the node agents' report Leases (default: --lease-namespace)")
 		schedName    = fs.String("scheduler-name", "", "set spec.template.spec.schedulerName of every StatefulSet the webhook mutates to this scheduler (the secondary-scheduler mode) when the template names none or default-scheduler; a template naming another scheduler is left alone and logged. Empty: pod templates keep their scheduler")
 		managedRes   = fs.String("managed-resource", "", "extended resource (e.g. petfabric.io/datera) the first container of every mutated StatefulSet's pod template requests and limits 1 of, unless the user set it; list it in the scheduler's extender managedResources with ignoredByScheduler: true. Empty: off")
+		gateOn       = fs.Bool("scheduling-gate", true, "pod hook (/mutate/pods): gate a pet created while one of its petfabric claims is not Bound with the scheduling gate "+mutate.SchedulingGate+", which the reconcile loop removes once they all are (no FailedScheduling while the PV controller binds). Needs --reconcile; a cluster whose webhook configuration has no pod hook never sends a pod, so on is safe there")
 		check        = fs.Bool("check", false, "check mode: validate the flags and the files they name (TLS pair, client CA, Datera CA, kubeconfig) without contacting anything; exit 0, or print the problem and exit 2")
 		defaults     = keyValues{}
 	)
@@ -151,6 +152,7 @@ func run(args []string) (err error) {
 			OrphanGrace: *orphanGrace, Resync: *resync,
 			FenceAfter: *fenceAfter, ReportNamespace: *reportNS,
 			DateraCACertPEM: caPEM, Metrics: sc.Registry, Logger: log,
+			SchedulingGate: *gateOn,
 		})
 		if err != nil {
 			return fmt.Errorf("reconcile loop: %w", err)
@@ -159,14 +161,19 @@ func run(args []string) (err error) {
 			return err
 		}
 		background = loop.Run
+	} else if *gateOn {
+		// Nothing would remove a gate: never add one.
+		log.Info("scheduling gate off: it needs the reconcile loop (--reconcile) to remove it")
+		*gateOn = false
 	}
 	return webhook.Run(ctx, client, webhook.RunConfig{
-		Serving:      sc,
-		Informers:    factory,
-		Mutate:       mutateCfg,
-		Background:   background,
-		CreateBudget: *createBudget,
-		Concurrency:  *concurrency,
+		Serving:        sc,
+		Informers:      factory,
+		Mutate:         mutateCfg,
+		Background:     background,
+		CreateBudget:   *createBudget,
+		Concurrency:    *concurrency,
+		SchedulingGate: *gateOn,
 	})
 }
 

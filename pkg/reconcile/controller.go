@@ -35,6 +35,7 @@ const (
 	kindStatefulSet kind = iota + 1 // name is namespace/name: ensure its PVs exist
 	kindPV                          // name is the PV name: orphan, Released or freeing check
 	kindFence                       // name is the PV name: may a dead holder be fenced?
+	kindGate                        // name is namespace/name of a pod: may its scheduling gate go?
 )
 
 type item struct {
@@ -48,6 +49,8 @@ func (i item) String() string {
 		return "statefulset " + i.name
 	case kindFence:
 		return "fence check of persistentvolume " + i.name
+	case kindGate:
+		return "scheduling gate of pod " + i.name
 	}
 	return "persistentvolume " + i.name
 }
@@ -162,7 +165,7 @@ func newController(r *Reconciler) (*controller, error) {
 			DeleteFunc: c.onStatefulSetDelete,
 		}},
 		{pvs.Informer(), pvHandler},
-		{pvcs.Informer(), cache.ResourceEventHandlerFuncs{AddFunc: c.onClaimAdd, DeleteFunc: c.onClaimDelete}},
+		{pvcs.Informer(), cache.ResourceEventHandlerFuncs{AddFunc: c.onClaimAdd, UpdateFunc: func(_, n any) { c.onClaimUpdate(n) }, DeleteFunc: c.onClaimDelete}},
 		{scs.Informer(), cache.ResourceEventHandlerFuncs{
 			AddFunc:    c.onStorageClass,
 			UpdateFunc: func(_, n any) { c.onStorageClass(n) },
@@ -173,8 +176,9 @@ func newController(r *Reconciler) (*controller, error) {
 		}},
 	}
 	// Fencing: the node reports and the pods of every claim (only with a report namespace;
-	// without one the loop cannot tell whose an initiator is and never fences).
-	if o.ReportNamespace != "" {
+	// without one the loop cannot tell whose an initiator is and never fences). Scheduling
+	// gates: the pods too.
+	if o.ReportNamespace != "" || o.SchedulingGate {
 		pods := all.Core().V1().Pods()
 		if r.shared == nil { // with a shared factory, UseInformers did this before it started
 			// Pods are many: keep only what fencing reads (node, phase, claims, deletion).
@@ -194,6 +198,8 @@ func newController(r *Reconciler) (*controller, error) {
 			UpdateFunc: func(_, n any) { c.onPod(n) },
 			DeleteFunc: c.onPod,
 		}})
+	}
+	if o.ReportNamespace != "" {
 		c.reports = newReportTracker(o.now)
 		reportFactory := informers.NewSharedInformerFactoryWithOptions(o.Client, o.Resync, cachetransform.Option(),
 			informers.WithNamespace(o.ReportNamespace),
@@ -255,7 +261,8 @@ func podClaims(pod *corev1.Pod) []string {
 	return out
 }
 
-// slimPod keeps the fields fencing reads: identity, deletion, node, claim volumes and phase.
+// slimPod keeps the fields fencing reads: identity, deletion, node, claim volumes and phase;
+// and for the scheduling gate, the creation time and the gates' names.
 func slimPod(obj any) (any, error) {
 	pod, ok := obj.(*corev1.Pod)
 	if !ok {
@@ -264,9 +271,9 @@ func slimPod(obj any) (any, error) {
 	slim := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
 			Name: pod.Name, Namespace: pod.Namespace, UID: pod.UID, ResourceVersion: pod.ResourceVersion,
-			DeletionTimestamp: pod.DeletionTimestamp,
+			DeletionTimestamp: pod.DeletionTimestamp, CreationTimestamp: pod.CreationTimestamp,
 		},
-		Spec:   corev1.PodSpec{NodeName: pod.Spec.NodeName},
+		Spec:   corev1.PodSpec{NodeName: pod.Spec.NodeName, SchedulingGates: pod.Spec.SchedulingGates},
 		Status: corev1.PodStatus{Phase: pod.Status.Phase},
 	}
 	for _, v := range pod.Spec.Volumes {
@@ -344,6 +351,8 @@ func (c *controller) processNext(ctx context.Context) bool {
 		after, err = c.syncPV(ctx, it.name)
 	case kindFence:
 		after, err = c.syncFence(ctx, it.name)
+	case kindGate:
+		after, err = c.syncGate(ctx, it.name)
 	}
 	switch {
 	case err != nil:
@@ -422,6 +431,7 @@ func (c *controller) onClaimAdd(obj any) {
 		return
 	}
 	c.enqueueClaimPVs(pvc)
+	c.enqueueGatedPods(pvc)
 }
 
 // enqueueClaimPVs queues a check of every managed PV whose claimRef names the claim.
@@ -441,7 +451,11 @@ func (c *controller) onPod(obj any) {
 		obj = t.Obj
 	}
 	pod, ok := obj.(*corev1.Pod)
-	if !ok || c.reports == nil {
+	if !ok {
+		return
+	}
+	c.onPodGate(pod)
+	if c.reports == nil {
 		return
 	}
 	for _, key := range podClaims(pod) {

@@ -19,6 +19,7 @@ const (
 	ReasonClaimNotBinding = "claim_not_binding" // a claim exists whose class differs from the PV's
 	ReasonFreePV          = "free_pv"           // the API refused freeing a Released PV
 	ReasonFence           = "fence"             // a fence could not be carried out (Datera, API)
+	ReasonGate            = "scheduling_gate"   // the API refused removing a pod's scheduling gate
 )
 
 // Reasons of the owner-mismatch metric: what the loop refused to do.
@@ -48,6 +49,7 @@ type metrics struct {
 	fences          prometheus.Counter
 	errors          *prometheus.CounterVec
 	isLeader        prometheus.Gauge
+	gatesRemoved    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -100,10 +102,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "petfabric_reconcile_is_leader",
 			Help: "1 while this replica holds the reconcile lease and runs the loop.",
 		}),
+		gatesRemoved: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "petfabric_reconcile_scheduling_gates_removed_total",
+			Help: "petfabric.io/claims-bound scheduling gates removed from pods whose petfabric claims were all Bound.",
+		}),
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.pvsCreated, m.orphansDeleted, m.releasedDeleted, m.dateraDeleted,
-			m.pvsFreed, m.ownerRefused, m.pvMismatch, m.pvsReplaced, m.ordinalCeiling, m.fences, m.errors, m.isLeader} {
+			m.pvsFreed, m.ownerRefused, m.pvMismatch, m.pvsReplaced, m.ordinalCeiling, m.fences, m.errors, m.isLeader, m.gatesRemoved} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -135,6 +135,14 @@ type Options struct {
 	// initiator may be fenced out of a ReadWriteOnce volume's ACL (default 2m, at least 1s).
 	FenceAfter time.Duration
 
+	// SchedulingGate: the loop removes mutate.SchedulingGate from a pod (the webhook's pod hook
+	// adds it) as soon as every petfabric claim of the pod is Bound, and, while one is not,
+	// records one Event on the pod naming the claims after GateEventAfter. It watches pods
+	// (slimmed) even when fencing is off. Off: gates are left alone.
+	SchedulingGate bool
+	// GateEventAfter is how long a gated pod waits before the loop records why (default 30s).
+	GateEventAfter time.Duration
+
 	// Recorder receives the events. Default: a broadcaster writing Events through Client,
 	// source component "petfabric-reconcile".
 	Recorder record.EventRecorder
@@ -194,6 +202,7 @@ func (o *Options) setDefaults() error {
 	setDur(&o.RetryMax, DefaultRetryMax)
 	setDur(&o.DateraTimeout, DefaultDateraTimeout)
 	setDur(&o.FenceAfter, DefaultFenceAfter)
+	setDur(&o.GateEventAfter, DefaultGateEventAfter)
 	if o.FenceAfter < time.Second {
 		return fmt.Errorf("reconcile: Options.FenceAfter %s is below 1s: a report cannot be judged dead that fast", o.FenceAfter)
 	}

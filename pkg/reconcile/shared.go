@@ -36,7 +36,7 @@ func (r *Reconciler) UseInformers(f informers.SharedInformerFactory) error {
 	if err := addMissingIndexers(f.Core().V1().PersistentVolumes().Informer(), pvIndexers); err != nil {
 		return fmt.Errorf("reconcile: index persistent volumes: %w", err)
 	}
-	if r.opts.ReportNamespace != "" {
+	if r.opts.ReportNamespace != "" || r.opts.SchedulingGate {
 		pods := f.Core().V1().Pods().Informer()
 		if err := pods.SetTransform(slimPod); err != nil {
 			return fmt.Errorf("reconcile: slim pods (call UseInformers before the factory starts): %w", err)

@@ -19,7 +19,8 @@ func TestRoutes(t *testing.T) {
 		{http.MethodGet, PathStatefulSets, http.StatusMethodNotAllowed},
 		{http.MethodDelete, PathClaims, http.StatusMethodNotAllowed},
 		{http.MethodHead, PathScale, http.StatusMethodNotAllowed},
-		{http.MethodPost, "/mutate/pods", http.StatusNotFound},
+		{http.MethodGet, PathPods, http.StatusMethodNotAllowed},
+		{http.MethodPost, "/mutate/deployments", http.StatusNotFound},
 		{http.MethodPost, PathClaims + "/", http.StatusNotFound},
 		{http.MethodGet, "/", http.StatusNotFound},
 	}

@@ -38,6 +38,9 @@ type RunConfig struct {
 	// process's life. Nil: a factory of its own. Either way managed fields are stripped
 	// (cachetransform) when the factory is built with cachetransform.Option, as cmd/webhook does.
 	Informers informers.SharedInformerFactory
+	// SchedulingGate turns the pod hook's gating on (Options.SchedulingGate); it reads claims
+	// from the factory's claim informer. Only useful with a Background loop that removes gates.
+	SchedulingGate bool
 }
 
 // Run serves admission reviews over TLS and health/metrics over plain HTTP until ctx ends.
@@ -59,6 +62,10 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg RunConfig) error 
 	if err != nil {
 		return err
 	}
+	var claims ClaimGetter
+	if cfg.SchedulingGate {
+		claims = lookup.WithClaims(factory)
+	}
 	recorder := cfg.Recorder
 	if recorder == nil {
 		broadcaster := record.NewBroadcaster()
@@ -69,6 +76,7 @@ func Run(ctx context.Context, client kubernetes.Interface, cfg RunConfig) error 
 	admission := New(Options{
 		Mutate: cfg.Mutate, Lookup: lookup, PVs: APIPVStore{Client: client},
 		CreateBudget: cfg.CreateBudget, Concurrency: cfg.Concurrency, Logger: log, Registerer: srv.Registry(), Recorder: recorder,
+		SchedulingGate: cfg.SchedulingGate, Claims: claims,
 	})
 	var background func(context.Context) error
 	if cfg.Background != nil {

@@ -20,6 +20,7 @@ const (
 	PathStatefulSets = "/mutate/statefulsets"
 	PathScale        = "/mutate/statefulsets-scale"
 	PathClaims       = "/mutate/persistentvolumeclaims"
+	PathPods         = "/mutate/pods"
 )
 
 // Options configure a Server.
@@ -40,6 +41,13 @@ type Options struct {
 	Recorder   record.EventRecorder
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
+	// SchedulingGate turns the pod hook on: a pet created while one of its Datera claims is not
+	// Bound gets mutate.SchedulingGate, which the reconcile loop removes once they all are.
+	// Off: the pod hook allows every pod unchanged.
+	SchedulingGate bool
+	// Claims reads claims from a cache for the pod hook (never the API); nil: every claim
+	// counts as not in the cache.
+	Claims ClaimGetter
 }
 
 // Server handles admission reviews.
@@ -53,6 +61,8 @@ type Server struct {
 	log          *slog.Logger
 	recorder     record.EventRecorder
 	metrics      *metrics
+	gate         bool
+	claims       ClaimGetter
 }
 
 // New returns a Server.
@@ -76,6 +86,7 @@ func New(o Options) *Server {
 		cfg: o.Mutate, lookup: o.Lookup, pvs: o.PVs,
 		createBudget: o.CreateBudget, concurrency: o.Concurrency, maxCreates: int64(o.MaxCreatesPerCall),
 		log: o.Logger, recorder: o.Recorder, metrics: newMetrics(o.Registerer),
+		gate: o.SchedulingGate, claims: o.Claims,
 	}
 }
 
@@ -86,11 +97,12 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("POST "+PathStatefulSets, s.serveReview("statefulsets", s.admitStatefulSet))
 	mux.Handle("POST "+PathScale, s.serveReview("scale", s.admitScale))
 	mux.Handle("POST "+PathClaims, s.serveReview("persistentvolumeclaims", s.admitClaim))
+	mux.Handle("POST "+PathPods, s.serveReview("pods", s.admitPod))
 	notPOST := func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Allow", http.MethodPost)
 		writeStatus(w, http.StatusMethodNotAllowed, "admission reviews are POSTed")
 	}
-	for _, p := range []string{PathStatefulSets, PathScale, PathClaims} {
+	for _, p := range []string{PathStatefulSets, PathScale, PathClaims, PathPods} {
 		mux.HandleFunc(p, notPOST)
 	}
 	return mux
@@ -102,6 +114,7 @@ type metrics struct {
 	pvCreated  prometheus.Counter
 	pvPending  prometheus.Counter
 	pvMismatch *prometheus.CounterVec
+	podsGated  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -122,9 +135,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		pvMismatch: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "petfabric_webhook_pv_mismatch_total", Help: "Existing PersistentVolumes found not to fit their claim, by reason (storage_class, capacity, access_modes, driver, volume_id, owner).",
 		}, []string{"reason"}),
+		podsGated: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "petfabric_webhook_pods_gated_total", Help: "Pods created with the petfabric.io/claims-bound scheduling gate (a Datera claim was not Bound yet).",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.latency, m.pvCreated, m.pvPending, m.pvMismatch)
+		reg.MustRegister(m.requests, m.latency, m.pvCreated, m.pvPending, m.pvMismatch, m.podsGated)
 	}
 	return m
 }
