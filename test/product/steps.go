@@ -134,7 +134,10 @@ func Steps() []Step {
 			Run: stepUnreachable},
 		{Name: "mounts", Title: "kubelet's mounts, the driver's log and Datera's ACL",
 			Say: "Each pet's volume is mounted by kubelet through the driver (the mount table and the driver's log), and " +
-				"Datera's ACL lists exactly the node the pet runs on (the simulator's API, and tgtd's own view of the target).",
+				"Datera's ACL lists exactly the node the pet runs on (the simulator's API, and tgtd's own view of the target). " +
+				"This kernel has no iscsi_tcp, so the driver's initiator is a stand-in that attaches the target's file as a loop " +
+				"device (hence /dev/loopN), refusing nodes outside the same ACL; tgtd exports that file as a real target, which " +
+				"the agents' probes log in to.",
 			Run: stepMounts},
 		{Name: "move", Title: "Move a pet to the other node",
 			Say: "A pet is written to, its node cordoned and the pet deleted: the old node unmounts and leaves the ACL, the new " +
