@@ -2,7 +2,6 @@ package chart
 
 import (
 	"context"
-	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -93,8 +92,6 @@ func TestChartInstallUpgradeUninstall(t *testing.T) {
 	assert.NoError(t, err, "after helm uninstall, left behind:\n%s\nexpected only cert-manager's Secrets:\n%s",
 		strings.Join(left, "\n"), strings.Join(certSecrets, "\n"))
 	t.Logf("left behind after helm uninstall: %s", strings.Join(left, ", "))
-	fmt.Printf("FIGURE chart install: helm install --wait %s on kwok (%d objects); left after uninstall: %v\n",
-		installTime.Round(time.Millisecond), len(objs), left)
 }
 
 // webhookArgs is the first container's args of d.

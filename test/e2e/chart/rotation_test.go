@@ -185,8 +185,6 @@ func TestChartCertificateRotation(t *testing.T) {
 	defer failMu.Unlock()
 	t.Logf("rotation: %d StatefulSet creations, %d failed; %d during the leaf re-issue, %d during the CA + leaf re-issue; serving serials %s → %s → %s",
 		attempts.Load(), failures.Load(), leafAttempts, caAttempts, served0.SerialNumber, served1.SerialNumber, served2.SerialNumber)
-	fmt.Printf("FIGURE rotation: attempts=%d failures=%d (leaf re-issue window %d, CA+leaf window %d)\n",
-		attempts.Load(), failures.Load(), leafAttempts, caAttempts)
 	assert.Positive(t, leafAttempts)
 	assert.Positive(t, caAttempts)
 	assert.Zero(t, failures.Load(), "StatefulSet creations failed during rotation (first 5):\n%s", strings.Join(failMsgs, "\n"))
