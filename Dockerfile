@@ -3,7 +3,7 @@
 # same binaries at the same paths, the same user, no entrypoint — the chart names the program
 # in each container's command:). Build with
 #
-#	docker build --build-arg VERSION=$(git describe --tags --always --dirty) -t petfabric/petfabric:dev .
+#	docker build --build-arg VERSION=$(git describe --tags --always --dirty) -t ghcr.io/petfabric/petfabric:dev .
 #
 # The node DaemonSet runs this image as root through its securityContext (iSCSI, mounts).
 FROM golang:1.26 AS build

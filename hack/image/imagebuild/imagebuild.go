@@ -47,8 +47,8 @@ const (
 	GID = 65532
 	// User is the config's User field.
 	User = "65532:65532"
-	// Repository is the image name the tarball is tagged with.
-	Repository = "petfabric/petfabric"
+	// Repository is the image name the tarball is tagged with: the chart's default image.repository.
+	Repository = "ghcr.io/petfabric/petfabric"
 	// Source is the org.opencontainers.image.source label.
 	Source = "https://github.com/petfabric/petfabric"
 	// LayoutDir and TarballName are the outputs under Options.OutDir.
@@ -183,6 +183,29 @@ func moduleRoot(goCmd string) (string, error) {
 		return "", errors.New("imagebuild: not inside the petfabric module (go env GOMOD is empty); set ModuleRoot")
 	}
 	return filepath.Dir(mod), nil
+}
+
+// Compile builds the programs as the image holds them (static, stripped, stamped) into dir
+// and returns name → path. Build calls it; so does the chart's flag test (test/chartflags),
+// which runs the rendered commands against exactly these binaries.
+func Compile(opts Options, dir string) (map[string]string, error) {
+	if opts.Go == "" {
+		opts.Go = "go"
+	}
+	if opts.GOARCH == "" {
+		opts.GOARCH = runtime.GOARCH
+	}
+	if opts.Stderr == nil {
+		opts.Stderr = os.Stderr
+	}
+	if opts.ModuleRoot == "" {
+		root, err := moduleRoot(opts.Go)
+		if err != nil {
+			return nil, err
+		}
+		opts.ModuleRoot = root
+	}
+	return compile(opts, dir)
 }
 
 // compile builds the programs, static, into dir.
