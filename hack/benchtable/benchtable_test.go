@@ -126,6 +126,15 @@ func TestBuild(t *testing.T) {
 	assert.Equal(t, new(true), rows[4].GoalMet, "800/900 ≥ 0.5")
 }
 
+func TestRatioText(t *testing.T) {
+	for _, tc := range []struct {
+		r    *float64
+		want string
+	}{{nil, "–"}, {ptr(1.004), "1.00×"}, {ptr(18), "18.00×"}, {ptr(0.00565), "0.00565×"}, {ptr(0.5432), "0.54×"}, {ptr(1234.5), "1,235×"}} {
+		assert.Equal(t, tc.want, ratioText(tc.r))
+	}
+}
+
 func TestGoalMet(t *testing.T) {
 	for _, tc := range []struct {
 		goal         *Goal
@@ -195,8 +204,8 @@ func TestRender(t *testing.T) {
 	ws := regexp.MustCompile(`\s{2,}`)
 	cells := func(line string) []string { return ws.Split(strings.TrimSpace(line), -1) }
 	assert.Equal(t, []string{"FIGURE", "VALUE", "BASELINE (same run)", "RATIO", "GOAL"}, cells(lines[2]))
-	assert.Equal(t, []string{"iSCSI probe p50", "900 µs", "50 µs", "TCP connect", "18×", "ratio ≤ 20 met"}, cells(lines[3]))
-	assert.Equal(t, []string{"flex init", "4 ms", "2 ms", "/bin/true", "2×", "< 1 ms MISSED"}, cells(lines[4]))
+	assert.Equal(t, []string{"iSCSI probe p50", "900 µs", "50 µs", "TCP connect", "18.00×", "ratio ≤ 20 met"}, cells(lines[3]))
+	assert.Equal(t, []string{"flex init", "4 ms", "2 ms", "/bin/true", "2.00×", "< 1 ms MISSED"}, cells(lines[4]))
 	assert.Equal(t, []string{"gone figure", "–", "–", "nothing", "–"}, cells(lines[5]))
 	assert.Contains(t, out.String(), "missing gone: not in this run: BenchmarkGone s of test/e2e, BenchmarkGone b of test/e2e\n")
 	assert.Contains(t, out.String(), "failure: --- FAIL: BenchmarkX\n")
@@ -272,8 +281,8 @@ func TestCompare(t *testing.T) {
 	n, err := RenderCompare(&out, old, cur, deltas, RegressionThreshold)
 	require.NoError(t, err)
 	assert.Equal(t, 3, n)
-	assert.Regexp(t, `lat-up-11\s+100 µs\s+111 µs\s+1\.11×\s+lower\s+10× → 11\.1×\s+REGRESSION \(> 10% worse\)`, out.String())
-	assert.Regexp(t, `rps-up\s+1,000 req/s\s+1,500 req/s\s+1\.5×\s+higher\s+100× → 150×\s+ok`, out.String())
+	assert.Regexp(t, `lat-up-11\s+100 µs\s+111 µs\s+1\.11×\s+lower\s+10\.00× → 11\.10×\s+REGRESSION \(> 10% worse\)`, out.String())
+	assert.Regexp(t, `rps-up\s+1,000 req/s\s+1,500 req/s\s+1\.50×\s+higher\s+100\.00× → 150\.00×\s+ok`, out.String())
 	assert.Contains(t, out.String(), "3 regression(s) over 10%")
 }
 
@@ -297,7 +306,7 @@ func TestRunExitCodes(t *testing.T) {
 	c, out := code("table", "-in", ok, "-json", oldJSON)
 	assert.Equal(t, 1, c, out)
 	assert.Contains(t, out, "rows missing")
-	assert.Regexp(t, `flex driver .init.*\s4 ms\s+2 ms\s+one exec of /bin/true\s+2×`, out)
+	assert.Regexp(t, `flex driver .init.*\s4 ms\s+2 ms\s+one exec of /bin/true\s+2\.00×`, out)
 	c, out = code("table", "-in", ok, "-json", oldJSON, "-allow-missing", "-commit", "c1")
 	assert.Equal(t, 0, c, out)
 	c, out = code("table", "-in", failed, "-json", "", "-allow-missing")

@@ -81,10 +81,6 @@ func RenderCompare(w io.Writer, old, cur *Report, deltas []Delta, threshold floa
 	fmt.Fprintln(tw, "ROW\tOLD\tNEW\tNEW/OLD\tBETTER\tVS BASELINE OLD → NEW\tVERDICT\t")
 	regressions := 0
 	for _, d := range deltas {
-		change := "–"
-		if d.Change != nil {
-			change = num(*d.Change) + "×"
-		}
 		verdict := d.Note
 		if d.Change != nil {
 			switch {
@@ -95,14 +91,8 @@ func RenderCompare(w io.Writer, old, cur *Report, deltas []Delta, threshold floa
 				verdict = "ok"
 			}
 		}
-		ratio := func(r *float64) string {
-			if r == nil {
-				return "–"
-			}
-			return num(*r) + "×"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s → %s\t%s\t\n", d.ID, optional(d.Old, d.Unit), optional(d.New, d.Unit), change, d.Better,
-			ratio(d.OldRatio), ratio(d.NewRatio), verdict)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s → %s\t%s\t\n", d.ID, optional(d.Old, d.Unit), optional(d.New, d.Unit), ratioText(d.Change), d.Better,
+			ratioText(d.OldRatio), ratioText(d.NewRatio), verdict)
 	}
 	if err := tw.Flush(); err != nil {
 		return regressions, err

@@ -200,6 +200,19 @@ func roundSig(v float64, digits int) float64 {
 	return math.Round(v*p) / p
 }
 
+// ratioText prints a ratio with two decimals ("1.00×" for 1.004: a ratio goal of ≤ 1 is
+// judged on the exact value, the table must not print it as a round 1), tiny ones with three
+// significant digits.
+func ratioText(r *float64) string {
+	switch {
+	case r == nil:
+		return "–"
+	case math.Abs(*r) < 0.01 || math.Abs(*r) >= 1000:
+		return num(*r) + "×"
+	}
+	return strconv.FormatFloat(*r, 'f', 2, 64) + "×"
+}
+
 func optional(v *float64, unit string) string {
 	if v == nil {
 		return "–"
@@ -215,15 +228,11 @@ func Render(w io.Writer, rep *Report) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "FIGURE\tVALUE\tBASELINE (same run)\t\tRATIO\tGOAL\t")
 	for _, r := range rep.Rows {
-		ratio := "–"
-		if r.Ratio != nil {
-			ratio = num(*r.Ratio) + "×"
-		}
 		goal := r.Goal.text(r.Unit)
 		if r.GoalMet != nil {
 			goal += map[bool]string{true: " met", false: " MISSED"}[*r.GoalMet]
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Figure, optional(r.Value, r.Unit), optional(r.Base, r.Unit), r.Baseline, ratio, goal)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Figure, optional(r.Value, r.Unit), optional(r.Base, r.Unit), r.Baseline, ratioText(r.Ratio), goal)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
