@@ -248,10 +248,10 @@ func TestCompare(t *testing.T) {
 	old := reportWith(row("lat-up-11", "µs", 100), row("lat-up-9", "µs", 100), row("lat-down", "ms", 100),
 		row("rps-down-11", "req/s", 1000), row("rps-down-9", "req/s", 1000), row("rps-up", "req/s", 1000),
 		row("rss-up-20", "MiB", 100), row("unit-changed", "ms", 1), row("gone", "s", 1),
-		Row{ID: "was-missing", Unit: "s", Better: "lower"})
+		Row{ID: "was-missing", Unit: "s", Better: "lower"}, Row{ID: "never-ran", Unit: "s", Better: "lower"})
 	cur := reportWith(row("lat-up-11", "µs", 111), row("lat-up-9", "µs", 109), row("lat-down", "ms", 50),
 		row("rps-down-11", "req/s", 889), row("rps-down-9", "req/s", 910), row("rps-up", "req/s", 1500),
-		row("rss-up-20", "MiB", 120), row("unit-changed", "µs", 1000), row("was-missing", "s", 3), row("brand-new", "s", 1))
+		row("rss-up-20", "MiB", 120), row("unit-changed", "µs", 1000), row("was-missing", "s", 3), Row{ID: "never-ran", Unit: "s", Better: "lower"}, row("brand-new", "s", 1))
 	deltas := Compare(old, cur, RegressionThreshold)
 	got := map[string]Delta{}
 	var order []string
@@ -260,7 +260,7 @@ func TestCompare(t *testing.T) {
 		order = append(order, d.ID)
 	}
 	assert.Equal(t, []string{"lat-up-11", "lat-up-9", "lat-down", "rps-down-11", "rps-down-9", "rps-up", "rss-up-20",
-		"unit-changed", "was-missing", "brand-new", "gone"}, order)
+		"unit-changed", "was-missing", "never-ran", "brand-new", "gone"}, order)
 	for id, regressed := range map[string]bool{"lat-up-11": true, "lat-up-9": false, "lat-down": false,
 		"rps-down-11": true, "rps-down-9": false, "rps-up": false, "rss-up-20": true} {
 		assert.Equal(t, regressed, got[id].Regressed, id)
@@ -270,9 +270,10 @@ func TestCompare(t *testing.T) {
 	assert.InDelta(t, 0.889, *got["rps-down-11"].Change, 1e-9)
 	assert.Equal(t, "unit changed (ms → µs): not compared", got["unit-changed"].Note)
 	assert.Equal(t, "not in OLD", got["was-missing"].Note)
+	assert.Equal(t, "in neither", got["never-ran"].Note)
 	assert.Equal(t, "new row", got["brand-new"].Note)
 	assert.Equal(t, "not in NEW", got["gone"].Note)
-	for _, id := range []string{"unit-changed", "was-missing", "brand-new", "gone"} {
+	for _, id := range []string{"unit-changed", "was-missing", "never-ran", "brand-new", "gone"} {
 		assert.False(t, got[id].Regressed, id)
 		assert.Nil(t, got[id].Change, id)
 	}

@@ -42,6 +42,8 @@ func Compare(old, cur *Report, threshold float64) []Delta {
 		default:
 			d.Old, d.OldRatio = o.Value, o.Ratio
 			switch {
+			case o.Value == nil && n.Value == nil:
+				d.Note = "in neither"
 			case o.Value == nil:
 				d.Note = "not in OLD"
 			case n.Value == nil:
