@@ -3,6 +3,7 @@ package chart
 import (
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -151,6 +152,7 @@ var hookPaths = map[string]struct{ path, group, resource string }{
 	"statefulsets.petfabric.io": {webhook.PathStatefulSets, "apps", "statefulsets"},
 	"scale.petfabric.io":        {webhook.PathScale, "apps", "statefulsets/scale"},
 	"claims.petfabric.io":       {webhook.PathClaims, "", "persistentvolumeclaims"},
+	"pods.petfabric.io":         {webhook.PathPods, "", "pods"},
 }
 
 // TestWebhookHooks: the three hooks call the webhook server's own paths with the decided
@@ -179,7 +181,7 @@ func TestWebhookHooks(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			objs := render(t, tc.ci, tc.values)
 			mwc, byName := hooks(t, objs)
-			require.Len(t, mwc.Webhooks, len(hookPaths))
+			require.Len(t, mwc.Webhooks, len(hookPaths), "with the scheduling gate's pod hook")
 			if tc.injects {
 				ref := mwc.Annotations["cert-manager.io/inject-ca-from"]
 				assert.Equal(t, ns+"/"+webhookCert, ref, "inject-ca-from is <namespace>/<serving Certificate>")
@@ -209,7 +211,11 @@ func TestWebhookHooks(t *testing.T) {
 				require.Len(t, h.Rules, 1, name)
 				assert.Equal(t, []string{want.group}, h.Rules[0].APIGroups, name)
 				assert.Equal(t, []string{want.resource}, h.Rules[0].Resources, name)
-				assert.Equal(t, tc.failure, *h.FailurePolicy, name)
+				if name == "pods.petfabric.io" {
+					assert.Equal(t, admissionregistrationv1.Ignore, *h.FailurePolicy, "the scheduling gate never blocks a pod")
+				} else {
+					assert.Equal(t, tc.failure, *h.FailurePolicy, name)
+				}
 				assert.Equal(t, admissionregistrationv1.SideEffectClassNoneOnDryRun, *h.SideEffects, name)
 				assert.Equal(t, tc.timeout, *h.TimeoutSeconds, name)
 				assert.Equal(t, admissionregistrationv1.Equivalent, *h.MatchPolicy, name)
@@ -233,6 +239,36 @@ func TestWebhookHooks(t *testing.T) {
 			}
 			assert.Len(t, byName["statefulsets.petfabric.io"].MatchConditions, 1)
 			assert.Len(t, byName["claims.petfabric.io"].MatchConditions, 1)
+			assert.Len(t, byName["pods.petfabric.io"].MatchConditions, 1)
+		})
+	}
+}
+
+// TestSchedulingGateHook: the pod hook, the webhook's --scheduling-gate and the loop's right to
+// patch pods come and go together, and need the reconcile loop (which removes the gate).
+func TestSchedulingGateHook(t *testing.T) {
+	for _, tc := range []struct {
+		name, values string
+		on           bool
+	}{
+		{"default", "", true},
+		{"gate off", "webhook:\n  schedulingGate: false\n", false},
+		{"no reconcile loop", "webhook:\n  reconcile: false\n", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			objs := render(t, "default", tc.values)
+			_, byName := hooks(t, objs)
+			_, hook := byName["pods.petfabric.io"]
+			assert.Equal(t, tc.on, hook)
+			var dep appsv1.Deployment
+			decode(t, objs, "Deployment", webhookName, &dep)
+			assert.Contains(t, container(t, dep.Spec.Template.Spec, "webhook").Args, fmt.Sprintf("--scheduling-gate=%t", tc.on))
+			var role rbacv1.ClusterRole
+			decode(t, objs, "ClusterRole", webhookName, &role)
+			patch := slices.ContainsFunc(role.Rules, func(r rbacv1.PolicyRule) bool {
+				return slices.Contains(r.Resources, "pods") && slices.Contains(r.Verbs, "patch")
+			})
+			assert.Equal(t, tc.on, patch, "the loop may patch pods")
 		})
 	}
 }
