@@ -17,9 +17,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/yaml"
 
 	"github.com/petfabric/petfabric/pkg/flex"
 	"github.com/petfabric/petfabric/pkg/pvoptions"
+	"github.com/petfabric/petfabric/test/helmchart"
 )
 
 // TestKubeletRunsPets runs a StatefulSet of two pets on two real kubelet nodes and walks a
@@ -285,7 +287,7 @@ func TestKubeletRunsPets(t *testing.T) {
 		assert.Error(t, os.WriteFile(filepath.Join(dir, "new"), []byte("x"), 0o644), "a read-only mount refuses writes")
 	})
 
-	t.Run("an inline datera/iscsi volume is refused by the driver", func(t *testing.T) {
+	t.Run("an inline datera/iscsi volume is refused by the driver, and by the chart's admission policy", func(t *testing.T) {
 		// The pod names a pet's volume and dresses itself up with the pet's claim options; with
 		// no secret, only the node's credentials file could log in, and the driver serves that
 		// to petfabric PersistentVolumes only. (Where the chart is installed, its admission
@@ -326,6 +328,29 @@ func TestKubeletRunsPets(t *testing.T) {
 		assert.NotEqual(t, corev1.PodRunning, p.Status.Phase)
 		assert.Equal(t, aclBefore, e.nodes["node-0"].ACL(id), "the refusal changed nothing on Datera")
 		assert.True(t, strings.Contains(e.events(t, "inline"), "FailedMount"), "kubelet reports the refusal on the pod")
+
+		// Where the chart is installed, its admission policy refuses the pod before kubelet
+		// ever sees it. (Last: the chart's policies also govern PersistentVolume writes.)
+		policy := helmchart.Release + "-no-inline-datera-volumes"
+		var docs []string
+		for _, o := range helmchart.Objects(t, helmchart.Render(t, "")) {
+			if o.GetKind() == "ValidatingAdmissionPolicy" || o.GetKind() == "ValidatingAdmissionPolicyBinding" {
+				b, err := yaml.Marshal(o.Object)
+				require.NoError(t, err)
+				docs = append(docs, string(b))
+			}
+		}
+		_, err = e.c.KubectlInput(strings.Join(docs, "---\n"), "apply", "-f", "-")
+		require.NoError(t, err)
+		pod.Name = "inline-admitted"
+		var last error
+		require.NoError(t, wait.PollUntilContextTimeout(e.ctx, 200*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
+			_, last = e.cs.CoreV1().Pods(appNS).Create(ctx, pod.DeepCopy(), metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+			return apierrors.IsForbidden(last) && strings.Contains(last.Error(), policy), nil
+		}), "policy %s never enforced; last: %v", policy, last)
+		_, err = e.cs.CoreV1().Pods(appNS).Create(e.ctx, pod.DeepCopy(), metav1.CreateOptions{})
+		require.True(t, apierrors.IsForbidden(err), "the inline pod is refused at admission: %v", err)
+		assert.Contains(t, err.Error(), policy)
 	})
 }
 
