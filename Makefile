@@ -24,10 +24,11 @@ all: build
 ## storage), the Datera simulator exporting tgtd targets, petfabric installed with its chart.
 ## KEEP=1 leaves it running (prints the kubeconfig and a kubectl line); Ctrl-C cleans up.
 .PHONY: demo
+demo: DEMO_T0 := $(shell date +%s%N)
 demo: setup
 	@echo "==> building the demo (the first run compiles the programs; later runs only link)"
 	@$(GO) build -o bin/demo ./test/product/cmd/demo
-	@exec bin/demo $(if $(KEEP),--keep)
+	@PETFABRIC_DEMO_T0=$(DEMO_T0) exec bin/demo $(if $(KEEP),--keep)
 
 ## test: everything CI checks, from a cold machine.
 test: setup lint gotest

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -133,6 +134,10 @@ func walk(ctx context.Context, s style, env *product.Env, until string) int {
 	fmt.Fprintf(s.w, "  %-100s %6.1fs\n", "environment ready (from the start of the demo)", setup.Seconds())
 	if !w.FirstPV.IsZero() {
 		fmt.Fprintf(s.w, "  %-100s %6.1fs\n", "first `kubectl get pv` (from the start of the demo)", w.FirstPV.Sub(s.start).Seconds())
+		// make demo passes when it started, so the figure includes make setup and the build.
+		if ns, err := strconv.ParseInt(os.Getenv("PETFABRIC_DEMO_T0"), 10, 64); err == nil {
+			fmt.Fprintf(s.w, "  %-100s %6.1fs\n", "first `kubectl get pv` (from `make demo`: setup and build included)", w.FirstPV.Sub(time.Unix(0, ns)).Seconds())
+		}
 	}
 	return 0
 }
