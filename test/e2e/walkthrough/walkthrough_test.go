@@ -100,11 +100,14 @@ func TestWalkthrough(t *testing.T) {
 	require.Equal(t, map[string]bool{"node-0": true, "node-1": true, "node-2": false}, reachable)
 
 	w := product.NewWalk(env)
-	obs := map[string]*product.Observed{}
 	for _, step := range product.Steps() {
 		o, err := step.Run(ctx, w)
+		if err != nil && o != nil {
+			for _, sh := range o.Shown {
+				t.Logf("$ %s\n%s", sh.Command, sh.Output)
+			}
+		}
 		require.NoError(t, err, "step %s", step.Name)
-		obs[step.Name] = o
 		t.Run(step.Name, func(t *testing.T) { checkStep(t, env, w, step.Name, o, ini, reachable) })
 		if t.Failed() {
 			for _, sh := range o.Shown {
