@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -27,6 +28,7 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
+	"github.com/petfabric/petfabric/pkg/iscsi/probetest"
 	"github.com/petfabric/petfabric/pkg/mutate"
 	"github.com/petfabric/petfabric/test/certmanager"
 	"github.com/petfabric/petfabric/test/cluster"
@@ -38,8 +40,9 @@ import (
 // token of the ServiceAccount the chart renders for it (TokenRequest; the agent's bound to a
 // pod on its node, so it carries the node name), with the rendered flags, through its main
 // path: the webhook admits a StatefulSet and creates its PVs, runs its reconcile loop and
-// holds its leader Lease; the agent writes its node's report; the extender answers a filter
-// call for the StatefulSet's pod, reading its claim, PV and the node's report; the secondary
+// holds its leader Lease; the agent probes a real iSCSI target (tgtd) and writes its node's
+// report; the extender passes the node for the StatefulSet's pod, reading its claim, PV and the
+// node's report, and writes its requeue trigger on that report's recovery; the secondary
 // scheduler schedules a pod that names it. No program's log shows a refused call. Then each
 // token is refused (403) a call outside its role: the chart's RBAC is sufficient and minimal.
 func TestChartRBAC(t *testing.T) {
@@ -53,14 +56,17 @@ func TestChartRBAC(t *testing.T) {
 	webhookPort, webhookHealth, extenderPort, extenderHealth, agentMetrics, schedPort := freePort(t), freePort(t), freePort(t), freePort(t), freePort(t), freePort(t)
 	webhookAddr := fmt.Sprintf("127.0.0.1:%d", webhookPort)
 	secondary := ciValuesFile("secondary-scheduler")
-	// The node's one backstore has a portal nothing listens on (the discard port): the agent
-	// reports it unreachable.
+	// The node's one backstore portal is a real iSCSI target (tgtd on loopback) that admits
+	// the node's initiator: the agent's probe logs in to it.
+	const initiator = "iqn.2026-11.io.petfabric.chart:node-0"
+	tgt := probetest.Start(t)
+	tgt.AddTarget(probetest.TargetOptions{IQN: "iqn.2026-11.io.petfabric.chart:vol", Initiators: []string{initiator}})
 	values := storageClassValues + `node:
   config:
     allowedBackstores: ["datera.example.com:7718"]
   backstores:
     "datera.example.com:7718":
-      portals: ["127.0.0.1:9"]
+      portals: ["` + tgt.Portal + `"]
 `
 	urlValues := fmt.Sprintf("webhook:\n  url: https://%s\n%s", webhookAddr, values)
 	urlObjs := helmchart.Objects(t, helmchart.Render(t, urlValues, "--values", ciValuesFile("default"), "--values", secondary))
@@ -93,8 +99,21 @@ func TestChartRBAC(t *testing.T) {
 		map[string]string{"--listen": webhookAddr, "--health-listen": fmt.Sprintf("127.0.0.1:%d", webhookHealth), "--kubeconfig": webhookID.kubeconfig}), nil)
 	waitHTTP200(t, webhook, fmt.Sprintf("http://127.0.0.1:%d/readyz", webhookHealth), 30*time.Second)
 
-	// The agent, under a token bound to a pod on node-0 (the node-reports policy reads the
-	// node name from it).
+	// The extender, serving its cert-manager Secret.
+	extDeploy := helmchart.Find(objs, "Deployment", helmchart.Release+"-extender")
+	ectr, evols := container(t, extDeploy, "extender", false)
+	extID := serviceAccountIdentity(ctx, t, c, helmchart.Namespace, ctrServiceAccount(t, extDeploy), nil)
+	eSecret := secretOfMount(t, ectr, evols)
+	eDir := projectForTest(ctx, t, c, eSecret)
+	extAddr := fmt.Sprintf("127.0.0.1:%d", extenderPort)
+	extender := startProgram(t, c.Dir, "extender", extenderBin, localArgs(ectr, env,
+		map[string]string{mountPath(t, ectr, secretVolume(t, evols, eSecret)): eDir},
+		map[string]string{"--listen": extAddr, "--health-listen": fmt.Sprintf("127.0.0.1:%d", extenderHealth), "--kubeconfig": extID.kubeconfig}), nil)
+	waitHTTP200(t, extender, fmt.Sprintf("http://127.0.0.1:%d/readyz", extenderHealth), 30*time.Second)
+
+	// The agent, started after the extender so that its first report is a recovery the
+	// extender sees (a node with no report turning reachable), under a token bound to a pod
+	// on node-0 (the node-reports policy reads the node name from it).
 	ds := helmchart.Find(objs, "DaemonSet", helmchart.Release+"-node")
 	actr, avols := container(t, ds, "agent", false)
 	agentSA := ctrServiceAccount(t, ds)
@@ -108,24 +127,12 @@ func TestChartRBAC(t *testing.T) {
 		&authenticationv1.BoundObjectReference{APIVersion: "v1", Kind: "Pod", Name: agentPod.Name, UID: agentPod.UID})
 	agentMounts := configMapMounts(t, actr, avols, objs)
 	initiatorDir := t.TempDir()
-	require.NoError(t, os.WriteFile(filepath.Join(initiatorDir, "initiatorname.iscsi"), []byte("InitiatorName=iqn.2026-11.io.petfabric:node-0\n"), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(initiatorDir, "initiatorname.iscsi"), []byte("InitiatorName="+initiator+"\n"), 0o600))
 	agentMounts[mountPath(t, actr, "iscsi")] = initiatorDir
 	agentMounts[mountPath(t, actr, "state")] = t.TempDir()
 	agent := startProgram(t, c.Dir, "agent", flexBin, append([]string{"agent"}, localArgs(actr, env, agentMounts,
 		map[string]string{"--kubeconfig": agentID.kubeconfig, "--metrics-listen": fmt.Sprintf("127.0.0.1:%d", agentMetrics),
 			"--interval": "1s", "--probe-timeout": "300ms"})...), nil)
-
-	// The extender, serving its cert-manager Secret.
-	extDeploy := helmchart.Find(objs, "Deployment", helmchart.Release+"-extender")
-	ectr, evols := container(t, extDeploy, "extender", false)
-	extID := serviceAccountIdentity(ctx, t, c, helmchart.Namespace, ctrServiceAccount(t, extDeploy), nil)
-	eSecret := secretOfMount(t, ectr, evols)
-	eDir := projectForTest(ctx, t, c, eSecret)
-	extAddr := fmt.Sprintf("127.0.0.1:%d", extenderPort)
-	extender := startProgram(t, c.Dir, "extender", extenderBin, localArgs(ectr, env,
-		map[string]string{mountPath(t, ectr, secretVolume(t, evols, eSecret)): eDir},
-		map[string]string{"--listen": extAddr, "--health-listen": fmt.Sprintf("127.0.0.1:%d", extenderHealth), "--kubeconfig": extID.kubeconfig}), nil)
-	waitHTTP200(t, extender, fmt.Sprintf("http://127.0.0.1:%d/readyz", extenderHealth), 30*time.Second)
 
 	// Webhook main path: a StatefulSet admitted, its PV created, the loop leading.
 	_, err = c.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "apps"}}, metav1.CreateOptions{})
@@ -164,12 +171,17 @@ func TestChartRBAC(t *testing.T) {
 	var result extenderv1.ExtenderFilterResult
 	require.Eventually(t, func() bool {
 		result = filter(t, extAddr, dnsNameOf(t, objs, eSecret), caPEM, pod, "node-0")
-		// The agent's portals (a closed local port) are unreachable, so the node fails for
-		// that reason — which the extender knows only from node-0's report.
-		reason := result.FailedNodes["node-0"] + result.FailedAndUnresolvableNodes["node-0"]
-		return result.Error == "" && strings.Contains(reason, "127.0.0.1:9")
-	}, 30*time.Second, 500*time.Millisecond, "the extender never judged node-0 from its report (last answer %+v)", result)
+		// node-0 passes only by its report: the agent reached the backstore's one portal.
+		return result.Error == "" && slices.Equal(ptr.Deref(result.NodeNames, nil), []string{"node-0"})
+	}, 30*time.Second, 500*time.Millisecond, "the extender never passed node-0 on its report (last answer %+v)", result)
 	t.Logf("extender filter for apps/db-0 on node-0: passed %v, failed %v %v", ptr.Deref(result.NodeNames, nil), result.FailedNodes, result.FailedAndUnresolvableNodes)
+	// The recovery (node-0's first report reaching its portal) made the extender write its
+	// requeue trigger, a CSIStorageCapacity in the release namespace.
+	trigger := argValue(t, ectr, "--requeue-trigger-name")
+	require.Eventually(t, func() bool {
+		_, err := c.Client.StorageV1().CSIStorageCapacities(helmchart.Namespace).Get(ctx, trigger, metav1.GetOptions{})
+		return err == nil
+	}, 30*time.Second, 200*time.Millisecond, "the extender never wrote its requeue trigger %s", trigger)
 
 	// The secondary scheduler: the pinned kube-scheduler with the rendered configuration,
 	// its client and delegated authentication on the ServiceAccount's token.
@@ -247,6 +259,18 @@ func TestChartRBAC(t *testing.T) {
 		err := r.call()
 		assert.True(t, apierrors.IsForbidden(err), "%s: want 403 Forbidden, got %v", r.name, err)
 	}
+}
+
+// argValue is the value of --flag in the container's args.
+func argValue(t *testing.T, c corev1.Container, flag string) string {
+	t.Helper()
+	for _, a := range c.Args {
+		if v, ok := strings.CutPrefix(a, flag+"="); ok {
+			return v
+		}
+	}
+	t.Fatalf("container %s has no %s", c.Name, flag)
+	return ""
 }
 
 // secretOfMount is the Secret of the container's TLS volume (the one mounted with the
