@@ -102,6 +102,8 @@ type Cluster struct {
 	kubeletMu sync.Mutex
 	kubelets  []*Kubelet // every kubelet started, by Options.Kubelets or StartKubelets
 	host      *hostState // set while this cluster holds the host's kubelet lock
+
+	apiserverRestarts int // RestartAPIServer's count, for its log names
 }
 
 // Start starts a control plane for a test and stops it when the test ends; on failure the
