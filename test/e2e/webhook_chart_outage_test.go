@@ -24,7 +24,8 @@ import (
 // Fail and no webhook answering, the real apiserver still admits everything the webhook could
 // not affect (its matchConditions and selectors decide, evaluated by the apiserver): claims of
 // other storage, StatefulSets without claim templates, anything in the release namespace or
-// an opted-out namespace, and opted-out objects. What the webhook must see is refused, so it
+// an opted-out namespace, and opted-out objects; and pods, whose hook (the scheduling gate)
+// is an optimisation under failurePolicy Ignore. What the webhook must see is refused, so it
 // is never admitted unpinned: a claim carrying petfabric's pinning annotations (the claims the
 // webhook makes PVs for), a claim naming a Datera class, a StatefulSet with claim templates.
 func TestWebhookChartOutageUnderFail(t *testing.T) {
@@ -79,6 +80,20 @@ func TestWebhookChartOutageUnderFail(t *testing.T) {
 			return err
 		}
 	}
+	pod := func(ns, name, claim string) func(context.Context, []string) error {
+		return func(ctx context.Context, dry []string) error {
+			p := &corev1.Pod{
+				ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "nginx"}}},
+			}
+			if claim != "" {
+				p.Spec.Volumes = []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{
+					PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: claim}}}}
+			}
+			_, err := cs.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{DryRun: dry})
+			return err
+		}
+	}
 	pinned := map[string]string{mutate.AnnStatefulSet: "db", mutate.AnnClaimTemplate: "data"}
 	refused := func(err error) bool {
 		return err != nil && strings.Contains(err.Error(), "failed calling webhook")
@@ -106,6 +121,8 @@ func TestWebhookChartOutageUnderFail(t *testing.T) {
 		{"Datera claim in an opted-out namespace", claim("ops", "gold", "datera-gold", nil), true},
 		{"StatefulSet without claim templates", sts("shop", "stateless", false, nil), true},
 		{"StatefulSet with claim templates", sts("shop", "db", true, nil), false},
+		{"pod without claims", pod("shop", "plain", ""), true},
+		{"pod mounting a claim (the scheduling gate's hook never blocks)", pod("shop", "db-0", "data-db-0"), true},
 		{"opted-out StatefulSet with claim templates", sts("shop", "legacy", true, map[string]string{webhookIgnoreLabel: webhookIgnoreValue}), true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
