@@ -107,7 +107,8 @@ BENCH_JSON    ?= $(CURDIR)/bench.json
 BENCH_TEE     := 2>&1 | tee -a $(BENCH_LOG)
 
 bench:
-	@mkdir -p $(BENCH_DIR) && : > $(BENCH_LOG)
+	@mkdir -p $(BENCH_DIR) && printf 'commit: %s\nversion: %s\ndate: %s\n' \
+	  "$$(git rev-parse HEAD 2>/dev/null || echo unknown)" "$(VERSION)" "$$(date -u +%Y-%m-%dT%H:%M:%SZ)" > $(BENCH_LOG)
 	-PETFABRIC_STRICT=1 $(GO) test -p 1 -run '^$$' -bench . -benchmem ./pkg/... ./cmd/... $(BENCH_TEE)
 	-PETFABRIC_STRICT=1 $(GO) test -run '^$$' -bench RoundTrip -cpu 1 ./pkg/datera/ $(BENCH_TEE)
 	-PETFABRIC_STRICT=1 $(GO) test -run '^$$' -bench StatefulSetCreate -benchtime 100x ./test/e2e/ $(BENCH_TEE)
@@ -119,7 +120,9 @@ bench:
 	@$(MAKE) --no-print-directory bench-table
 
 ## bench-table: the table and $(BENCH_JSON) from the output make bench kept in $(BENCH_LOG)
-## (again, e.g. after a run that stopped; a partial log: BENCH_TABLE_FLAGS=-allow-missing).
+## (again, e.g. after a run that stopped; a partial log: BENCH_TABLE_FLAGS=-allow-missing). The
+## commit, version and date are the ones make bench wrote at the top of the log (the code
+## measured); -commit/-version only fill in for a log without them.
 .PHONY: bench-table bench-compare
 BENCH_TABLE_FLAGS ?=
 bench-table:

@@ -51,6 +51,12 @@ func TestParse(t *testing.T) {
 	assert.Equal(t, Result{Pkg: module + "cmd/flex", Name: "BenchmarkExecInit", Iters: 100, Metrics: map[string]float64{"ns/op": 4e6}}, run.Results[2])
 	assert.Equal(t, "BenchmarkExecTrue", run.Results[3].Name, "GOMAXPROCS suffix dropped")
 	assert.Equal(t, "BenchmarkExecTrue", run.Results[4].Name, "no suffix with -cpu 1")
+	assert.Empty(t, run.Stamp)
+
+	run, err = Parse(strings.NewReader("commit: abc123\nversion: v1-dirty\ndate: 2026-11-30T13:43:00Z\n"+sample+"commit: later\n"), "stamped")
+	require.NoError(t, err)
+	assert.Equal(t, map[string]string{"commit": "abc123", "version": "v1-dirty", "date": "2026-11-30T13:43:00Z"}, run.Stamp, "the first stamp wins")
+	assert.Len(t, run.Results, 5)
 }
 
 func TestParseFailures(t *testing.T) {
@@ -313,6 +319,20 @@ func TestRunExitCodes(t *testing.T) {
 	c, out = code("table", "-in", failed, "-json", "", "-allow-missing")
 	assert.Equal(t, 1, c, out)
 	assert.Contains(t, out, "1 failure line(s)")
+
+	// The log's stamp names the code measured; the flags are only the fallback.
+	stamped := write("stamped.txt", "commit: measured\nversion: v9\ndate: 2026-11-30T13:43:00Z\n"+sample)
+	stampedJSON := filepath.Join(dir, "stamped.json")
+	c, out = code("table", "-in", stamped, "-json", stampedJSON, "-allow-missing", "-commit", "drawn-later", "-version", "v10")
+	require.Equal(t, 0, c, out)
+	rep, err := Read(stampedJSON)
+	require.NoError(t, err)
+	assert.Equal(t, "measured", rep.Commit)
+	assert.Equal(t, "v9", rep.Version)
+	assert.Equal(t, time.Date(2026, 11, 30, 13, 43, 0, 0, time.UTC), rep.Date)
+	c, out = code("table", "-in", write("baddate.txt", "date: yesterday\n"+sample), "-json", "", "-allow-missing")
+	assert.Equal(t, 2, c, out)
+	assert.Contains(t, out, "the log's date line")
 
 	slower := write("slower.txt", strings.Replace(sample, "BenchmarkExecInit-2   \t     100\t   4000000 ns/op", "BenchmarkExecInit-2   \t     100\t   5000000 ns/op", 1))
 	c, out = code("table", "-in", slower, "-json", newJSON, "-allow-missing", "-commit", "c2")

@@ -71,8 +71,8 @@ func tableCmd(args []string, stdout, stderr io.Writer) error {
 	var in multiFlag
 	fs.Var(&in, "in", "go test -bench output (repeatable; - for stdin)")
 	jsonOut := fs.String("json", "bench.json", "where to write the report (empty: nowhere)")
-	commit := fs.String("commit", "", "commit the run measured")
-	version := fs.String("version", "", "version string of the run (git describe)")
+	commit := fs.String("commit", "", "commit the run measured, when the log has no \"commit:\" line")
+	version := fs.String("version", "", "version string of the run (git describe), when the log has no \"version:\" line")
 	allowMissing := fs.Bool("allow-missing", false, "exit 0 when rows are missing (a partial run)")
 	if err := fs.Parse(args); err != nil {
 		return &exitError{2, err.Error()}
@@ -80,7 +80,8 @@ func tableCmd(args []string, stdout, stderr io.Writer) error {
 	if len(in) == 0 {
 		return &exitError{2, "no -in file"}
 	}
-	merged := &Run{Config: map[string]string{}}
+	merged := &Run{Config: map[string]string{}, Stamp: map[string]string{"commit": *commit, "version": *version}}
+	date := time.Now().UTC()
 	for _, name := range in {
 		f := os.Stdin
 		if name != "-" {
@@ -99,8 +100,18 @@ func tableCmd(args []string, stdout, stderr io.Writer) error {
 		for k, v := range r.Config {
 			merged.Config[k] = v
 		}
+		for k, v := range r.Stamp {
+			merged.Stamp[k] = v
+		}
 	}
-	rep := &Report{Schema: SchemaVersion, Date: time.Now().UTC(), Commit: *commit, Version: *version,
+	if d := merged.Stamp["date"]; d != "" {
+		t, err := time.Parse(time.RFC3339, d)
+		if err != nil {
+			return fmt.Errorf("the log's date line: %w", err)
+		}
+		date = t.UTC()
+	}
+	rep := &Report{Schema: SchemaVersion, Date: date, Commit: merged.Stamp["commit"], Version: merged.Stamp["version"],
 		Machine: machine(merged.Config), Rows: Build(merged, Specs), Failures: merged.Failures, Results: merged.Results}
 	fmt.Fprintln(stdout)
 	if err := Render(stdout, rep); err != nil {

@@ -28,7 +28,14 @@ type Run struct {
 	Results  []Result
 	Config   map[string]string
 	Failures []string
+	// Stamp holds what make bench wrote at the top of its log before any go test ran
+	// ("commit: …", "version: …", "date: …"): the code measured, not the code at the time
+	// the table is drawn.
+	Stamp map[string]string
 }
+
+// stampKeys are the lines make bench writes at the top of its log.
+var stampKeys = []string{"commit", "version", "date"}
 
 // Parse reads `go test -bench` output (several go test runs concatenated are fine).
 // Benchmark lines are read by golang.org/x/perf/benchfmt, the parser of the Go benchmark
@@ -41,7 +48,7 @@ func Parse(r io.Reader, name string) (*Run, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", name, err)
 	}
-	run := &Run{Config: map[string]string{}}
+	run := &Run{Config: map[string]string{}, Stamp: map[string]string{}}
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 0, 64<<10), 16<<20)
 	for sc.Scan() {
@@ -49,6 +56,11 @@ func Parse(r io.Reader, name string) (*Run, error) {
 		if strings.HasPrefix(line, "--- FAIL") || line == "FAIL" || strings.HasPrefix(line, "FAIL\t") ||
 			strings.HasPrefix(line, "panic:") {
 			run.Failures = append(run.Failures, line)
+		}
+		for _, k := range stampKeys {
+			if v, ok := strings.CutPrefix(line, k+": "); ok && run.Stamp[k] == "" {
+				run.Stamp[k] = strings.TrimSpace(v)
+			}
 		}
 	}
 	if err := sc.Err(); err != nil {
