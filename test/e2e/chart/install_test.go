@@ -18,7 +18,7 @@ import (
 	"github.com/petfabric/petfabric/test/helmchart"
 )
 
-// TestChartInstallUpgradeUninstall installs the chart (ci/default-values.yaml) with
+// TestChartInstallUpgradeUninstall installs the chart (charts/petfabric/ci/default-values.yaml) with
 // `helm install --wait` on kwok nodes, with cert-manager running in-process so its chain is
 // really issued; upgrades it changing the webhook's replicas and API QPS and sees both
 // applied; uninstalls it and lists every object of every resource the apiserver serves
