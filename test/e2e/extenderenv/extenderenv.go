@@ -42,6 +42,10 @@ type Options struct {
 	Requeue extender.RequeueConfig
 	// ExtraControllerManagerFlags are passed to kube-controller-manager.
 	ExtraControllerManagerFlags []string
+	// ManagedResources, when set, limit the extender to the pods requesting one of these (the
+	// chart's configuration: petfabric's managedResource, ignoredByScheduler); other pods are
+	// scheduled without calling it.
+	ManagedResources []schedconfigv1.ExtenderManagedResource
 }
 
 // Env is a running control plane with the extender in the scheduler's path.
@@ -80,7 +84,7 @@ func Start(tb testing.TB, o Options) *Env {
 		ExtraControllerManagerFlags: o.ExtraControllerManagerFlags,
 		Scheduler: &schedconfigv1.KubeSchedulerConfiguration{Extenders: []schedconfigv1.Extender{{
 			URLPrefix: "https://" + api.Addr().String(), FilterVerb: "filter", PrioritizeVerb: "prioritize",
-			Weight: 1, EnableHTTPS: true, NodeCacheCapable: true, Ignorable: false,
+			Weight: 1, EnableHTTPS: true, NodeCacheCapable: true, Ignorable: false, ManagedResources: o.ManagedResources,
 			HTTPTimeout: metav1.Duration{Duration: 5 * time.Second},
 			TLSConfig:   &schedconfigv1.ExtenderTLSConfig{CAData: ca.CertPEM, CertData: clientPair.CertPEM, KeyData: clientPair.KeyPEM},
 		}}},
