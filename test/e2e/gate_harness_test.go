@@ -24,6 +24,7 @@ import (
 	"github.com/petfabric/petfabric/pkg/reconcile"
 	"github.com/petfabric/petfabric/pkg/webhook"
 	"github.com/petfabric/petfabric/test/cluster"
+	"github.com/petfabric/petfabric/test/helmchart"
 )
 
 // startGatingWebhook runs the webhook as cmd/webhook does with --scheduling-gate: one informer
@@ -42,8 +43,11 @@ func startGatingWebhook(t testing.TB, c *cluster.Cluster, cfg mutate.Config, reg
 		LeaseDuration: 4 * time.Second, RenewDeadline: 3 * time.Second, RetryPeriod: 250 * time.Millisecond,
 		RetryBase: 100 * time.Millisecond, RetryMax: 2 * time.Second,
 		SchedulingGate: true,
-		Logger:         slog.New(slog.NewJSONHandler(logFile, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Metrics:        reg,
+		// Fencing is not under test here: point it at a namespace without node reports, so
+		// that reports going stale (kwok nodes run no agent) never start fence checks.
+		ReportNamespace: "petfabric-no-reports",
+		Logger:          slog.New(slog.NewJSONHandler(logFile, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Metrics:         reg,
 	})
 	require.NoError(t, err)
 	require.NoError(t, loop.UseInformers(factory))
@@ -59,10 +63,10 @@ func startGatingWebhook(t testing.TB, c *cluster.Cluster, cfg mutate.Config, reg
 const podHookCondition = `has(object.metadata.ownerReferences) && object.metadata.ownerReferences.exists(r, r.kind == 'StatefulSet' && r.apiVersion.startsWith('apps/'))` +
 	` && has(object.spec.volumes) && object.spec.volumes.exists(v, has(v.persistentVolumeClaim))`
 
-// registerPodHook installs the pod hook (failurePolicy Ignore: an unreachable webhook leaves
-// pods ungated, as before the hook existed) for the namespaces nsSelector selects (nil: all),
-// and waits until the apiserver calls it: a dry-run create of a StatefulSet-owned pod whose
-// claim's PV is pre-bound comes back gated.
+// registerPodHook installs a pod hook of its own (failurePolicy Ignore: an unreachable webhook
+// leaves pods ungated, as before the hook existed) for the namespaces nsSelector selects (nil:
+// all), and waits until the apiserver calls it (waitPodHook). Benchmarks use it to gate some
+// namespaces and not others on one control plane (dropChartPodHook first).
 func registerPodHook(ctx context.Context, t testing.TB, cs kubernetes.Interface, w *runningWebhook, probeNS string, nsSelector *metav1.LabelSelector) {
 	t.Helper()
 	_, err := cs.AdmissionregistrationV1().MutatingWebhookConfigurations().Create(ctx, &admissionregistrationv1.MutatingWebhookConfiguration{
@@ -81,6 +85,14 @@ func registerPodHook(ctx context.Context, t testing.TB, cs kubernetes.Interface,
 		}},
 	}, metav1.CreateOptions{})
 	require.NoError(t, err)
+	waitPodHook(ctx, t, cs, probeNS, true)
+}
+
+// waitPodHook waits until the apiserver calls a pod hook for probeNS (gated true) or no
+// longer does (false): a dry-run create of a StatefulSet-owned pod whose claim's PV is
+// pre-bound (and whose claim does not exist) comes back gated, or not.
+func waitPodHook(ctx context.Context, t testing.TB, cs kubernetes.Interface, probeNS string, gated bool) {
+	t.Helper()
 	const claim = "probe-gate-0"
 	pv := &corev1.PersistentVolume{
 		ObjectMeta: metav1.ObjectMeta{Name: "gate-probe-" + probeNS, Labels: map[string]string{mutate.LabelManagedBy: mutate.ManagedByValue}},
@@ -92,7 +104,7 @@ func registerPodHook(ctx context.Context, t testing.TB, cs kubernetes.Interface,
 			PersistentVolumeSource: corev1.PersistentVolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/nonexistent"}},
 		},
 	}
-	_, err = cs.CoreV1().PersistentVolumes().Create(ctx, pv, metav1.CreateOptions{})
+	_, err := cs.CoreV1().PersistentVolumes().Create(ctx, pv, metav1.CreateOptions{})
 	require.NoError(t, err)
 	probe := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "gate-probe", Namespace: probeNS, OwnerReferences: []metav1.OwnerReference{{
@@ -105,9 +117,9 @@ func registerPodHook(ctx context.Context, t testing.TB, cs kubernetes.Interface,
 		if err != nil {
 			return false, nil
 		}
-		return mutate.GateIndex(got) >= 0, nil
+		return (mutate.GateIndex(got) >= 0) == gated, nil
 	})
-	require.NoError(t, err, "the apiserver never called the pod hook")
+	require.NoError(t, err, "pod hook for namespace %s: never saw gated=%t", probeNS, gated)
 	require.NoError(t, cs.CoreV1().PersistentVolumes().Delete(ctx, pv.Name, metav1.DeleteOptions{}))
 }
 
@@ -144,4 +156,21 @@ func failedSchedulingMessages(ctx context.Context, t testing.TB, cs kubernetes.I
 		out = append(out, fmt.Sprintf("%s: %s (x%d)", ev.InvolvedObject.Name, ev.Message, n))
 	}
 	return total, out
+}
+
+// dropChartPodHook removes the chart's pod hook (pods.petfabric.io) from the chart's webhook
+// configuration that registerWebhook installed, so that only registerPodHook's applies.
+func dropChartPodHook(ctx context.Context, t testing.TB, cs kubernetes.Interface) {
+	t.Helper()
+	cfg, err := cs.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, helmchart.Release, metav1.GetOptions{})
+	require.NoError(t, err)
+	kept := cfg.Webhooks[:0]
+	for _, h := range cfg.Webhooks {
+		if h.Name != "pods.petfabric.io" {
+			kept = append(kept, h)
+		}
+	}
+	cfg.Webhooks = kept
+	_, err = cs.AdmissionregistrationV1().MutatingWebhookConfigurations().Update(ctx, cfg, metav1.UpdateOptions{})
+	require.NoError(t, err)
 }

@@ -53,7 +53,8 @@ func TestSchedulingGateNoFailedScheduling(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	w := startGatingWebhook(t, e.C, mutate.Config{ClusterID: "gate"}, reg)
 	registerWebhook(ctx, t, e.C, w, admissionregistrationv1.Fail)
-	registerPodHook(ctx, t, cs, w, "gate-wffc", nil)
+	// The chart's configuration carries the pod hook (webhook.schedulingGate, default on).
+	waitPodHook(ctx, t, cs, "gate-wffc", true)
 
 	for _, tc := range []struct{ ns, class string }{{"gate-wffc", "datera-wffc"}, {"gate-immediate", "datera-gold"}} {
 		t.Run(tc.class, func(t *testing.T) {

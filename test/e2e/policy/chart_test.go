@@ -35,7 +35,7 @@ func TestChartRendersPoliciesWithDenyBindings(t *testing.T) {
 		kinds[o.GetKind()] = append(kinds[o.GetKind()], o.GetName())
 		byName[o.GetKind()+"/"+o.GetName()] = o
 	}
-	want := []string{podPolicy, pvPolicy, reportPolicy}
+	want := []string{podPolicy, pvPolicy, reportPolicy, gatePolicy}
 	sort.Strings(want)
 	for _, k := range []string{"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} {
 		sort.Strings(kinds[k])
