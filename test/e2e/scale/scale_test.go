@@ -22,6 +22,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -74,6 +76,8 @@ type outcome struct {
 	bound, running   time.Duration
 	failedScheduling map[string]int // FailedScheduling message → events (summed counts)
 	failedCount      int            // FailedScheduling events, summed counts
+	// extenderFilters is the number of filter calls the extender answered during the run.
+	extenderFilters int
 }
 
 type env struct {
@@ -277,6 +281,7 @@ func (s *env) run(ctx context.Context, tb testing.TB, ns, class string, static b
 		}
 	}
 	o := outcome{ns: ns, failedScheduling: map[string]int{}}
+	filters := s.filterCalls(tb)
 	began := time.Now()
 	_, err = s.cs.AppsV1().StatefulSets(ns).Create(ctx, statefulSet(ns, "pets", pets, class), metav1.CreateOptions{})
 	require.NoError(tb, err)
@@ -298,6 +303,7 @@ func (s *env) run(ctx context.Context, tb testing.TB, ns, class string, static b
 	})
 	require.NoError(tb, err, "%s: pets not all Bound and Running", ns)
 	o.running = time.Since(began)
+	o.extenderFilters = s.filterCalls(tb) - filters
 	evs, err := s.cs.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "reason=FailedScheduling"})
 	require.NoError(tb, err)
 	for _, ev := range evs.Items {
@@ -305,6 +311,23 @@ func (s *env) run(ctx context.Context, tb testing.TB, ns, class string, static b
 		o.failedCount += int(max(ev.Count, 1))
 	}
 	return o
+}
+
+// filterCalls sums the extender's petfabric_extender_requests_total{verb="filter",...} samples
+// (text exposition: "name{labels} value" a line).
+func (s *env) filterCalls(tb testing.TB) int {
+	tb.Helper()
+	total := 0
+	for _, line := range strings.Split(s.e.Metrics(tb), "\n") {
+		if !strings.HasPrefix(line, "petfabric_extender_requests_total{") || !strings.Contains(line, `verb="filter"`) {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		require.NoError(tb, err, line)
+		total += int(v)
+	}
+	return total
 }
 
 func count[T any](items []T, f func(T) bool) int {
@@ -334,6 +357,7 @@ func TestScale100(t *testing.T) {
 	t.Logf("%d pets on %d kwok nodes, create → all Bound / all Running: petfabric %s / %s, static %s / %s, ratio %.2f (goal ≤ 1.0; asserted ≤ 2.0)",
 		pets, nodes, pf.bound.Round(time.Millisecond), pf.running.Round(time.Millisecond),
 		st.bound.Round(time.Millisecond), st.running.Round(time.Millisecond), ratio)
+	t.Logf("extender filter calls: petfabric %d, static %d", pf.extenderFilters, st.extenderFilters)
 	t.Logf("FailedScheduling (by message): petfabric %d %v, static %d %v", pf.failedCount, pf.failedScheduling, st.failedCount, st.failedScheduling)
 
 	pvs, err := s.cs.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{})
@@ -384,6 +408,11 @@ func TestScale100(t *testing.T) {
 				}
 			}
 			if petfabric {
+				assert.GreaterOrEqual(t, o.extenderFilters, pets, "the scheduler asked the extender to filter each pet")
+			} else {
+				assert.Zero(t, o.extenderFilters, "the scheduler never calls the extender for the baseline's pods")
+			}
+			if petfabric {
 				assert.Empty(t, o.failedScheduling, "petfabric's pets (all reachable) are never refused by the scheduler")
 			}
 		})
@@ -410,5 +439,7 @@ func BenchmarkScale100(b *testing.B) {
 	b.ReportMetric(st.running.Seconds(), "static-running-s")
 	b.ReportMetric(float64(pf.failedCount), "petfabric-FailedScheduling")
 	b.ReportMetric(float64(st.failedCount), "static-FailedScheduling")
+	b.ReportMetric(float64(pf.extenderFilters), "petfabric-extender-filters")
+	b.ReportMetric(float64(st.extenderFilters), "static-extender-filters")
 	b.ReportMetric(pf.running.Seconds()/st.running.Seconds(), "ratio")
 }
