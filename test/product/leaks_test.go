@@ -25,9 +25,7 @@ import (
 // a Datera volume with an ACL entry and a tgtd target through the probes' listing functions,
 // then checks that Leaked names exactly those, and nothing once they are gone.
 func TestLeakSnapshot(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("mounts and loop devices need root")
-	}
+	testenv.Root(t) // mounts and loop devices
 	testenv.LookPath(t, "losetup")
 	ctx := context.Background()
 	root := t.TempDir()
