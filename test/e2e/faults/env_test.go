@@ -4,6 +4,8 @@
 // kube-scheduler's path over mTLS (not ignorable) and one `flex agent` per node probing a real
 // tgtd portal. Each fault is injected by killing or restarting a process, and each ends in the
 // steady state: every claim Bound to its own PV, every pet Running, no PV beyond the pets'.
+// TestDateraStormDuringMounts runs apart, on real kubelet nodes (the Datera simulator answers
+// 503 to every call while kubelet mounts the pets' volumes).
 package faults
 
 import (
