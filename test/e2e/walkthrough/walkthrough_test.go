@@ -56,8 +56,15 @@ type hostState struct {
 	route   string
 }
 
+// readHost reads the host state under the host-wide kubelet lock, so that no other test's
+// kubelets (which set the same sysctls) run meanwhile.
 func readHost(t *testing.T) hostState {
 	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	unlock, err := cluster.LockKubeletHost(ctx)
+	require.NoError(t, err)
+	defer unlock()
 	s, err := cluster.ReadSysctls()
 	require.NoError(t, err)
 	return hostState{sysctls: s, route: unreachableRoute(t)}
@@ -91,6 +98,13 @@ func TestWalkthrough(t *testing.T) {
 		}
 	})
 	t.Logf("product ready in %s", time.Since(began).Round(100*time.Millisecond))
+	// What the running product holds before the walkthrough: its processes, kubelet's own
+	// mounts, tgtd's placeholder target; the walkthrough must leave nothing beyond it.
+	base, err := product.TakeSnapshot(ctx, env.LeakProbes())
+	require.NoError(t, err)
+	require.Equal(t, []string{product.PortalTarget}, base.TgtTargets)
+	require.Empty(t, base.PVs)
+	require.Empty(t, base.DateraVolumes)
 
 	ini := map[string]string{}
 	reachable := map[string]bool{}
@@ -118,28 +132,18 @@ func TestWalkthrough(t *testing.T) {
 	}
 	t.Logf("first `kubectl get pv` %s after the start", w.FirstPV.Sub(began).Round(100*time.Millisecond))
 
-	// Nothing left in the cluster, on Datera or in tgtd.
-	pvs, err := env.Client.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{})
-	require.NoError(t, err)
-	assert.Empty(t, pvs.Items, "PersistentVolumes left")
-	ais, err := env.AppInstances(ctx)
-	require.NoError(t, err)
-	assert.Empty(t, ais, "Datera app_instances (and with them ACL entries) left")
-	targets, err := env.TgtTargets(ctx)
-	require.NoError(t, err)
-	assert.Equal(t, []string{product.PortalTarget}, targets, "tgtd targets left besides the portal's placeholder")
-	mounts, err := env.Mounts()
-	require.NoError(t, err)
-	var volumeMounts []string
-	for _, m := range mounts {
-		if strings.Contains(m, product.PluginDir) || strings.HasPrefix(m, filepath.Join(env.Dir, "nodes")) {
-			volumeMounts = append(volumeMounts, m)
+	// Nothing left in the cluster, on Datera (volumes, ACL entries), in tgtd, mounted, attached
+	// or running beyond what the product itself holds.
+	// kubelet tears a deleted pod's volumes down asynchronously: give it a few seconds.
+	var leaked []string
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		now, err := product.TakeSnapshot(ctx, env.LeakProbes())
+		require.NoError(t, err)
+		if leaked = base.Leaked(now); len(leaked) == 0 || time.Now().After(deadline) {
+			break
 		}
 	}
-	assert.Empty(t, volumeMounts, "volume mounts left while running")
-	loops, err := env.LoopDevices()
-	require.NoError(t, err)
-	assert.Empty(t, loops, "loop devices left while running")
+	assert.Empty(t, leaked, "left by the walkthrough")
 
 	pids := env.PIDs()
 	require.NotEmpty(t, pids)
@@ -150,61 +154,20 @@ func TestWalkthrough(t *testing.T) {
 }
 
 // checkNothingLeft asserts that the environment under dir left no process (of pids or any
-// whose command line names dir), mount, loop device, tgtd (or its socket), route or sysctl
-// change behind.
+// whose command line names dir), tgtd (process or control socket), mount, loop device, route or
+// sysctl change behind.
 func checkNothingLeft(t *testing.T, dir string, pids []int, tgtPort int, before hostState) {
 	t.Helper()
-	for _, pid := range pids {
-		assert.ErrorIs(t, syscall.Kill(pid, 0), syscall.ESRCH, "process %d still runs", pid)
-	}
-	assert.Empty(t, processesNaming(t, dir), "processes naming %s", dir)
-	assert.Empty(t, processesNaming(t, "-C "+strconv.Itoa(tgtPort)+" "), "tgtd on control port %d", tgtPort)
+	after, err := product.TakeSnapshot(context.Background(), product.LeakProbes{
+		MountRoots: []string{dir}, LoopRoots: []string{dir}, PIDs: pids,
+		CmdlineMarkers: []string{dir, "-C " + strconv.Itoa(tgtPort) + " "},
+	})
+	require.NoError(t, err)
+	assert.Empty(t, product.Snapshot{}.Leaked(after), "left on the host")
 	assert.NoFileExists(t, "/var/run/tgtd/socket."+strconv.Itoa(tgtPort), "tgtd's control socket")
-	mi, err := os.ReadFile("/proc/self/mountinfo")
-	require.NoError(t, err)
-	assert.NotContains(t, string(mi), dir, "mounts under %s", dir)
-	assert.Empty(t, loopsBackedUnder(t, dir), "loop devices on files under %s", dir)
-	after := readHost(t)
-	assert.Equal(t, before.sysctls, after.sysctls, "sysctls kubelet touched")
-	assert.Equal(t, before.route, after.route, "the unreachable route")
-}
-
-// processesNaming lists the processes whose command line contains s.
-func processesNaming(t *testing.T, s string) []string {
-	t.Helper()
-	entries, err := os.ReadDir("/proc")
-	require.NoError(t, err)
-	var out []string
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		cmdline := strings.ReplaceAll(string(b), "\x00", " ")
-		if strings.Contains(cmdline, s) {
-			out = append(out, e.Name()+": "+cmdline)
-		}
-	}
-	return out
-}
-
-// loopsBackedUnder lists the loop devices whose backing file is under dir.
-func loopsBackedUnder(t *testing.T, dir string) []string {
-	t.Helper()
-	files, err := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	require.NoError(t, err)
-	var out []string
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err == nil && strings.HasPrefix(strings.TrimSpace(string(b)), dir+"/") {
-			out = append(out, f+": "+strings.TrimSpace(string(b)))
-		}
-	}
-	return out
+	host := readHost(t)
+	assert.Equal(t, before.sysctls, host.sysctls, "sysctls kubelet touched")
+	assert.Equal(t, before.route, host.route, "the unreachable route")
 }
 
 func checkStep(t *testing.T, env *product.Env, w *product.Walk, name string, o *product.Observed, ini map[string]string, reachable map[string]bool) {
