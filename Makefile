@@ -114,6 +114,7 @@ bench:
 	-PETFABRIC_STRICT=1 $(GO) test -run '^$$' -bench StatefulSetCreate -benchtime 100x ./test/e2e/ $(BENCH_TEE)
 	-PETFABRIC_STRICT=1 $(GO) test -run '^$$' -bench ClaimsBound100 -benchtime 1x -timeout 20m ./test/e2e/ $(BENCH_TEE)
 	-PETFABRIC_STRICT=1 $(GO) test -run '^$$' -bench BindingModes100 -benchtime 1x -timeout 30m ./test/e2e/ $(BENCH_TEE)
+	-PETFABRIC_STRICT=1 $(GO) test -run '^$$' -bench Scale100 -benchtime 1x -timeout 15m ./test/e2e/scale/ $(BENCH_TEE)
 	-PETFABRIC_STRICT=1 $(GO) test -run '^$$' -bench RecoveryRequeue -benchtime 1x -timeout 30m ./test/e2e/extender/ $(BENCH_TEE)
 	-PETFABRIC_STRICT=1 $(GO) test -run '^$$' -bench KubeletPodRunning -benchtime 1x -timeout 20m ./test/e2e/kubelet/ $(BENCH_TEE)
 	-PETFABRIC_STRICT=1 $(GO) test -run '^$$' -bench CacheRSS -benchtime 1x -timeout 60m ./test/e2e/ $(BENCH_TEE)
