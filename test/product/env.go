@@ -258,6 +258,7 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 		specs = append(specs, cluster.KubeletSpec{Name: n.Name, FlexDriver: bins.flex,
 			Env: []string{flex.EnvConfig + "=" + n.Config, flex.EnvStateDir + "=" + n.StateDir}})
 	}
+	e.logf("starting the control plane and 3 kubelet nodes (waits while another test's kubelets hold this host)")
 	e.Cluster, err = cluster.New(ctx, cluster.Options{Dir: filepath.Join(e.Dir, "cluster"), Scheduler: sched,
 		Kubelets: specs, Logf: e.opts.Logf, StartTimeout: 3 * time.Minute})
 	if err != nil {
