@@ -233,7 +233,9 @@ func (e *env) leader(ctx context.Context) string {
 	return ptr.Deref(l.Spec.HolderIdentity, "")
 }
 
-// waitReport waits until node's report Lease is fresh (renewed within maxReportTTL) or stale.
+// waitReport waits until node's report Lease is fresh (renewed within maxReportTTL) or stale
+// (not renewed for maxReportTTL and a second more: the extender counts from when it saw the
+// renewal, a little after renewTime).
 func (e *env) waitReport(t *testing.T, node string, fresh bool, timeout time.Duration) time.Time {
 	t.Helper()
 	var renewed time.Time
@@ -243,7 +245,10 @@ func (e *env) waitReport(t *testing.T, node string, fresh bool, timeout time.Dur
 			return false, nil
 		}
 		renewed = l.Spec.RenewTime.Time
-		return (time.Since(renewed) < maxReportTTL) == fresh, nil
+		if fresh {
+			return time.Since(renewed) < maxReportTTL, nil
+		}
+		return time.Since(renewed) > maxReportTTL+time.Second, nil
 	})
 	require.NoError(t, err, "report of %s not fresh=%t within %s (last renewal %s)", node, fresh, timeout, renewed)
 	return renewed
