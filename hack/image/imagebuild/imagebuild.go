@@ -103,21 +103,8 @@ func Build(opts Options) (*Result, error) {
 	if opts.OutDir == "" {
 		return nil, errors.New("imagebuild: OutDir is required")
 	}
-	if opts.Go == "" {
-		opts.Go = "go"
-	}
-	if opts.GOARCH == "" {
-		opts.GOARCH = runtime.GOARCH
-	}
-	if opts.Stderr == nil {
-		opts.Stderr = os.Stderr
-	}
-	if opts.ModuleRoot == "" {
-		root, err := moduleRoot(opts.Go)
-		if err != nil {
-			return nil, err
-		}
-		opts.ModuleRoot = root
+	if err := opts.fillDefaults(); err != nil {
+		return nil, err
 	}
 	tag, err := name.NewTag(Repository + ":" + TagFor(opts.Version))
 	if err != nil {
@@ -189,23 +176,32 @@ func moduleRoot(goCmd string) (string, error) {
 // and returns name → path. Build calls it; so does the chart's flag test (test/chartflags),
 // which runs the rendered commands against exactly these binaries.
 func Compile(opts Options, dir string) (map[string]string, error) {
-	if opts.Go == "" {
-		opts.Go = "go"
-	}
-	if opts.GOARCH == "" {
-		opts.GOARCH = runtime.GOARCH
-	}
-	if opts.Stderr == nil {
-		opts.Stderr = os.Stderr
-	}
-	if opts.ModuleRoot == "" {
-		root, err := moduleRoot(opts.Go)
-		if err != nil {
-			return nil, err
-		}
-		opts.ModuleRoot = root
+	if err := opts.fillDefaults(); err != nil {
+		return nil, err
 	}
 	return compile(opts, dir)
+}
+
+// fillDefaults sets what an Options left empty: the go command, the host's architecture,
+// stderr, and the module root the go command reports.
+func (o *Options) fillDefaults() error {
+	if o.Go == "" {
+		o.Go = "go"
+	}
+	if o.GOARCH == "" {
+		o.GOARCH = runtime.GOARCH
+	}
+	if o.Stderr == nil {
+		o.Stderr = os.Stderr
+	}
+	if o.ModuleRoot == "" {
+		root, err := moduleRoot(o.Go)
+		if err != nil {
+			return err
+		}
+		o.ModuleRoot = root
+	}
+	return nil
 }
 
 // compile builds the programs, static, into dir.
