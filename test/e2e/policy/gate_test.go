@@ -69,6 +69,10 @@ func TestWebhookMayOnlyRemoveItsSchedulingGate(t *testing.T) {
 		{"remove another controller's gate", `[{"op":"remove","path":"/spec/schedulingGates/0"}]`, types.JSONPatchType, "spec.schedulingGates"},
 		{"remove every gate", `[{"op":"remove","path":"/spec/schedulingGates"}]`, types.JSONPatchType, "spec.schedulingGates"},
 		{"change an image", `[{"op":"replace","path":"/spec/containers/0/image","value":"evil"}]`, types.JSONPatchType, "spec.containers"},
+		// While a pod is gated the apiserver lets its nodeSelector and affinity be added to or
+		// narrowed: the webhook's identity must not steer a pet onto a node of its choosing.
+		{"steer it to a node (nodeSelector)", `{"spec":{"nodeSelector":{"kubernetes.io/hostname":"node-b"}}}`, types.MergePatchType, "spec.nodeSelector"},
+		{"steer it to a node (affinity)", `{"spec":{"affinity":{"nodeAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":{"nodeSelectorTerms":[{"matchExpressions":[{"key":"kubernetes.io/hostname","operator":"In","values":["node-b"]}]}]}}}}}`, types.MergePatchType, "spec.affinity"},
 	} {
 		t.Run("webhook denied: "+tc.name, func(t *testing.T) {
 			err := patch(e.ctx, pods, pod.Name, tc.pt, tc.body, false)
