@@ -9,6 +9,9 @@ TOOLS_ENV     := $(shell hack/build-tools.sh env 2>/dev/null)
 STATICCHECK   := $(word 2,$(subst =, ,$(filter PETFABRIC_STATICCHECK_BIN=%,$(TOOLS_ENV))))/staticcheck
 TEST_TIMEOUT  ?= 25m
 TEST_FLAGS    ?=
+# Test packages run three at a time on 2 cores: the e2e packages spend most of their time waiting
+# on their control planes, so a third package cuts go test from 811 s to 579 s (warm, one run each).
+TEST_PARALLEL ?= 3
 PKGS          ?= ./...
 LOG_DIR       ?= $(CURDIR)/.cache/test-logs
 # VERSION is stamped into the binaries (pkg/version; --version, petfabric_build_info).
@@ -87,7 +90,7 @@ gotest:
 	@echo "==> go test $(PKGS) (full log: $(LOG_DIR)/go-test.log)"
 	@mkdir -p $(LOG_DIR)
 	@start=$$SECONDS; set +e; \
-	  PETFABRIC_STRICT=1 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v $(TEST_FLAGS) $(PKGS) 2>&1 | tee $(LOG_DIR)/go-test.log; \
+	  PETFABRIC_STRICT=1 $(GO) test -count=1 -p $(TEST_PARALLEL) -timeout $(TEST_TIMEOUT) -v $(TEST_FLAGS) $(PKGS) 2>&1 | tee $(LOG_DIR)/go-test.log; \
 	  status=$${PIPESTATUS[0]}; set -e; \
 	  count() { grep -cE "^\s*--- $$1" $(LOG_DIR)/go-test.log || true; }; \
 	  echo "==> go test finished in $$((SECONDS - start))s"; \
