@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -70,30 +69,9 @@ func (x *schedulerExtender) run(t testing.TB, c *cluster.Cluster, bin string) {
 	x.healthAddr = healthAddr
 	x.api.Close() // the binary binds the addresses itself
 	x.health.Close()
-	logPath := filepath.Join(c.Dir, "extender.log")
-	logFile, err := os.Create(logPath)
-	require.NoError(t, err)
 	cmd := exec.Command(bin, "--kubeconfig="+c.Kubeconfig, "--namespace="+releaseNS, "--listen="+apiAddr,
 		"--health-listen="+healthAddr, "--tls-cert-file="+x.certFile, "--tls-key-file="+x.keyFile, "--client-ca-file="+x.caF)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	require.NoError(t, cmd.Start())
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-		logFile.Close()
-		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			t.Logf("extender log (tail):\n%s", tail(string(b), 30))
-		}
-	})
+	startProcess(t, c, "extender", cmd)
 	require.Eventually(t, func() bool {
 		resp, err := http.Get("http://" + healthAddr + "/readyz") //nolint:noctx // test probe
 		if err != nil {

@@ -203,31 +203,10 @@ func startWebhook(t testing.TB, c *cluster.Cluster, bin string) {
 	certFile, keyFile, err := pair.WriteFiles(t.TempDir(), "tls")
 	require.NoError(t, err)
 	port, health := freePort(t), freePort(t)
-	logPath := filepath.Join(c.Dir, "webhook.log")
-	logFile, err := os.Create(logPath)
-	require.NoError(t, err)
 	cmd := exec.Command(bin, "--kubeconfig="+c.Kubeconfig, fmt.Sprintf("--listen=127.0.0.1:%d", port),
 		fmt.Sprintf("--health-listen=127.0.0.1:%d", health), "--tls-cert-file="+certFile, "--tls-key-file="+keyFile,
 		"--cluster-id="+clusterID, "--lease-namespace="+releaseNS, "--identity=webhook-0")
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	require.NoError(t, cmd.Start())
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-		logFile.Close()
-		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			t.Logf("webhook log (tail):\n%s", tail(string(b), 30))
-		}
-	})
+	startProcess(t, c, "webhook", cmd)
 	require.Eventually(t, func() bool {
 		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", health)) //nolint:noctx // test probe
 		if err != nil {
@@ -273,6 +252,34 @@ func startWebhook(t testing.TB, c *cluster.Cluster, bin string) {
 		last = fmt.Sprint(got.Spec.VolumeClaimTemplates[0].Annotations)
 		return got.Spec.VolumeClaimTemplates[0].Annotations[mutate.AnnStatefulSet] == "webhook-probe", nil
 	}), "the apiserver never called the webhook (last: %s)", last)
+}
+
+// startProcess runs cmd with its output in <cluster dir>/<name>.log, dying with the test binary;
+// when the test ends it gets SIGTERM (SIGKILL after 30 s), and a failed test logs the log's tail.
+func startProcess(t testing.TB, c *cluster.Cluster, name string, cmd *exec.Cmd) {
+	t.Helper()
+	logPath := filepath.Join(c.Dir, name+".log")
+	logFile, err := os.Create(logPath)
+	require.NoError(t, err)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	require.NoError(t, cmd.Start())
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+		logFile.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			t.Logf("%s log (tail):\n%s", name, tail(string(b), 30))
+		}
+	})
 }
 
 func freePort(t testing.TB) int {
