@@ -621,14 +621,8 @@ func stepRecreate(ctx context.Context, w *Walk) (*Observed, error) {
 			}
 		}
 	}
-	if err := w.kubectl(o, "", "delete", "statefulset", "-n", WalkNamespace, WalkSet, "--wait=true"); err != nil {
+	if err := w.deleteSet(ctx, o); err != nil {
 		return o, err
-	}
-	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-		p, err := w.pets(ctx)
-		return err == nil && len(p) == 0, nil
-	}); err != nil {
-		return o, fmt.Errorf("pets not gone after the StatefulSet was deleted: %w", err)
 	}
 	scaled := strings.Replace(statefulSetYAML, "replicas: 2", fmt.Sprintf("replicas: %d", len(pets)), 1)
 	if err := w.kubectl(o, scaled, "apply", "-f", "-"); err != nil {
@@ -650,6 +644,21 @@ func stepRecreate(ctx context.Context, w *Walk) (*Observed, error) {
 	return o, nil
 }
 
+// deleteSet deletes the walkthrough's StatefulSet (shown as a kubectl command) and waits until
+// its pets are gone.
+func (w *Walk) deleteSet(ctx context.Context, o *Observed) error {
+	if err := w.kubectl(o, "", "delete", "statefulset", "-n", WalkNamespace, WalkSet, "--wait=true"); err != nil {
+		return err
+	}
+	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		p, err := w.pets(ctx)
+		return err == nil && len(p) == 0, nil
+	}); err != nil {
+		return fmt.Errorf("pets not gone after the StatefulSet was deleted: %w", err)
+	}
+	return nil
+}
+
 // Marker is the text written into pet's volume by the move and re-create steps.
 func (w *Walk) Marker(pet string) string { return w.markers[pet] }
 
@@ -659,14 +668,8 @@ func stepCleanup(ctx context.Context, w *Walk) (*Observed, error) {
 	if err != nil {
 		return o, err
 	}
-	if err := w.kubectl(o, "", "delete", "statefulset", "-n", WalkNamespace, WalkSet, "--wait=true"); err != nil {
+	if err := w.deleteSet(ctx, o); err != nil {
 		return o, err
-	}
-	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-		p, err := w.pets(ctx)
-		return err == nil && len(p) == 0, nil
-	}); err != nil {
-		return o, fmt.Errorf("pets not gone: %w", err)
 	}
 	args := []string{"delete", "pvc", "-n", WalkNamespace, "--wait=true"}
 	for _, p := range pets {
