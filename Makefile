@@ -9,9 +9,9 @@ TOOLS_ENV     := $(shell hack/build-tools.sh env 2>/dev/null)
 STATICCHECK   := $(word 2,$(subst =, ,$(filter PETFABRIC_STATICCHECK_BIN=%,$(TOOLS_ENV))))/staticcheck
 TEST_TIMEOUT  ?= 25m
 TEST_FLAGS    ?=
-# Test packages run three at a time on 2 cores: the e2e packages spend most of their time waiting
-# on their control planes, so a third package cuts go test from 811 s to 579 s (warm, one run each).
-TEST_PARALLEL ?= 3
+# Test packages run two at a time on 2 cores (go test 811 s warm). Three at a time took 579 s here,
+# but on CI's machine the extra load pushed scheduling-timing assertions past their bounds.
+TEST_PARALLEL ?= 2
 PKGS          ?= ./...
 LOG_DIR       ?= $(CURDIR)/.cache/test-logs
 # VERSION is stamped into the binaries (pkg/version; --version, petfabric_build_info).
@@ -95,6 +95,7 @@ gotest:
 	  count() { grep -cE "^\s*--- $$1" $(LOG_DIR)/go-test.log || true; }; \
 	  echo "==> go test finished in $$((SECONDS - start))s"; \
 	  echo "tests: $$(count PASS) passed, $$(count FAIL) failed, $$(count SKIP) skipped"; \
+	  if [ $$status -ne 0 ]; then echo "==> failures (digest of $(LOG_DIR)/go-test.log)"; $(GO) run ./hack/testdigest $(LOG_DIR)/go-test.log || true; fi; \
 	  exit $$status
 
 ## bench: the benchmarks whose figures go into the issue notes (each compares with a baseline
