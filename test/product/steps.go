@@ -430,16 +430,21 @@ func stepUnreachable(ctx context.Context, w *Walk) (*Observed, error) {
 		if err != nil {
 			return false, nil
 		}
+		// The extender's reason for the unreachable node; a retry's event can say something
+		// else for a moment (a report renewed late on a loaded machine reads as stale), so
+		// wait for the one this step is about.
 		for _, ev := range evs.Items {
 			if ev.InvolvedObject.UID != "" && string(ev.InvolvedObject.UID) != victim.UID {
 				o.SchedulerEvent = ev.Message
-				return true, nil
+				if strings.Contains(ev.Message, "cannot reach portal") {
+					return true, nil
+				}
 			}
 		}
 		return false, nil
 	})
 	if err != nil {
-		return o, errors.Join(fmt.Errorf("no FailedScheduling event for the re-created %s: %w", victim.Name, err), uncordon())
+		return o, errors.Join(fmt.Errorf("no FailedScheduling event naming the unreachable portal for the re-created %s (last event: %q): %w", victim.Name, o.SchedulerEvent, err), uncordon())
 	}
 	o.show("kubectl get events -n "+WalkNamespace+" --field-selector involvedObject.name="+victim.Name+",reason=FailedScheduling",
 		"FailedScheduling  pod/"+victim.Name+"  "+o.SchedulerEvent+"\n")

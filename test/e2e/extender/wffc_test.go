@@ -84,6 +84,15 @@ func TestBindingModesPlacePets(t *testing.T) {
 				}, metav1.CreateOptions{})
 				require.NoError(t, err)
 			}
+			// The extender decides on its informer caches: wait until they hold the reports and
+			// these PVs (each pet's pod is kept off wf-bad), so that what follows measures the
+			// binding mode, not an informer's lag on a loaded machine.
+			for i := range pets {
+				probe := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("pets-%d", i)},
+					Spec: corev1.PodSpec{Volumes: []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{
+						PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: fmt.Sprintf("data-pets-%d", i)}}}}}}
+				e.WaitFilter(t, probe, []string{good[0], good[1], "wf-bad"}, good)
+			}
 			sts := statefulSet("pets", pets)
 			sts.Namespace = ns
 			sts.Spec.PodManagementPolicy = appsv1.ParallelPodManagement
@@ -124,7 +133,9 @@ func TestBindingModesPlacePets(t *testing.T) {
 			evs, err := e.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "reason=FailedScheduling"})
 			require.NoError(t, err)
 			failed, races := 0, 0
+			var msgs []string
 			for _, ev := range evs.Items {
+				msgs = append(msgs, ev.InvolvedObject.Name+": "+ev.Message)
 				n := int(max(ev.Count, 1))
 				failed += n
 				if bindingRace.MatchString(ev.Message) {
@@ -140,7 +151,7 @@ func TestBindingModesPlacePets(t *testing.T) {
 				// it, Reserve or PreBind fails and the pod is retried (about a second later,
 				// then it finds the claim bound). No "unbound immediate" failure, and no
 				// extender rejection, may appear.
-				require.Equal(t, races, failed, "WaitForFirstConsumer: only binding races with the PV controller may fail a pet")
+				require.Equal(t, races, failed, "WaitForFirstConsumer: only binding races with the PV controller may fail a pet; events: %q", msgs)
 			}
 		})
 	}

@@ -5,13 +5,19 @@
 package extenderenv
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -23,6 +29,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	schedconfigv1 "k8s.io/kube-scheduler/config/v1"
+	extenderv1 "k8s.io/kube-scheduler/extender/v1"
 	"k8s.io/utils/ptr"
 
 	"github.com/petfabric/petfabric/internal/testpki"
@@ -54,6 +61,10 @@ type Env struct {
 	Client     kubernetes.Interface
 	Namespace  string
 	HealthAddr string
+	// APIAddr is the extender's TLS address; scheduler is an mTLS client to it with the
+	// scheduler's identity.
+	APIAddr   string
+	scheduler *http.Client
 }
 
 // Start binds the extender's ports, starts the control plane with a scheduler configured to
@@ -120,7 +131,14 @@ func Start(tb testing.TB, o Options) *Env {
 			}
 		}
 	})
-	e := &Env{C: c, Client: c.Client, Namespace: o.Namespace, HealthAddr: health.Addr().String()}
+	roots := x509.NewCertPool()
+	require.True(tb, roots.AppendCertsFromPEM(ca.CertPEM))
+	clientCert, err := tls.X509KeyPair(clientPair.CertPEM, clientPair.KeyPEM)
+	require.NoError(tb, err)
+	e := &Env{C: c, Client: c.Client, Namespace: o.Namespace, HealthAddr: health.Addr().String(), APIAddr: api.Addr().String(),
+		scheduler: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+			TLSClientConfig: &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{clientCert}, MinVersion: tls.VersionTLS12}}}}
+	tb.Cleanup(e.scheduler.CloseIdleConnections)
 	require.NoError(tb, wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
 		body, err := e.get("/readyz")
 		return err == nil && body == "ok\n", nil
@@ -153,6 +171,57 @@ func (e *Env) Metrics(tb testing.TB) string {
 	body, err := e.get("/metrics")
 	require.NoError(tb, err)
 	return body
+}
+
+// Filter asks the extender, as kube-scheduler does (names-only), which of nodes can host pod,
+// and returns the names it passed.
+func (e *Env) Filter(ctx context.Context, pod *corev1.Pod, nodes []string) ([]string, error) {
+	body, err := json.Marshal(extenderv1.ExtenderArgs{Pod: pod, NodeNames: &nodes})
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+e.APIAddr+"/filter", bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := e.scheduler.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("extender filter: %w", err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	out, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("extender filter: read answer: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("extender filter: status %d: %s", resp.StatusCode, out)
+	}
+	var res extenderv1.ExtenderFilterResult
+	if err := json.Unmarshal(out, &res); err != nil {
+		return nil, fmt.Errorf("extender filter: %w", err)
+	}
+	if res.Error != "" {
+		return nil, fmt.Errorf("extender filter: %s", res.Error)
+	}
+	if res.NodeNames == nil {
+		return nil, nil
+	}
+	return *res.NodeNames, nil
+}
+
+// WaitFilter waits until the extender passes exactly want of nodes for pod: its caches have
+// seen the reports, claims and PVs a test just wrote, so what the scheduler does next is
+// decided on them and not on an informer's lag.
+func (e *Env) WaitFilter(tb testing.TB, pod *corev1.Pod, nodes, want []string) {
+	tb.Helper()
+	var got []string
+	var ferr error
+	err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		got, ferr = e.Filter(ctx, pod, nodes)
+		return ferr == nil && slices.Equal(got, want), nil
+	})
+	require.NoError(tb, err, "the extender never passed %v for %s/%s (last answer %v, error %v)", want, pod.Namespace, pod.Name, got, ferr)
 }
 
 // Report writes (creates or replaces) node's report Lease as the node agent does, renewed

@@ -81,7 +81,9 @@ func unreachableRoute(t *testing.T) string {
 func TestWalkthrough(t *testing.T) {
 	requireHost(t)
 	before := readHost(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	// Generous: the start waits for the host-wide kubelet lock while another package's
+	// kubelets run, and a loaded machine slows every step; the walkthrough itself takes ~1 min.
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	began := time.Now()
 	env, err := product.Start(ctx, product.Options{BinDir: binDir(t), KeepDir: true, Logf: t.Logf})
