@@ -18,14 +18,7 @@ func TestCheckMode(t *testing.T) {
 		"--kubeconfig": f.Kubeconfig, "--namespace": "petfabric", "--portal-policy": "any",
 	}
 	args := func(over map[string]string, extra ...string) []string {
-		out := []string{"--check"}
-		for k, v := range valid {
-			if nv, ok := over[k]; ok {
-				v = nv
-			}
-			out = append(out, k+"="+v)
-		}
-		return append(out, extra...)
+		return checktest.Args([]string{"--check"}, valid, over, extra...)
 	}
 	require.NoError(t, run(args(nil)), "a valid flag set")
 	require.NoError(t, run(args(map[string]string{"--kubeconfig": "", "--client-ca-file": ""})), "in-cluster configuration, no client certificates")

@@ -58,14 +58,7 @@ func TestAgentCheckMode(t *testing.T) {
 		"--initiator-file": initiator, "--kubeconfig": f.Kubeconfig,
 	}
 	args := func(over map[string]string, extra ...string) []string {
-		out := []string{"agent", "--check"}
-		for k, v := range valid {
-			if nv, ok := over[k]; ok {
-				v = nv
-			}
-			out = append(out, k+"="+v)
-		}
-		return append(out, extra...)
+		return checktest.Args([]string{"agent", "--check"}, valid, over, extra...)
 	}
 	code, out := checkRun(t, args(nil)...)
 	require.Equal(t, 0, code, "a valid flag set: %s", out)

@@ -19,16 +19,7 @@ func TestCheckMode(t *testing.T) {
 		"--cluster-id": "prod_a", "--scheduler-name": "petfabric-scheduler", "--managed-resource": "petfabric.io/datera",
 	}
 	args := func(over map[string]string, extra ...string) []string {
-		out := []string{"--check"}
-		for k, v := range valid {
-			if nv, ok := over[k]; ok {
-				v = nv
-			}
-			if v != "-" {
-				out = append(out, k+"="+v)
-			}
-		}
-		return append(out, extra...)
+		return checktest.Args([]string{"--check"}, valid, over, extra...)
 	}
 	require.NoError(t, run(args(nil)), "a valid flag set")
 	require.NoError(t, run(args(map[string]string{"--kubeconfig": "", "--client-ca-file": "", "--datera-ca-file": "", "--cluster-id": "",

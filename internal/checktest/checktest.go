@@ -62,3 +62,19 @@ current-context: x
 	f.BadKubeconfig = write("bad-kubeconfig", "clusters: {this is: [not a kubeconfig\n")
 	return f
 }
+
+// Args is a check-mode command line: prefix (the mode and --check), then each flag of valid
+// as flag=value, with the values of over in place of valid's (an over value "-" leaves the
+// flag out), then extra. Map order is random, as a user's flag order is.
+func Args(prefix []string, valid, over map[string]string, extra ...string) []string {
+	out := append([]string(nil), prefix...)
+	for k, v := range valid {
+		if nv, ok := over[k]; ok {
+			v = nv
+		}
+		if v != "-" {
+			out = append(out, k+"="+v)
+		}
+	}
+	return append(out, extra...)
+}

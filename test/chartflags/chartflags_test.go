@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/petfabric/petfabric/test/fixtures"
 	"net"
 	"os"
 	"os/exec"
@@ -405,14 +406,6 @@ func runOurs(t *testing.T, objs []*unstructured.Unstructured, pc podContainer) (
 	return 0, fmt.Sprintf("%s %q: %s", pc.C.Command[0], args, out)
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // runKubeScheduler runs the pinned kube-scheduler with the rendered arguments up to the end of
 // its set-up: flags parsed and validated, the --config file loaded and validated, the
 // extenders built (their TLS files read), the profiles made. --write-config-to marks that
@@ -431,7 +424,7 @@ func runKubeScheduler(t *testing.T, objs []*unstructured.Unstructured, pc podCon
 	var args []string
 	for _, a := range s.args(append(append([]string{}, pc.C.Command[1:]...), pc.C.Args...)) {
 		if strings.HasPrefix(a, "--secure-port=") {
-			a = fmt.Sprintf("--secure-port=%d", freePort(t))
+			a = fmt.Sprintf("--secure-port=%d", fixtures.FreePort(t))
 		}
 		args = append(args, a)
 	}

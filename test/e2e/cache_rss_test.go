@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"github.com/petfabric/petfabric/test/fixtures"
 	"net"
 	"net/http"
 	"os"
@@ -67,12 +68,7 @@ func BenchmarkCacheRSS(b *testing.B) {
 // pet.
 func measureCacheRSS(tb testing.TB, reports, pets int) (extenderPerPet, webhookPerPet float64) {
 	cluster.RequireBinaries(tb)
-	bins := map[string]string{}
-	for _, name := range []string{"extender", "webhook"} {
-		bins[name] = filepath.Join(tb.TempDir(), name)
-		out, err := exec.Command("go", "build", "-o", bins[name], "github.com/petfabric/petfabric/cmd/"+name).CombinedOutput()
-		require.NoError(tb, err, "build cmd/%s: %s", name, out)
-	}
+	bins := fixtures.Build(tb, fixtures.Program{Name: "extender"}, fixtures.Program{Name: "webhook"})
 	c := cluster.Start(tb, cluster.Options{
 		Nodes: kwokNodes(1),
 		// No binder: the pets are created bound, and its writes would only slow the load.
@@ -173,7 +169,7 @@ func processRSS(tb testing.TB, c *cluster.Cluster, bin, name string, flags ...st
 	require.NoError(tb, err)
 	caFile := filepath.Join(dir, "ca.crt")
 	require.NoError(tb, os.WriteFile(caFile, ca.CertPEM, 0o600))
-	port, health := freePortTB(tb), freePortTB(tb)
+	port, health := fixtures.FreePort(tb), fixtures.FreePort(tb)
 	args := append([]string{"--kubeconfig=" + c.Kubeconfig,
 		fmt.Sprintf("--listen=127.0.0.1:%d", port), fmt.Sprintf("--health-listen=127.0.0.1:%d", health),
 		"--tls-cert-file=" + certFile, "--tls-key-file=" + keyFile}, flags...)
@@ -206,14 +202,6 @@ func processRSS(tb testing.TB, c *cluster.Cluster, bin, name string, flags ...st
 	}
 	tb.Fatalf("no VmRSS in /proc/%d/status", cmd.Process.Pid)
 	return 0
-}
-
-func freePortTB(tb testing.TB) int {
-	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(tb, err)
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // parallel runs fn(0..n-1) on 32 workers and requires every call to succeed.

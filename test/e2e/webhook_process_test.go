@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"github.com/petfabric/petfabric/test/fixtures"
 	"io"
 	"net"
 	"net/http"
@@ -47,7 +48,7 @@ func startWebhookProcess(t *testing.T, c *cluster.Cluster, bin, name string, fla
 	require.NoError(t, err)
 	certFile, keyFile, err := pair.WriteFiles(t.TempDir(), "tls")
 	require.NoError(t, err)
-	port, healthPort := freePort(t), freePort(t)
+	port, healthPort := fixtures.FreePort(t), fixtures.FreePort(t)
 
 	logPath := filepath.Join(c.Dir, name+".log")
 	logFile, err := os.Create(logPath)
@@ -86,14 +87,6 @@ func (p *webhookProcess) stop(t *testing.T) {
 	case <-time.After(40 * time.Second):
 		t.Fatal("webhook did not exit after SIGTERM")
 	}
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 func httpStatus(url string) int {

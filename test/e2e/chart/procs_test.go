@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/petfabric/petfabric/test/fixtures"
 	"net"
 	"net/http"
 	"os"
@@ -68,7 +69,7 @@ func startProgram(t *testing.T, dir, name, bin string, args, env []string) *prog
 		_ = cmd.Process.Kill()
 		<-p.exited
 		if t.Failed() {
-			t.Logf("=== %s log (%s):\n%s", name, logPath, tail(p.log(), 60))
+			t.Logf("=== %s log (%s):\n%s", name, logPath, fixtures.Tail(p.log(), 60))
 		}
 	})
 	return p
@@ -80,14 +81,6 @@ func (p *program) log() string {
 	return string(data)
 }
 
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
 // waitHTTP200 polls url until it answers 200, failing early when p exits.
 func waitHTTP200(t *testing.T, p *program, url string, timeout time.Duration) {
 	t.Helper()
@@ -95,7 +88,7 @@ func waitHTTP200(t *testing.T, p *program, url string, timeout time.Duration) {
 	for {
 		select {
 		case <-p.exited:
-			t.Fatalf("%s exited before %s answered 200:\n%s", p.name, url, tail(p.log(), 40))
+			t.Fatalf("%s exited before %s answered 200:\n%s", p.name, url, fixtures.Tail(p.log(), 40))
 		default:
 		}
 		resp, err := http.Get(url) //nolint:noctx // short-lived local probe
@@ -106,18 +99,10 @@ func waitHTTP200(t *testing.T, p *program, url string, timeout time.Duration) {
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: %s never answered 200 (last: %v)\n%s", p.name, url, err, tail(p.log(), 40))
+			t.Fatalf("%s: %s never answered 200 (last: %v)\n%s", p.name, url, err, fixtures.Tail(p.log(), 40))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // container is the named container of a rendered workload (Deployment or DaemonSet), with

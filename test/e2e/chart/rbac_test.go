@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"github.com/petfabric/petfabric/test/fixtures"
 	"io"
 	"net/http"
 	"os"
@@ -53,7 +54,7 @@ func TestChartRBAC(t *testing.T) {
 	schedulerBin, err := cluster.DefaultBinaries()
 	require.NoError(t, err)
 
-	webhookPort, webhookHealth, extenderPort, extenderHealth, agentMetrics, schedPort := freePort(t), freePort(t), freePort(t), freePort(t), freePort(t), freePort(t)
+	webhookPort, webhookHealth, extenderPort, extenderHealth, agentMetrics, schedPort := fixtures.FreePort(t), fixtures.FreePort(t), fixtures.FreePort(t), fixtures.FreePort(t), fixtures.FreePort(t), fixtures.FreePort(t)
 	webhookAddr := fmt.Sprintf("127.0.0.1:%d", webhookPort)
 	secondary := ciValuesFile("secondary-scheduler")
 	// The node's one backstore portal is a real iSCSI target (tgtd on loopback) that admits

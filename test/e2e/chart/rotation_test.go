@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"github.com/petfabric/petfabric/test/fixtures"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -42,7 +43,7 @@ import (
 func TestChartCertificateRotation(t *testing.T) {
 	cluster.RequireBinaries(t)
 	bin := buildBinary(t, "./cmd/webhook")
-	port, healthPort := freePort(t), freePort(t)
+	port, healthPort := fixtures.FreePort(t), fixtures.FreePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	// The class's Datera endpoint must be one the webhook accepts (pvoptions: port 7718/7717).
 	values := fmt.Sprintf("webhook:\n  url: https://%s\n%s", addr, storageClassValues)

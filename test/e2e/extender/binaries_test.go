@@ -1,6 +1,7 @@
 package extendere2e
 
 import (
+	"github.com/petfabric/petfabric/test/fixtures"
 	"net"
 	"os"
 	"os/exec"
@@ -55,14 +56,11 @@ func TestBuiltBinariesPlacePod(t *testing.T) {
 // buildBinaries builds the named cmd/ programs once per test into a temp dir.
 func buildBinaries(t *testing.T, names ...string) map[string]string {
 	t.Helper()
-	dir := t.TempDir()
-	out := map[string]string{}
+	var programs []fixtures.Program
 	for _, n := range names {
-		out[n] = filepath.Join(dir, n)
-		b, err := exec.Command("go", "build", "-o", out[n], "github.com/petfabric/petfabric/cmd/"+n).CombinedOutput()
-		require.NoError(t, err, "build cmd/%s: %s", n, b)
+		programs = append(programs, fixtures.Program{Name: n})
 	}
-	return out
+	return fixtures.Build(t, programs...)
 }
 
 // runBinary starts a program with its output in the cluster dir; when the test ends it sends
@@ -96,7 +94,7 @@ func runBinary(t *testing.T, c *cluster.Cluster, bin string, args ...string) {
 			logFile.Close()
 			if t.Failed() {
 				if b, err := os.ReadFile(logPath); err == nil {
-					t.Logf("%s log (tail):\n%s", name, tail(string(b), 30))
+					t.Logf("%s log (tail):\n%s", name, fixtures.Tail(string(b), 30))
 				}
 			}
 		})

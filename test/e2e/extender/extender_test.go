@@ -128,14 +128,6 @@ func startWith(t *testing.T, run extenderRunner, nodeCacheCapable bool, nodes ..
 	return e
 }
 
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
 // report writes (creates or replaces) a node's report Lease, renewed `ago` before now.
 func (e *env) report(t *testing.T, node string, portals map[string]placement.PortalReport, ago, ttl time.Duration, attached ...string) {
 	t.Helper()

@@ -2,6 +2,7 @@ package extendere2e
 
 import (
 	"context"
+	"github.com/petfabric/petfabric/test/fixtures"
 	"log/slog"
 	"net"
 	"os"
@@ -49,7 +50,7 @@ func runWithMaxReportTTL(maxTTL time.Duration) extenderRunner {
 			_ = logFile.Close()
 			if t.Failed() {
 				if b, err := os.ReadFile(logFile.Name()); err == nil {
-					t.Logf("extender log (tail):\n%s", tail(string(b), 30))
+					t.Logf("extender log (tail):\n%s", fixtures.Tail(string(b), 30))
 				}
 			}
 		})

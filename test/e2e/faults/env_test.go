@@ -16,7 +16,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -24,10 +23,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
@@ -41,6 +38,7 @@ import (
 	"github.com/petfabric/petfabric/pkg/reconcile"
 	"github.com/petfabric/petfabric/pkg/webhook"
 	"github.com/petfabric/petfabric/test/cluster"
+	"github.com/petfabric/petfabric/test/fixtures"
 )
 
 const (
@@ -49,7 +47,8 @@ const (
 	credsSecret = "datera-creds"
 	class       = "datera-gold"
 	// backstore is the StorageClass's backstoreServer; the agents' backstores file maps it to
-	// tgtd's portal. Nothing calls Datera on kwok nodes (no kubelet mounts).
+	// tgtd's portal. No Datera serves it: kwok nodes mount nothing, and the reconcile loop's
+	// fence checks, which would ask Datera, fail and retry without holding anything up here.
 	backstore = "127.0.0.1:7717"
 	clusterID = "faults"
 	// maxReportTTL is the extender's --max-report-ttl: the agents declare 30s, the extender
@@ -78,13 +77,8 @@ type binaries struct{ webhook, extender, flex string }
 
 func buildBinaries(t testing.TB) binaries {
 	t.Helper()
-	dir := t.TempDir()
-	b := binaries{webhook: filepath.Join(dir, "webhook"), extender: filepath.Join(dir, "extender"), flex: filepath.Join(dir, "flex")}
-	for name, out := range map[string]string{"webhook": b.webhook, "extender": b.extender, "flex": b.flex} {
-		o, err := exec.Command("go", "build", "-o", out, "github.com/petfabric/petfabric/cmd/"+name).CombinedOutput()
-		require.NoError(t, err, "build cmd/%s: %s", name, o)
-	}
-	return b
+	b := fixtures.Build(t, fixtures.Program{Name: "webhook"}, fixtures.Program{Name: "extender"}, fixtures.Program{Name: "flex"})
+	return binaries{webhook: b["webhook"], extender: b["extender"], flex: b["flex"]}
 }
 
 // newEnv starts tgtd, the control plane, the extender, one agent per node and two webhook
@@ -114,7 +108,7 @@ func newEnv(t *testing.T) *env {
 	require.NoError(t, os.WriteFile(caFile, ca.CertPEM, 0o600))
 
 	e := &env{ctx: context.Background(), webhooks: map[string]*proc{}, agents: map[string]*proc{}}
-	e.extenderAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	e.extenderAddr = fmt.Sprintf("127.0.0.1:%d", fixtures.FreePort(t))
 	var specs []cluster.NodeSpec
 	for _, n := range nodes {
 		specs = append(specs, cluster.NodeSpec{Name: n})
@@ -149,7 +143,7 @@ func newEnv(t *testing.T) *env {
 	require.NoError(t, err)
 
 	// The extender, reading the agents' reports with a short cap on their freshness.
-	health := freePort(t)
+	health := fixtures.FreePort(t)
 	e.extender = newProc(t, e.c.Dir, "extender", bins.extender, "--kubeconfig="+e.c.Kubeconfig, "--namespace="+releaseNS,
 		"--listen="+e.extenderAddr, fmt.Sprintf("--health-listen=127.0.0.1:%d", health),
 		"--tls-cert-file="+certFile, "--tls-key-file="+keyFile, "--client-ca-file="+caFile,
@@ -164,7 +158,7 @@ func newEnv(t *testing.T) *env {
 		a := newProc(t, e.c.Dir, "agent-"+n, bins.flex, "agent", "--kubeconfig="+e.c.Kubeconfig, "--node="+n,
 			"--namespace="+releaseNS, "--initiator="+initiator(n), "--backstores="+bsFile,
 			"--state-dir="+filepath.Join(t.TempDir(), "state"), "--interval=1s", "--ttl=30s",
-			fmt.Sprintf("--metrics-listen=127.0.0.1:%d", freePort(t)))
+			fmt.Sprintf("--metrics-listen=127.0.0.1:%d", fixtures.FreePort(t)))
 		a.start(t)
 		e.agents[n] = a
 	}
@@ -172,7 +166,7 @@ func newEnv(t *testing.T) *env {
 	// Two webhook replicas; the reconcile loop runs in the Lease holder.
 	var hookPort int
 	for i, id := range []string{"webhook-0", "webhook-1"} {
-		port, health := freePort(t), freePort(t)
+		port, health := fixtures.FreePort(t), fixtures.FreePort(t)
 		if i == 0 {
 			hookPort = port
 		}
@@ -217,7 +211,7 @@ func (e *env) register(t *testing.T, url string, caPEM []byte) {
 // waitAdmission waits until a dry-run StatefulSet create comes back mutated.
 func (e *env) waitAdmission(t *testing.T) {
 	t.Helper()
-	probe := statefulSet("webhook-probe", 1)
+	probe := fixtures.PetSet(appNS, "webhook-probe", 1, class)
 	require.NoError(t, wait.PollUntilContextTimeout(e.ctx, 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
 		got, err := e.cs.AppsV1().StatefulSets(appNS).Create(ctx, probe, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
 		return err == nil && got.Spec.VolumeClaimTemplates[0].Annotations[mutate.AnnStatefulSet] == "webhook-probe", nil
@@ -318,37 +312,6 @@ func (e *env) steady(t *testing.T, name string, n int, timeout time.Duration) ma
 	return pods
 }
 
-func statefulSet(name string, replicas int32) *appsv1.StatefulSet {
-	labels := map[string]string{"app": name}
-	return &appsv1.StatefulSet{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: appNS},
-		Spec: appsv1.StatefulSetSpec{
-			Replicas: &replicas, ServiceName: name, PodManagementPolicy: appsv1.ParallelPodManagement,
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec: corev1.PodSpec{
-					TerminationGracePeriodSeconds: ptr.To[int64](1),
-					Containers: []corev1.Container{{Name: "app", Image: "registry.example/db:1",
-						VolumeMounts: []corev1.VolumeMount{{Name: "data", MountPath: "/data"}}}},
-					Affinity: &corev1.Affinity{PodAntiAffinity: &corev1.PodAntiAffinity{
-						PreferredDuringSchedulingIgnoredDuringExecution: []corev1.WeightedPodAffinityTerm{{Weight: 100, PodAffinityTerm: corev1.PodAffinityTerm{
-							TopologyKey: "kubernetes.io/hostname", LabelSelector: &metav1.LabelSelector{MatchLabels: labels}}}},
-					}},
-				},
-			},
-			VolumeClaimTemplates: []corev1.PersistentVolumeClaim{{
-				ObjectMeta: metav1.ObjectMeta{Name: "data"},
-				Spec: corev1.PersistentVolumeClaimSpec{
-					StorageClassName: ptr.To(class),
-					AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
-					Resources:        corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")}},
-				},
-			}},
-		},
-	}
-}
-
 // proc is one of petfabric's programs run as a host process that a fault may kill and the
 // test restart. Each run logs to <name>-<run>.log in the cluster directory.
 type proc struct {
@@ -369,7 +332,7 @@ func newProc(t *testing.T, dir, name, bin string, args ...string) *proc {
 		p.stop(t)
 		if t.Failed() {
 			b, _ := os.ReadFile(p.logPath())
-			t.Logf("%s log (tail):\n%s", p.name, tail(string(b), 25))
+			t.Logf("%s log (tail):\n%s", p.name, fixtures.Tail(string(b), 25))
 		}
 	})
 	return p
@@ -460,17 +423,4 @@ func httpStatus(url string) int {
 	}
 	resp.Body.Close()
 	return resp.StatusCode
-}
-
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }

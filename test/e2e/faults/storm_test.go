@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/petfabric/petfabric/test/fixtures"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -100,7 +101,7 @@ func TestDateraStormDuringMounts(t *testing.T) {
 	require.NoError(t, err)
 	certFile, keyFile, err := serving.WriteFiles(t.TempDir(), "serving")
 	require.NoError(t, err)
-	port, health := freePort(t), freePort(t)
+	port, health := fixtures.FreePort(t), fixtures.FreePort(t)
 	w := newProc(t, c.Dir, "webhook", webhookBin, "--kubeconfig="+c.Kubeconfig,
 		fmt.Sprintf("--listen=127.0.0.1:%d", port), fmt.Sprintf("--health-listen=127.0.0.1:%d", health),
 		"--tls-cert-file="+certFile, "--tls-key-file="+keyFile, "--cluster-id="+clusterID,
@@ -118,7 +119,7 @@ func TestDateraStormDuringMounts(t *testing.T) {
 	}
 	owner.Sim.ResetRequests()
 	stormBegan := time.Now()
-	_, err = e.cs.AppsV1().StatefulSets(appNS).Create(ctx, statefulSet("db", 2), metav1.CreateOptions{})
+	_, err = e.cs.AppsV1().StatefulSets(appNS).Create(ctx, fixtures.PetSet(appNS, "db", 2, class), metav1.CreateOptions{})
 	require.NoError(t, err)
 	// Wait until kubelet has had a mount fail on a node, then keep the storm going.
 	require.NoError(t, wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(context.Context) (bool, error) {

@@ -3,6 +3,7 @@ package kubelete2e
 import (
 	"context"
 	"fmt"
+	"github.com/petfabric/petfabric/test/fixtures"
 	"slices"
 	"testing"
 	"time"
@@ -33,7 +34,7 @@ func BenchmarkKubeletPodRunning(b *testing.B) {
 		// The claims come from a StatefulSet whose pets never schedule: the webhook makes the
 		// PVs, the PV controller binds them, and the benchmark's own pods use them.
 		set := fmt.Sprintf("bench%d", i)
-		sts := statefulSet(set, pods, classXFS)
+		sts := fixtures.PetSet(appNS, set, pods, classXFS)
 		sts.Spec.Template.Spec.NodeSelector = map[string]string{"petfabric.io/bench": "nowhere"}
 		_, err := e.cs.AppsV1().StatefulSets(appNS).Create(e.ctx, sts, metav1.CreateOptions{})
 		require.NoError(b, err)

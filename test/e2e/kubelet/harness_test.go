@@ -31,11 +31,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
@@ -48,6 +46,7 @@ import (
 	"github.com/petfabric/petfabric/pkg/mutate"
 	"github.com/petfabric/petfabric/pkg/webhook"
 	"github.com/petfabric/petfabric/test/cluster"
+	"github.com/petfabric/petfabric/test/fixtures"
 )
 
 const (
@@ -178,17 +177,8 @@ type binaries struct{ flex, webhook, extender string }
 // iscsi_tcp; the flex tests build it the same way), the webhook and the extender.
 func buildBinaries(t testing.TB) binaries {
 	t.Helper()
-	dir := t.TempDir()
-	b := binaries{flex: filepath.Join(dir, "flex"), webhook: filepath.Join(dir, "webhook"), extender: filepath.Join(dir, "extender")}
-	for _, args := range [][]string{
-		{"build", "-tags", "petfabric_standin", "-o", b.flex, "github.com/petfabric/petfabric/cmd/flex"},
-		{"build", "-o", b.webhook, "github.com/petfabric/petfabric/cmd/webhook"},
-		{"build", "-o", b.extender, "github.com/petfabric/petfabric/cmd/extender"},
-	} {
-		out, err := exec.Command("go", args...).CombinedOutput()
-		require.NoError(t, err, "go %s: %s", strings.Join(args, " "), out)
-	}
-	return b
+	b := fixtures.Build(t, fixtures.Program{Name: "flex", Tags: "petfabric_standin"}, fixtures.Program{Name: "webhook"}, fixtures.Program{Name: "extender"})
+	return binaries{flex: b["flex"], webhook: b["webhook"], extender: b["extender"]}
 }
 
 // startWebhook runs the built cmd/webhook as test/e2e's webhook tests run it (flags as the
@@ -202,7 +192,7 @@ func startWebhook(t testing.TB, c *cluster.Cluster, bin string) {
 	require.NoError(t, err)
 	certFile, keyFile, err := pair.WriteFiles(t.TempDir(), "tls")
 	require.NoError(t, err)
-	port, health := freePort(t), freePort(t)
+	port, health := fixtures.FreePort(t), fixtures.FreePort(t)
 	cmd := exec.Command(bin, "--kubeconfig="+c.Kubeconfig, fmt.Sprintf("--listen=127.0.0.1:%d", port),
 		fmt.Sprintf("--health-listen=127.0.0.1:%d", health), "--tls-cert-file="+certFile, "--tls-key-file="+keyFile,
 		"--cluster-id="+clusterID, "--lease-namespace="+releaseNS, "--identity=webhook-0")
@@ -241,7 +231,7 @@ func startWebhook(t testing.TB, c *cluster.Cluster, bin string) {
 	}, metav1.CreateOptions{})
 	require.NoError(t, err)
 	// The apiserver loads webhook configurations asynchronously: probe with a dry-run create.
-	probe := statefulSet("webhook-probe", 1, classXFS)
+	probe := fixtures.PetSet(appNS, "webhook-probe", 1, classXFS)
 	var last string
 	require.NoError(t, wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
 		got, err := c.Client.AppsV1().StatefulSets(appNS).Create(ctx, probe, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
@@ -277,55 +267,9 @@ func startProcess(t testing.TB, c *cluster.Cluster, name string, cmd *exec.Cmd) 
 		logFile.Close()
 		if t.Failed() {
 			b, _ := os.ReadFile(logPath)
-			t.Logf("%s log (tail):\n%s", name, tail(string(b), 30))
+			t.Logf("%s log (tail):\n%s", name, fixtures.Tail(string(b), 30))
 		}
 	})
-}
-
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
-}
-
-// statefulSet is a set of pets with one claim template "data" of class; pets prefer distinct
-// nodes.
-func statefulSet(name string, replicas int32, class string) *appsv1.StatefulSet {
-	labels := map[string]string{"app": name}
-	return &appsv1.StatefulSet{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: appNS},
-		Spec: appsv1.StatefulSetSpec{
-			Replicas: &replicas, ServiceName: name, PodManagementPolicy: appsv1.ParallelPodManagement,
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec: corev1.PodSpec{
-					TerminationGracePeriodSeconds: ptr.To[int64](1),
-					Containers: []corev1.Container{{Name: "app", Image: "registry.example/db:1",
-						VolumeMounts: []corev1.VolumeMount{{Name: "data", MountPath: "/data"}}}},
-					Affinity: &corev1.Affinity{PodAntiAffinity: &corev1.PodAntiAffinity{
-						PreferredDuringSchedulingIgnoredDuringExecution: []corev1.WeightedPodAffinityTerm{{Weight: 100, PodAffinityTerm: corev1.PodAffinityTerm{
-							TopologyKey: "kubernetes.io/hostname", LabelSelector: &metav1.LabelSelector{MatchLabels: labels}}}},
-					}},
-				},
-			},
-			VolumeClaimTemplates: []corev1.PersistentVolumeClaim{{
-				ObjectMeta: metav1.ObjectMeta{Name: "data"},
-				Spec: corev1.PersistentVolumeClaimSpec{
-					StorageClassName: ptr.To(class),
-					AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
-					Resources:        corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")}},
-				},
-			}},
-		},
-	}
 }
 
 // waitRunning waits until pod name is Running (with a UID other than notUID, for a re-created

@@ -2,6 +2,7 @@ package kubelete2e
 
 import (
 	"context"
+	"github.com/petfabric/petfabric/test/fixtures"
 	"os"
 	"path/filepath"
 	"slices"
@@ -38,7 +39,7 @@ func TestKubeletRunsPets(t *testing.T) {
 		assert.FileExists(t, canary, "nothing deletes files in the kubelet's working directory")
 		assert.FileExists(t, "pets_test.go", "nothing deletes files in the package directory")
 	}()
-	_, err := e.cs.AppsV1().StatefulSets(appNS).Create(e.ctx, statefulSet("db", 2, classXFS), metav1.CreateOptions{})
+	_, err := e.cs.AppsV1().StatefulSets(appNS).Create(e.ctx, fixtures.PetSet(appNS, "db", 2, classXFS), metav1.CreateOptions{})
 	require.NoError(t, err)
 	pets := map[string]*corev1.Pod{}
 	for _, name := range []string{"db-0", "db-1"} {
@@ -235,7 +236,7 @@ func TestKubeletRunsPets(t *testing.T) {
 	})
 
 	t.Run("fsGroup and a class fsType reach the driver as kubelet sends them", func(t *testing.T) {
-		sts := statefulSet("opts", 1, classExt4)
+		sts := fixtures.PetSet(appNS, "opts", 1, classExt4)
 		sts.Spec.Template.Spec.SecurityContext = &corev1.PodSecurityContext{FSGroup: ptr.To[int64](2000)}
 		_, err := e.cs.AppsV1().StatefulSets(appNS).Create(e.ctx, sts, metav1.CreateOptions{})
 		require.NoError(t, err)
