@@ -2,9 +2,11 @@ package extender
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/bits"
 	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
@@ -35,8 +37,14 @@ import (
 // One difference remains, by design: of each Nodes item only metadata.name is
 // type-checked. The items are returned to the scheduler byte for byte, and decoding
 // thousands of Nodes only to validate them would cost most of the request.
-func decodeArgs(b []byte, a *args) error {
-	p := &jsonScanner{b: b}
+func decodeArgs(b []byte, a *args) error { return decodeArgsInterned(b, a, nil) }
+
+// decodeArgsInterned is decodeArgs with the node names the extender knows (each mapped to
+// itself): a name of NodeNames, or of a Nodes item, found there is that string rather than
+// a new one, so a request of known names allocates nothing per name. Unknown names are
+// allocated as usual and listed in a.missedNames.
+func decodeArgsInterned(b []byte, a *args, known map[string]string) error {
+	p := &jsonScanner{b: b, known: known}
 	p.ws()
 	if p.i < len(b) && b[p.i] == 'n' {
 		// A top-level null is an empty ExtenderArgs to encoding/json.
@@ -54,6 +62,7 @@ func decodeArgs(b []byte, a *args) error {
 	}
 	var pod, nodes []byte
 	var names []string
+	var namesPlain bool
 	var list *rawNodeList
 	var pods, nodeLists, nameLists int
 	var nullName bool
@@ -77,7 +86,7 @@ func decodeArgs(b []byte, a *args) error {
 			nodes = b[start:p.i]
 		case keyIs(key, "NodeNames"):
 			nameLists++
-			names, err = p.nodeNames(&nullName)
+			names, namesPlain, err = p.nodeNames(&nullName)
 		default:
 			err = p.value()
 		}
@@ -109,7 +118,9 @@ func decodeArgs(b []byte, a *args) error {
 	}
 	if names != nil {
 		a.NodeNames = &names
+		a.namesPlain = namesPlain
 	}
+	a.missedNames = p.missed
 	return nil
 }
 
@@ -248,30 +259,65 @@ func keyIs(raw []byte, name string) bool {
 
 // nodeNames parses the NodeNames value at p.i: null (nil), or an array of strings. A null
 // element sets *hasNull: encoding/json leaves the element it lands on unchanged, which only
-// decodeArgsMerged can follow.
-func (p *jsonScanner) nodeNames(hasNull *bool) ([]string, error) {
+// decodeArgsMerged can follow. plain says every name came as printable ASCII other than
+// '"', '\\', '<', '>' and '&': its JSON form is its bytes in quotes (see appendPlain).
+//
+// A name is scanned to its closing quote in one loop; a plain one is looked up in
+// p.known without allocating (the conversion in a map index does not copy) and taken from
+// there, so the names slice refers to the extender's own strings, never to the request
+// buffer, and outlives the request safely. Other names go through stringValue.
+func (p *jsonScanner) nodeNames(hasNull *bool) (names []string, plain bool, err error) {
 	switch p.b[p.i] {
 	case 'n':
-		return nil, p.literal("null")
+		return nil, false, p.literal("null")
 	case '[':
 	default:
-		return nil, p.errorf("field NodeNames is not an array")
+		return nil, false, p.errorf("field NodeNames is not an array")
 	}
-	names := []string{}
-	err := p.elements(func() error {
+	// Room for every element, judged by the commas that follow (each element takes at
+	// least three bytes), so that thousands of names are not appended through regrowth.
+	rest := p.b[p.i:]
+	names = make([]string, 0, min(bytes.Count(rest, []byte{','})+1, len(rest)/3+1))
+	plain = true
+	err = p.elements(func() error {
 		switch p.b[p.i] {
 		case 'n':
 			*hasNull = true
 			names = append(names, "")
 			return p.literal("null")
 		case '"':
-			s, err := p.stringValue()
+			s, isPlain, err := p.nodeName()
+			plain = plain && isPlain
 			names = append(names, s)
 			return err
 		}
 		return p.errorf("field NodeNames must be an array of strings")
 	})
-	return names, err
+	return names, plain, err
+}
+
+// nodeName consumes the string at p.i, a node name, and returns it decoded. A plain name
+// (see nodeNames) is scanned to its closing quote in one loop and looked up in p.known
+// without allocating (the conversion in a map index does not copy); the string returned
+// is then the extender's own, never one over the request buffer, so it may outlive the
+// request. A name not found there is allocated and remembered in p.missed.
+func (p *jsonScanner) nodeName() (s string, plain bool, err error) {
+	b, start := p.b, p.i+1
+	j := start
+	for j < len(b) && jsonPlain[b[j]] {
+		j++
+	}
+	if j < len(b) && b[j] == '"' {
+		s, ok := p.known[string(b[start:j])]
+		if !ok {
+			s = string(b[start:j])
+			p.missed = append(p.missed, s)
+		}
+		p.i = j + 1
+		return s, true, nil
+	}
+	s, err = p.stringValue()
+	return s, false, err
 }
 
 // jsonScanner is a strict RFC 8259 validator that reports value boundaries.
@@ -279,6 +325,9 @@ type jsonScanner struct {
 	b     []byte
 	i     int
 	depth int
+	// known interns node names (nodeName); missed collects the plain names not found there.
+	known  map[string]string
+	missed []string
 }
 
 // maxDepth matches encoding/json's nesting limit.
@@ -288,41 +337,161 @@ func (p *jsonScanner) errorf(format string, args ...any) error {
 	return fmt.Errorf("invalid JSON at offset %d: %s", p.i, fmt.Sprintf(format, args...))
 }
 
-func (p *jsonScanner) ws() {
-	for p.i < len(p.b) {
-		switch p.b[p.i] {
+func (p *jsonScanner) ws() { p.i = skipWS(p.b, p.i) }
+
+// skipWS returns the index of the first non-whitespace byte at or after i. The scanner's
+// hot loops work on a local index and slice rather than on p.i: a field behind a pointer
+// is loaded and stored on every iteration, which made scanning four times slower.
+func skipWS(b []byte, i int) int {
+	for i < len(b) {
+		switch b[i] {
 		case ' ', '\t', '\n', '\r':
-			p.i++
+			i++
 		default:
-			return
+			return i
+		}
+	}
+	return i
+}
+
+// value validates one value starting at p.i (after whitespace). Nested containers are
+// walked in a loop with a stack of closers rather than by recursion through members and
+// elements: most of a full-Node body (every Node's spec and status) only needs validating,
+// and the per-value closure calls of the structured walk cost more than the bytes.
+func (p *jsonScanner) value() error {
+	b, i := p.b, p.i
+	var closers [64]byte // the open containers' closing bytes, innermost last
+	stack := closers[:0]
+	fail := func(at int, format string, args ...any) error {
+		p.i = at
+		return p.errorf(format, args...)
+	}
+	for {
+		// A value starts at i.
+		if i >= len(b) {
+			return fail(i, "unexpected end of input")
+		}
+		switch c := b[i]; {
+		case c == '{' || c == '[':
+			if p.depth+len(stack)+1 > maxDepth {
+				return fail(i, "nested too deeply")
+			}
+			closer := byte('}')
+			if c == '[' {
+				closer = ']'
+			}
+			stack = append(stack, closer)
+			i = skipWS(b, i+1)
+			if i < len(b) && b[i] == closer {
+				i++
+				stack = stack[:len(stack)-1]
+				break
+			}
+			if closer == '}' {
+				var err error
+				if i, err = p.objectKey(i); err != nil {
+					return err
+				}
+			}
+			continue
+		case c == '"':
+			if j := plainStringEnd(b, i); j > 0 {
+				i = j
+				break
+			}
+			j, _, msg := scanString(b, i)
+			if msg != "" {
+				return fail(j, "%s", msg)
+			}
+			i = j
+		case c == '-' || c >= '0' && c <= '9':
+			p.i = i
+			if err := p.number(); err != nil {
+				return err
+			}
+			i = p.i
+		case c == 't' || c == 'f' || c == 'n':
+			lit := "null"
+			if c == 't' {
+				lit = "true"
+			} else if c == 'f' {
+				lit = "false"
+			}
+			if !bytes.HasPrefix(b[i:], []byte(lit)) {
+				return fail(i, "bad literal")
+			}
+			i += len(lit)
+		default:
+			return fail(i, "unexpected character %q", c)
+		}
+		// A value ended at i: close containers until one continues with ','.
+		for {
+			if len(stack) == 0 {
+				p.i = i
+				return nil
+			}
+			i = skipWS(b, i)
+			closer := stack[len(stack)-1]
+			if i >= len(b) {
+				kind := "object"
+				if closer == ']' {
+					kind = "array"
+				}
+				return fail(i, "unterminated %s", kind)
+			}
+			if b[i] == closer {
+				i++
+				stack = stack[:len(stack)-1]
+				continue
+			}
+			if b[i] != ',' {
+				kind := "object"
+				if closer == ']' {
+					kind = "array"
+				}
+				return fail(i, "expected ',' or '%c' in %s", closer, kind)
+			}
+			i = skipWS(b, i+1)
+			if closer == '}' {
+				var err error
+				if i, err = p.objectKey(i); err != nil {
+					return err
+				}
+			}
+			break
 		}
 	}
 }
 
-// value validates one value starting at p.i (after whitespace).
-func (p *jsonScanner) value() error {
-	if p.i >= len(p.b) {
-		return p.errorf("unexpected end of input")
+// objectKey checks `"key" :` at i (after whitespace) and returns the index of the value
+// after it (after whitespace).
+func (p *jsonScanner) objectKey(i int) (int, error) {
+	b := p.b
+	if i >= len(b) {
+		p.i = i
+		return i, p.errorf("unexpected end of input")
 	}
-	switch c := p.b[p.i]; {
-	case c == '{':
-		return p.members(p.anyValue)
-	case c == '[':
-		return p.elements(p.value)
-	case c == '"':
-		_, err := p.str()
-		return err
-	case c == '-' || c >= '0' && c <= '9':
-		return p.number()
-	case c == 't':
-		return p.literal("true")
-	case c == 'f':
-		return p.literal("false")
-	case c == 'n':
-		return p.literal("null")
-	default:
-		return p.errorf("unexpected character %q", c)
+	if b[i] != '"' {
+		p.i = i
+		return i, p.errorf("expected a string key")
 	}
+	j := plainStringEnd(b, i)
+	if j < 0 {
+		var msg string
+		if j, _, msg = scanString(b, i); msg != "" {
+			p.i = j
+			return j, p.errorf("%s", msg)
+		}
+	}
+	if j < len(b) && b[j] == ':' {
+		return skipWS(b, j+1), nil
+	}
+	j = skipWS(b, j)
+	if j >= len(b) || b[j] != ':' {
+		p.i = j
+		return j, p.errorf("expected ':' after object key")
+	}
+	return skipWS(b, j+1), nil
 }
 
 // members validates an object starting at p.i ('{'). For each member it calls fn with
@@ -349,8 +518,6 @@ func (p *jsonScanner) members(fn func(key []byte) error) error {
 		return fn(key)
 	})
 }
-
-func (p *jsonScanner) anyValue([]byte) error { return p.value() }
 
 // elements validates an array starting at p.i ('['), calling fn with p.i at each
 // element; fn must consume it.
@@ -516,7 +683,7 @@ func (p *jsonScanner) nodeItem(index int) (name string, null bool, err error) {
 				return p.literal("null")
 			case '"':
 				var err error
-				name, err = p.stringValue()
+				name, _, err = p.nodeName()
 				return err
 			}
 			return p.errorf("Nodes.items[%d].metadata.name is not a string", index)
@@ -528,49 +695,104 @@ func (p *jsonScanner) nodeItem(index int) (name string, null bool, err error) {
 // str validates a string starting at its opening quote; escaped says whether it holds a
 // backslash escape (the caller then needs encoding/json to decode it).
 func (p *jsonScanner) str() (escaped bool, err error) {
-	p.i++ // opening quote
-	for p.i < len(p.b) {
-		// Skip the bytes that need no attention in one tight loop.
-		for p.i < len(p.b) && strPlain[p.b[p.i]] {
-			p.i++
+	j, escaped, msg := scanString(p.b, p.i)
+	p.i = j
+	if msg != "" {
+		return false, p.errorf("%s", msg)
+	}
+	return escaped, nil
+}
+
+// scanString validates the string whose opening quote is at i and returns the index after
+// its closing quote, or the offset of the problem and a message. Like json.Valid it does
+// not check UTF-8 (encoding/json decodes invalid bytes to U+FFFD).
+//
+// The bytes between escapes are skipped eight at a time: a word is tested at once for a
+// '"', a '\\' or a control byte (the classic "has a zero byte / a byte below n" bit tricks),
+// so the long plain runs of a Node's strings cost about a cycle per byte.
+func scanString(b []byte, i int) (end int, escaped bool, msg string) {
+	i++ // opening quote
+	for {
+		for i+8 <= len(b) {
+			w := binary.LittleEndian.Uint64(b[i:])
+			if m := specialBytes(w); m != 0 {
+				i += bits.TrailingZeros64(m) / 8
+				break
+			}
+			i += 8
 		}
-		if p.i >= len(p.b) {
-			break
+		for i < len(b) && strPlain[b[i]] {
+			i++
 		}
-		c := p.b[p.i]
-		switch {
+		if i >= len(b) {
+			return i, false, "unterminated string"
+		}
+		switch c := b[i]; {
 		case c == '"':
-			p.i++
-			return escaped, nil
+			return i + 1, escaped, ""
 		case c == '\\':
 			escaped = true
-			p.i++
-			if p.i >= len(p.b) {
-				return false, p.errorf("unterminated escape")
+			i++
+			if i >= len(b) {
+				return i, false, "unterminated escape"
 			}
-			switch p.b[p.i] {
+			switch b[i] {
 			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
-				p.i++
+				i++
 			case 'u':
-				if p.i+4 >= len(p.b) {
-					return false, p.errorf("short \\u escape")
+				if i+4 >= len(b) {
+					return i, false, "short \\u escape"
 				}
-				for _, h := range p.b[p.i+1 : p.i+5] {
+				for _, h := range b[i+1 : i+5] {
 					if !isHex(h) {
-						return false, p.errorf("bad \\u escape")
+						return i, false, "bad \\u escape"
 					}
 				}
-				p.i += 5
+				i += 5
 			default:
-				return false, p.errorf("bad escape \\%c", p.b[p.i])
+				return i, false, fmt.Sprintf("bad escape \\%c", b[i])
 			}
-		case c < 0x20:
-			return false, p.errorf("control character in string")
-		default:
-			p.i++
+		default: // c < 0x20
+			return i, false, "control character in string"
 		}
 	}
-	return false, p.errorf("unterminated string")
+}
+
+// plainStringEnd is the common case of scanString, small enough to be inlined: a string
+// whose first special byte within the next 16 is its closing quote. It returns the index
+// after the quote, or -1 when scanString must look (an escape, a control byte, a longer
+// string, or the end of the buffer near).
+func plainStringEnd(b []byte, i int) int {
+	if i+17 > len(b) {
+		return -1
+	}
+	m := specialBytes(binary.LittleEndian.Uint64(b[i+1:]))
+	j := i + 1
+	if m == 0 {
+		if m = specialBytes(binary.LittleEndian.Uint64(b[i+9:])); m == 0 {
+			return -1
+		}
+		j += 8
+	}
+	j += bits.TrailingZeros64(m) / 8
+	if b[j] != '"' {
+		return -1
+	}
+	return j + 1
+}
+
+const (
+	lows  = 0x0101010101010101
+	highs = 0x8080808080808080
+)
+
+// specialBytes marks (with the byte's high bit) the bytes of the little-endian word w that
+// are '"', '\\' or below 0x20. Marks above the lowest one may be false (a borrow), so a
+// caller uses only the lowest.
+func specialBytes(w uint64) uint64 {
+	q := w ^ ('"' * lows)
+	s := w ^ ('\\' * lows)
+	return ((q-lows)&^q | (s-lows)&^s | (w-0x20*lows)&^w) & highs
 }
 
 // strPlain marks the bytes a string may hold as they are (not '"', '\\' or a control).

@@ -3,6 +3,7 @@ package extender
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -118,6 +119,7 @@ func sameAsEncodingJSON(t testing.TB, b []byte) {
 	} else if a.hasNodes() {
 		t.Fatalf("decodeArgs found Nodes where encoding/json found none in %q", b)
 	}
+	sameInterned(t, b, &a)
 	strict, strictErr := strictReference(b)
 	if strictErr != nil {
 		return // an item's other content is wrong: not checked by design
@@ -229,4 +231,51 @@ func FuzzDecodeArgsMatchesEncodingJSON(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) { sameAsEncodingJSON(t, b) })
+}
+
+// sameInterned checks the interning path on b, which decodeArgs decoded to a: with a set
+// of known names (every other name of a, and one name a does not have) the reader decodes
+// the same names, its plain names' answer is the one appendString writes, and a name it
+// reports as missed is one not in the set.
+func sameInterned(t testing.TB, b []byte, a *args) {
+	t.Helper()
+	var names []string
+	if a.NodeNames != nil {
+		names = *a.NodeNames
+	} else if a.list != nil {
+		names = a.list.names
+	}
+	known := map[string]string{"not-in-the-request": "not-in-the-request"}
+	for i, n := range names {
+		if i%2 == 0 {
+			known[n] = strings.Clone(n)
+		}
+	}
+	var ai args
+	if err := decodeArgsInterned(b, &ai, known); err != nil {
+		t.Fatalf("decodeArgs accepts %q, decodeArgsInterned does not: %v", b, err)
+	}
+	var got []string
+	if ai.NodeNames != nil {
+		got = *ai.NodeNames
+	} else if ai.list != nil {
+		got = ai.list.names
+	}
+	require.Equal(t, names, got, "interned names for %q", b)
+	require.Equal(t, a.NodeNames == nil, ai.NodeNames == nil)
+	for _, m := range ai.missedNames {
+		if _, ok := known[m]; ok {
+			t.Fatalf("%q reported missed but known, for %q", m, b)
+		}
+	}
+	if ai.NodeNames != nil {
+		require.Equal(t, a.namesPlain, ai.namesPlain)
+		// The plain echo is byte for byte what escaping each name writes, and encoding/json
+		// reads it back to the names.
+		echo := appendStrings(nil, got, ai.namesPlain)
+		require.Equal(t, string(appendStrings(nil, got, false)), string(echo), "echo of %q", b)
+		var back []string
+		require.NoError(t, json.Unmarshal(echo, &back))
+		require.Equal(t, got, back)
+	}
 }

@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/petfabric/petfabric/pkg/placement"
@@ -53,6 +56,79 @@ type handler struct {
 	now    func() time.Time
 	bufs   sync.Pool
 	maxLen int64
+	mux    *http.ServeMux
+	// known is the node names of the reports (see nodeNameSet), for the request reader to
+	// intern NodeNames with; rebuild guards its rebuilding.
+	known   atomic.Pointer[knownNames]
+	rebuild sync.Mutex
+}
+
+// knownNames is an immutable set of node names (each mapped to itself), made from the
+// State at one node generation plus up to maxExtraNames names requests carried that have
+// no report (a node without an agent is named in every request); requests read it
+// without a lock.
+type knownNames struct {
+	generation uint64
+	names      map[string]string
+	extras     int
+}
+
+// maxExtraNames bounds the names without a report the set takes in: a request naming
+// nodes that do not exist cannot make it grow without end.
+func maxExtraNames(nodes int) int { return 64 + nodes/8 }
+
+// nodeNameSet is implemented by States that can list their nodes (placement.Index).
+type nodeNameSet interface {
+	NodeGeneration() uint64
+	EachNode(fn func(node string))
+}
+
+// knownNodes returns the current set of known names (nil before the first request).
+func (h *handler) knownNodes() map[string]string {
+	if k := h.known.Load(); k != nil {
+		return k.names
+	}
+	return nil
+}
+
+// learnNodes updates the known names after a request named nodes not in them: rebuilt
+// from st when its set of nodes changed since the last build, else extended by the names
+// the request missed (within maxExtraNames). Called with the State consistent (inside
+// Source.Read); one request updates while the others go on with the old set (a miss
+// costs only an allocation).
+func (h *handler) learnNodes(a *args, st placement.State) {
+	ns, ok := st.(nodeNameSet)
+	if len(a.missedNames) == 0 || !ok {
+		return
+	}
+	gen := ns.NodeGeneration()
+	old := h.known.Load()
+	if old != nil && old.generation == gen && old.extras >= maxExtraNames(len(old.names)-old.extras) {
+		return
+	}
+	if !h.rebuild.TryLock() {
+		return
+	}
+	defer h.rebuild.Unlock()
+	old = h.known.Load()
+	next := &knownNames{generation: gen}
+	if old != nil && old.generation == gen {
+		next.names, next.extras = maps.Clone(old.names), old.extras
+	} else {
+		next.names = make(map[string]string, len(h.knownNodes())+len(a.missedNames))
+		ns.EachNode(func(node string) { next.names[node] = node })
+	}
+	limit := maxExtraNames(len(next.names) - next.extras)
+	for _, name := range a.missedNames {
+		if next.extras >= limit {
+			break
+		}
+		if _, dup := next.names[name]; !dup {
+			next.names[name] = name
+			next.extras++
+		}
+	}
+	h.known.Store(next)
 }
 
 // NewHandler returns the scheduler-facing handler: POST /filter and POST /prioritize.
@@ -68,11 +144,13 @@ func NewHandler(src Source, opts HandlerOptions) http.Handler {
 		h.maxLen = DefaultMaxBodyBytes
 	}
 	h.bufs.New = func() any { return new(bytes.Buffer) }
-	mux := http.NewServeMux()
-	mux.HandleFunc("POST "+FilterPath, h.filter)
-	mux.HandleFunc("POST "+PrioritizePath, h.prioritize)
-	return mux
+	h.mux = http.NewServeMux()
+	h.mux.HandleFunc("POST "+FilterPath, h.filter)
+	h.mux.HandleFunc("POST "+PrioritizePath, h.prioritize)
+	return h
 }
+
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
 
 // requestError is an HTTP error status with a message for the caller.
 type requestError struct {
@@ -103,7 +181,7 @@ func (h *handler) decode(r *http.Request, a *args) (*bytes.Buffer, error) {
 		}
 		return nil, &requestError{http.StatusBadRequest, "reading request body: " + err.Error()}
 	}
-	if err := decodeArgs(buf.Bytes(), a); err != nil {
+	if err := decodeArgsInterned(buf.Bytes(), a, h.knownNodes()); err != nil {
 		h.bufs.Put(buf)
 		return nil, &requestError{http.StatusBadRequest, "malformed ExtenderArgs JSON: " + err.Error()}
 	}
@@ -111,8 +189,11 @@ func (h *handler) decode(r *http.Request, a *args) (*bytes.Buffer, error) {
 }
 
 func (h *handler) release(buf *bytes.Buffer) {
-	// Do not keep huge buffers around after a rare giant request.
-	if buf != nil && buf.Cap() <= 4<<20 {
+	// Buffers are kept up to the body limit (plus the reader's slack and the answer's
+	// messages): a scheduler in full-Node mode sends bodies of several megabytes on every
+	// pod, and dropping them made each such request allocate its body and its answer anew.
+	// sync.Pool lets idle buffers go at the next garbage collections.
+	if buf != nil && int64(buf.Cap()) <= h.maxLen+h.maxLen/8+bytes.MinRead {
 		h.bufs.Put(buf)
 	}
 }
@@ -141,6 +222,8 @@ func (h *handler) fail(ctx context.Context, w http.ResponseWriter, verb string, 
 
 func (h *handler) reply(w http.ResponseWriter, verb, path string, start time.Time, body []byte) {
 	w.Header().Set("Content-Type", "application/json")
+	// A known length lets the answer go out as it is rather than in chunks.
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	_, _ = w.Write(body)
 	if h.opts.Metrics != nil {
 		h.opts.Metrics.observe(verb, path, http.StatusOK, time.Since(start))
@@ -185,7 +268,10 @@ func (h *handler) decideFilter(ctx context.Context, a *args) (*filterResult, str
 	pod := a.Pod.Namespace + "/" + a.Pod.Name
 	var vols []placement.Volume
 	var verr error
-	h.src.Read(func(lk placement.Lookup, _ placement.State) { vols, verr = placement.PodVolumes(a.Pod, lk) })
+	h.src.Read(func(lk placement.Lookup, st placement.State) {
+		h.learnNodes(a, st)
+		vols, verr = placement.PodVolumes(a.Pod, lk)
+	})
 	if verr != nil {
 		res.err = fmt.Sprintf("pod %s: %v", pod, verr)
 		serving.LoggerFrom(ctx, h.log).Warn("cannot place pod", "err", verr)
@@ -194,7 +280,7 @@ func (h *handler) decideFilter(ctx context.Context, a *args) (*filterResult, str
 	if len(vols) == 0 {
 		// Fast path: no Datera volume, nothing to decide. Echo the input untouched.
 		if namesMode {
-			res.names, res.hasNames = *a.NodeNames, true
+			res.names, res.hasNames, res.namesPlain = *a.NodeNames, true, a.namesPlain
 		} else {
 			res.nodesRaw = a.Nodes
 		}
@@ -224,7 +310,7 @@ func (h *handler) decideFilter(ctx context.Context, a *args) (*filterResult, str
 		}
 	})
 	if namesMode {
-		res.hasNames, res.namesPass, res.names = true, true, names
+		res.hasNames, res.namesPass, res.names, res.namesPlain = true, true, names, a.namesPlain
 	}
 	res.pass = d.Pass
 	// Nothing a preemption could change makes a node reachable, so every failure is
@@ -282,6 +368,7 @@ func (h *handler) prioritize(w http.ResponseWriter, r *http.Request) {
 	var scores []int64
 	now := h.now()
 	h.src.Read(func(lk placement.Lookup, st placement.State) {
+		h.learnNodes(&a, st)
 		vols, verr = placement.PodVolumes(a.Pod, lk)
 		if verr == nil {
 			scores = placement.Prioritize(now, vols, names, st)
@@ -295,6 +382,6 @@ func (h *handler) prioritize(w http.ResponseWriter, r *http.Request) {
 	if len(vols) == 0 {
 		path = "fast"
 	}
-	out := appendPriorities(make([]byte, 0, len(names)*32+2), names, scores)
+	out := appendPriorities(make([]byte, 0, len(names)*32+2), names, scores, a.NodeNames != nil && a.namesPlain)
 	h.reply(w, "prioritize", path, start, out)
 }

@@ -26,6 +26,10 @@ type args struct {
 	NodeNames *[]string
 	// list is Nodes split into items, with their names (set when Nodes is given).
 	list *rawNodeList
+	// namesPlain: every name in NodeNames needs no escaping (appendPlain writes it).
+	namesPlain bool
+	// missedNames are the plain node names the reader did not find among the known names.
+	missedNames []string
 }
 
 func (a *args) hasNodes() bool { return len(a.Nodes) > 0 && !bytes.Equal(a.Nodes, []byte("null")) }
@@ -54,6 +58,8 @@ type filterResult struct {
 	// the names at the indices in pass (no copy of the passing names is made).
 	hasNames, namesPass bool
 	names               []string
+	// namesPlain: no name needs escaping (args.namesPlain), so each is copied as it is.
+	namesPlain bool
 
 	failed, unresolvable map[string]string
 	err                  string
@@ -77,11 +83,15 @@ func appendFilterResult(b []byte, r *filterResult) []byte {
 			if i > 0 {
 				b = append(b, ',')
 			}
-			b = appendString(b, r.names[idx])
+			if r.namesPlain {
+				b = appendPlain(b, r.names[idx])
+			} else {
+				b = appendString(b, r.names[idx])
+			}
 		}
 		b = append(b, ']')
 	case r.hasNames:
-		b = appendStrings(b, r.names)
+		b = appendStrings(b, r.names, r.namesPlain)
 	default:
 		b = append(b, "null"...)
 	}
@@ -131,6 +141,13 @@ func appendMap(b []byte, m map[string]string) []byte {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
+	// The values are a few messages repeated for many nodes; one that needs escaping is
+	// encoded once and then copied from where it was first written.
+	var seen [8]struct {
+		msg        string
+		start, end int
+	}
+	n := 0
 	b = append(b, '{')
 	for i, k := range keys {
 		if i > 0 {
@@ -138,7 +155,21 @@ func appendMap(b []byte, m map[string]string) []byte {
 		}
 		b = appendString(b, k)
 		b = append(b, ':')
-		b = appendString(b, m[k])
+		v := m[k]
+		j := 0
+		for j < n && seen[j].msg != v {
+			j++
+		}
+		if j < n {
+			b = append(b, b[seen[j].start:seen[j].end]...)
+			continue
+		}
+		start := len(b)
+		b = appendString(b, v)
+		if n < len(seen) {
+			seen[n].msg, seen[n].start, seen[n].end = v, start, len(b)
+			n++
+		}
 	}
 	return append(b, '}')
 }
@@ -162,6 +193,14 @@ func appendString(b []byte, s string) []byte {
 	return append(b, '"')
 }
 
+// appendPlain writes s, known to hold only jsonPlain bytes, as a JSON string: what
+// appendString writes for it, without looking at the bytes again.
+func appendPlain(b []byte, s string) []byte {
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
+
 // jsonPlain marks the bytes appendString copies as they are: printable ASCII other than
 // '"', '\\', '<', '>' and '&' (a table lookup per byte instead of seven comparisons).
 var jsonPlain = func() (t [256]bool) {
@@ -171,27 +210,36 @@ var jsonPlain = func() (t [256]bool) {
 	return t
 }()
 
-// appendStrings writes names as a JSON array of strings.
-func appendStrings(b []byte, names []string) []byte {
+// appendStrings writes names as a JSON array of strings; plain says none needs escaping.
+func appendStrings(b []byte, names []string, plain bool) []byte {
 	b = append(b, '[')
 	for i, n := range names {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendString(b, n)
+		if plain {
+			b = appendPlain(b, n)
+		} else {
+			b = appendString(b, n)
+		}
 	}
 	return append(b, ']')
 }
 
-// appendPriorities writes an extenderv1.HostPriorityList.
-func appendPriorities(b []byte, hosts []string, scores []int64) []byte {
+// appendPriorities writes an extenderv1.HostPriorityList; plain says no host name needs
+// escaping.
+func appendPriorities(b []byte, hosts []string, scores []int64, plain bool) []byte {
 	b = append(b, '[')
 	for i, h := range hosts {
 		if i > 0 {
 			b = append(b, ',')
 		}
 		b = append(b, `{"Host":`...)
-		b = appendString(b, h)
+		if plain {
+			b = appendPlain(b, h)
+		} else {
+			b = appendString(b, h)
+		}
 		b = append(b, `,"Score":`...)
 		b = strconv.AppendInt(b, scores[i], 10)
 		b = append(b, '}')

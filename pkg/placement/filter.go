@@ -126,6 +126,24 @@ func Filter(now time.Time, vols []Volume, nodes []string, st State, policy Porta
 	}
 	c := checker{now: now, vols: vols, refs: backstoreRefs(vols, st), held: liveHolders(now, vols, st),
 		notProbed: make([]string, len(vols)), st: st, policy: policy}
+	c.index, _ = st.(*Index)
+	if c.index != nil {
+		// The backstores of all volumes as one mask; a node whose entry covers it (probed,
+		// and reachable per policy) needs nothing else from its report unless a volume
+		// is held elsewhere. A backstore no report names, or one numbered past the mask,
+		// leaves every node to the full check.
+		c.masked = true
+		for _, r := range c.refs {
+			if r.id < 0 || r.id >= 64 {
+				c.masked = false
+				break
+			}
+			c.need |= 1 << r.id
+		}
+		for _, h := range c.held {
+			c.anyHeld = c.anyHeld || h.nodes != nil
+		}
+	}
 	var counts [len(reasonOrder)]int
 	type failure struct {
 		node int
@@ -224,12 +242,40 @@ type checker struct {
 	notProbed []string // per volume, built the first time a node lacks its backstore
 	st        State
 	policy    PortalPolicy
+	// index is st when it is an *Index; need is the mask of the volumes' backstores, valid
+	// when masked; anyHeld says whether a volume is held by a live node.
+	index   *Index
+	need    uint64
+	masked  bool
+	anyHeld bool
 }
 
 func (c *checker) node(node string) (int, string) {
-	nr, ok := c.st.NodeReport(node)
-	if !ok {
-		return rNoReport, msgNoReport
+	var nr *NodeReport
+	if c.index != nil {
+		e, ok := c.index.reports[node]
+		if !ok {
+			return rNoReport, msgNoReport
+		}
+		if c.masked && e.masked && e.ttl > 0 && !e.observedAt.IsZero() && c.now.Sub(e.observedAt) <= e.ttl &&
+			e.probed&c.need == c.need {
+			reachable := e.allReachable
+			if c.policy == AnyPortal {
+				reachable = e.anyReachable
+			}
+			if reachable&c.need == c.need {
+				if !c.anyHeld {
+					return rPass, ""
+				}
+				return c.holds(node)
+			}
+		}
+		nr = e.nr
+	} else {
+		var ok bool
+		if nr, ok = c.st.NodeReport(node); !ok {
+			return rNoReport, msgNoReport
+		}
 	}
 	if nr.Err != nil {
 		return rBadReport, nr.errMessage()
@@ -252,6 +298,19 @@ func (c *checker) node(node string) (int, string) {
 			return rUnreachable, portalProblem(v.Backstore, nr.Report.Backstores[v.Backstore])
 		}
 		if h := c.held[i]; h.nodes != nil {
+			if _, self := h.nodes[node]; !self || len(h.nodes) > 1 {
+				return rRWOHeld, h.msg
+			}
+		}
+	}
+	return rPass, ""
+}
+
+// holds is the last check of node once every volume's backstore is fine there: the first
+// volume (in order) held by another live node fails it.
+func (c *checker) holds(node string) (int, string) {
+	for _, h := range c.held {
+		if h.nodes != nil {
 			if _, self := h.nodes[node]; !self || len(h.nodes) > 1 {
 				return rRWOHeld, h.msg
 			}

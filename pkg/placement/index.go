@@ -2,6 +2,7 @@ package placement
 
 import (
 	"slices"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -15,7 +16,13 @@ import (
 // Index is not safe for concurrent use; the extender guards it with a sync.RWMutex (many
 // concurrent readers, one informer writer).
 type Index struct {
-	reports map[string]*NodeReport
+	// reports holds each node's report with what Filter checks on every node (freshness,
+	// and per backstore whether it is probed and reachable) copied into the map entry:
+	// judging a node that passes then reads the entry alone, not the report and its
+	// summaries (three cache misses a node on thousands of nodes).
+	reports map[string]indexedReport
+	// generation changes whenever a node gains or loses its report (not on renewals).
+	generation uint64
 	// holders maps volumeID → nodes whose report lists it (sorted, no duplicates).
 	holders map[string][]string
 	// petVolumes maps StatefulSet → its pets' volumes; pvPets remembers each PV's entry so
@@ -28,6 +35,19 @@ type Index struct {
 
 type stsKey struct{ namespace, name string }
 
+// indexedReport is a report with Filter's per-node facts. The masks have bit id set for
+// backstore number id (see backstoreIDs): probed when the report covers it with at least
+// one portal, allReachable when every portal answered, anyReachable when one did. They
+// are complete only when masked (every backstore numbered below 64) and the report is
+// readable; otherwise Filter goes by the report itself.
+type indexedReport struct {
+	nr                                 *NodeReport
+	observedAt                         time.Time
+	ttl                                time.Duration
+	probed, allReachable, anyReachable uint64
+	masked                             bool
+}
+
 type pvPet struct {
 	sts stsKey
 	vol PetVolume
@@ -36,7 +56,7 @@ type pvPet struct {
 // NewIndex returns an empty Index.
 func NewIndex() *Index {
 	return &Index{
-		reports:    map[string]*NodeReport{},
+		reports:    map[string]indexedReport{},
 		holders:    map[string][]string{},
 		petVolumes: map[stsKey][]PetVolume{},
 		pvPets:     map[string]pvPet{},
@@ -47,13 +67,22 @@ func NewIndex() *Index {
 
 // SetReport adds or replaces a node's report.
 func (x *Index) SetReport(nr *NodeReport) {
-	x.DeleteReport(nr.Node)
-	x.reports[nr.Node] = nr
+	old, had := x.reports[nr.Node]
+	if had {
+		// Keep the name's string as it was: callers that intern node names (the extender's
+		// request reader) hand Filter this very string, and equal pointers compare at once.
+		nr.Node = old.nr.Node
+		x.deleteReport(nr.Node)
+	} else {
+		x.generation++
+	}
+	e := indexedReport{nr: nr, observedAt: nr.ObservedAt, ttl: nr.TTL}
 	nr.staleMsg, nr.staleTTL, nr.errMsg = staleMessage(nr.TTL), nr.TTL, ""
 	if nr.Err != nil {
 		nr.errMsg = nr.errMessage()
 	}
 	if nr.Report == nil {
+		x.reports[nr.Node] = e
 		return
 	}
 	byID := make([]BackstoreSummary, len(x.backstoreIDs)+len(nr.Report.Backstores))
@@ -73,6 +102,26 @@ func (x *Index) SetReport(nr *NodeReport) {
 		}
 	}
 	nr.byID = byID
+	e.masked = nr.Err == nil
+	for id, sum := range byID {
+		if sum.Portals == 0 {
+			continue
+		}
+		if id >= 64 {
+			e.masked = false
+			break
+		}
+		{
+			e.probed |= 1 << id
+			if sum.Reachable == sum.Portals {
+				e.allReachable |= 1 << id
+			}
+			if sum.Reachable > 0 {
+				e.anyReachable |= 1 << id
+			}
+		}
+	}
+	x.reports[nr.Node] = e
 	for _, v := range nr.Report.Attached {
 		hs := x.holders[v]
 		if i, found := slices.BinarySearch(hs, nr.Node); !found {
@@ -83,10 +132,18 @@ func (x *Index) SetReport(nr *NodeReport) {
 
 // DeleteReport removes a node's report.
 func (x *Index) DeleteReport(node string) {
-	old, ok := x.reports[node]
+	if _, ok := x.reports[node]; ok {
+		x.generation++
+		x.deleteReport(node)
+	}
+}
+
+func (x *Index) deleteReport(node string) {
+	e, ok := x.reports[node]
 	if !ok {
 		return
 	}
+	old := e.nr
 	delete(x.reports, node)
 	if old.Report == nil {
 		return
@@ -141,8 +198,21 @@ func (x *Index) DeletePV(name string) {
 
 // NodeReport implements State.
 func (x *Index) NodeReport(node string) (*NodeReport, bool) {
-	nr, ok := x.reports[node]
-	return nr, ok
+	e, ok := x.reports[node]
+	return e.nr, ok
+}
+
+// NodeGeneration changes whenever a node gains or loses its report, never on a renewal:
+// a reader that keeps the node names (to intern the names of a request) rebuilds them
+// when it changed.
+func (x *Index) NodeGeneration() uint64 { return x.generation }
+
+// EachNode calls fn with the name of every node that has a report, as the Index holds
+// it (the same string on every call until the node loses its report).
+func (x *Index) EachNode(fn func(node string)) {
+	for node := range x.reports {
+		fn(node)
+	}
 }
 
 // Holders implements State.
