@@ -16,10 +16,13 @@ import (
 // This file is the extender's ExtenderArgs reader. It exists for full-Node mode
 // (nodeCacheCapable: false, the scheduler's default), where the body is thousands of
 // complete Node objects that must go back byte for byte: splitting the NodeList into raw
-// items and reading only each item's metadata.name in one pass is 7-8 times faster than
-// encoding/json decoding the same items as json.RawMessage and then each item's name
-// (BenchmarkDecodeArgs: about 39 ms against 324 ms for 5,000 Nodes). For names-only bodies
-// the gain is small, so names are simply decoded to strings by the same scanner.
+// items and reading only each item's metadata.name in one pass is about 14 times faster
+// than encoding/json decoding the same items as json.RawMessage and then each item's name
+// (BenchmarkDecodeArgs: about 19 ms against 260 ms for 5,000 Nodes, 11 MB, on a loaded
+// two-core machine; 0.9-1 GB/s for 500 Nodes). Strings, most of the bytes, are skipped
+// eight bytes at a time, and values nobody reads are walked in a loop, not recursively.
+// For names-only bodies it is about three times faster than encoding/json, and with the
+// handler's set of known names (decodeArgsInterned) it allocates nothing per name.
 
 // decodeArgs parses an ExtenderArgs body. It validates the whole document as strictly as
 // json.Valid, decodes Pod with encoding/json, NodeNames to strings and keeps Nodes raw,
@@ -311,7 +314,9 @@ func (p *jsonScanner) nodeName() (s string, plain bool, err error) {
 		s, ok := p.known[string(b[start:j])]
 		if !ok {
 			s = string(b[start:j])
-			p.missed = append(p.missed, s)
+			if len(p.missed) < maxMissed {
+				p.missed = append(p.missed, s)
+			}
 		}
 		p.i = j + 1
 		return s, true, nil
@@ -319,6 +324,10 @@ func (p *jsonScanner) nodeName() (s string, plain bool, err error) {
 	s, err = p.stringValue()
 	return s, false, err
 }
+
+// maxMissed bounds the unknown names a request reports (enough to learn the nodes without
+// an agent; a request of thousands of new names rebuilds the set from the index instead).
+const maxMissed = 1024
 
 // jsonScanner is a strict RFC 8259 validator that reports value boundaries.
 type jsonScanner struct {
