@@ -404,10 +404,6 @@ func (p *jsonScanner) value() error {
 			}
 			continue
 		case c == '"':
-			if j := plainStringEnd(b, i); j > 0 {
-				i = j
-				break
-			}
 			j, _, msg := scanString(b, i)
 			if msg != "" {
 				return fail(j, "%s", msg)
@@ -484,13 +480,10 @@ func (p *jsonScanner) objectKey(i int) (int, error) {
 		p.i = i
 		return i, p.errorf("expected a string key")
 	}
-	j := plainStringEnd(b, i)
-	if j < 0 {
-		var msg string
-		if j, _, msg = scanString(b, i); msg != "" {
-			p.i = j
-			return j, p.errorf("%s", msg)
-		}
+	j, _, msg := scanString(b, i)
+	if msg != "" {
+		p.i = j
+		return j, p.errorf("%s", msg)
 	}
 	if j < len(b) && b[j] == ':' {
 		return skipWS(b, j+1), nil
@@ -726,6 +719,9 @@ func scanString(b []byte, i int) (end int, escaped bool, msg string) {
 			w := binary.LittleEndian.Uint64(b[i:])
 			if m := specialBytes(w); m != 0 {
 				i += bits.TrailingZeros64(m) / 8
+				if b[i] == '"' {
+					return i + 1, escaped, ""
+				}
 				break
 			}
 			i += 8
@@ -765,29 +761,6 @@ func scanString(b []byte, i int) (end int, escaped bool, msg string) {
 			return i, false, "control character in string"
 		}
 	}
-}
-
-// plainStringEnd is the common case of scanString, small enough to be inlined: a string
-// whose first special byte within the next 16 is its closing quote. It returns the index
-// after the quote, or -1 when scanString must look (an escape, a control byte, a longer
-// string, or the end of the buffer near).
-func plainStringEnd(b []byte, i int) int {
-	if i+17 > len(b) {
-		return -1
-	}
-	m := specialBytes(binary.LittleEndian.Uint64(b[i+1:]))
-	j := i + 1
-	if m == 0 {
-		if m = specialBytes(binary.LittleEndian.Uint64(b[i+9:])); m == 0 {
-			return -1
-		}
-		j += 8
-	}
-	j += bits.TrailingZeros64(m) / 8
-	if b[j] != '"' {
-		return -1
-	}
-	return j + 1
 }
 
 const (

@@ -234,3 +234,45 @@ func BenchmarkHandlerDirect(b *testing.B) {
 		}
 	}
 }
+
+// TestKnownNamesFollowTheIndex: a node that gains a report after the set was built joins it
+// at the next request naming it; names without a report join only up to a bound, however
+// many a request carries.
+func TestKnownNamesFollowTheIndex(t *testing.T) {
+	src, pod, names := benchState(t, 100)
+	h := NewHandler(src, HandlerOptions{Log: quiet()}).(*handler)
+	var w discard
+	post := func(nn []string) {
+		serveDirect(h, FilterPath, mustJSON(t, extenderv1.ExtenderArgs{Pod: pod, NodeNames: &nn}), &w)
+		require.Equal(t, 0, w.code, w.body.String())
+	}
+	post(names)
+	require.Equal(t, 100, len(h.knownNodes()))
+
+	// A new node gets a report: the generation moves, the next request rebuilds the set.
+	nr, _ := src.st.NodeReport(names[0])
+	fresh := *nr
+	fresh.Node = "worker-new.dc1.example.com"
+	src.st.SetReport(&fresh)
+	post(append([]string{"worker-new.dc1.example.com"}, names...))
+	known := h.knownNodes()
+	got, ok := known["worker-new.dc1.example.com"]
+	require.True(t, ok)
+	held, _ := src.st.NodeReport("worker-new.dc1.example.com")
+	assert.True(t, unsafe.StringData(got) == unsafe.StringData(held.Node), "the index's string")
+	assert.Contains(t, w.body.String(), `"worker-new.dc1.example.com"`)
+
+	// Thousands of names no node reports: the set takes in at most 64 + nodes/8.
+	var bogus []string
+	for i := range 3000 {
+		bogus = append(bogus, fmt.Sprintf("no-such-node-%d", i))
+	}
+	for range 5 {
+		post(bogus)
+	}
+	assert.LessOrEqual(t, len(h.knownNodes()), 101+maxExtraNames(101))
+	var a args
+	require.NoError(t, decodeArgsInterned(mustJSON(t, extenderv1.ExtenderArgs{NodeNames: &bogus}), &a, h.knownNodes()))
+	assert.Len(t, a.missedNames, maxMissed, "a request reports a bounded number of unknown names")
+	assert.Equal(t, bogus, *a.NodeNames)
+}

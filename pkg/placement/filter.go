@@ -111,10 +111,13 @@ const (
 //   - for each ReadWriteOnce volume, no other node with a fresh report may still hold it.
 //     A holder whose report went stale is presumed dead, so its attachment no longer blocks.
 //
-// Filter is pure: it reads st and now and nothing else. Its cost per node is a report
-// lookup and, per volume, a slice index into the backstore summaries the Index computed
-// when the report arrived; the failure messages are built when reports change (Index) or
-// once per request and volume, never per node.
+// Filter is pure: it reads st and now and nothing else. Over an Index, a node that passes
+// costs one map lookup: its entry holds the report's freshness and, per backstore, whether
+// it is probed and reachable, which Filter compares with the volumes' backstores as one
+// mask (and then the RWO holders, when a volume has live ones). A node that fails, or any
+// node of another State, is judged from its report: per volume a slice index into the
+// backstore summaries the Index computed when the report arrived. The failure messages
+// are built when reports change (Index) or once per request and volume, never per node.
 func Filter(now time.Time, vols []Volume, nodes []string, st State, policy PortalPolicy) Decision {
 	d := Decision{Pass: make([]int, 0, len(nodes))}
 	if len(vols) == 0 {

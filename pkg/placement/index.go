@@ -65,7 +65,9 @@ func NewIndex() *Index {
 	}
 }
 
-// SetReport adds or replaces a node's report.
+// SetReport adds or replaces a node's report. The Index copies what Filter judges every
+// node by (freshness, backstore verdicts) when the report is set: a report must not be
+// changed once set, only replaced.
 func (x *Index) SetReport(nr *NodeReport) {
 	old, had := x.reports[nr.Node]
 	if had {
@@ -111,14 +113,12 @@ func (x *Index) SetReport(nr *NodeReport) {
 			e.masked = false
 			break
 		}
-		{
-			e.probed |= 1 << id
-			if sum.Reachable == sum.Portals {
-				e.allReachable |= 1 << id
-			}
-			if sum.Reachable > 0 {
-				e.anyReachable |= 1 << id
-			}
+		e.probed |= 1 << id
+		if sum.Reachable == sum.Portals {
+			e.allReachable |= 1 << id
+		}
+		if sum.Reachable > 0 {
+			e.anyReachable |= 1 << id
 		}
 	}
 	x.reports[nr.Node] = e
