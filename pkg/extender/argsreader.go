@@ -47,7 +47,13 @@ func decodeArgs(b []byte, a *args) error { return decodeArgsInterned(b, a, nil) 
 // a new one, so a request of known names allocates nothing per name. Unknown names are
 // allocated as usual and listed in a.missedNames.
 func decodeArgsInterned(b []byte, a *args, known map[string]string) error {
-	p := &jsonScanner{b: b, known: known}
+	return decodeArgsInto(b, a, known, nil)
+}
+
+// decodeArgsInto is decodeArgsInterned that puts NodeNames in scratch when it is large
+// enough (the handler's pooled slice, given back once the answer is written).
+func decodeArgsInto(b []byte, a *args, known map[string]string, scratch []string) error {
+	p := &jsonScanner{b: b, known: known, scratch: scratch}
 	p.ws()
 	if p.i < len(b) && b[p.i] == 'n' {
 		// A top-level null is an empty ExtenderArgs to encoding/json.
@@ -280,7 +286,11 @@ func (p *jsonScanner) nodeNames(hasNull *bool) (names []string, plain bool, err 
 	// Room for every element, judged by the commas that follow (each element takes at
 	// least three bytes), so that thousands of names are not appended through regrowth.
 	rest := p.b[p.i:]
-	names = make([]string, 0, min(bytes.Count(rest, []byte{','})+1, len(rest)/3+1))
+	if n := min(bytes.Count(rest, []byte{','})+1, len(rest)/3+1); cap(p.scratch) >= n {
+		names = p.scratch[:0]
+	} else {
+		names = make([]string, 0, n)
+	}
 	plain = true
 	err = p.elements(func() error {
 		switch p.b[p.i] {
@@ -337,6 +347,8 @@ type jsonScanner struct {
 	// known interns node names (nodeName); missed collects the plain names not found there.
 	known  map[string]string
 	missed []string
+	// scratch, when large enough, holds the names of NodeNames.
+	scratch []string
 }
 
 // maxDepth matches encoding/json's nesting limit.

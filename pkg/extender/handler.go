@@ -50,11 +50,13 @@ const (
 )
 
 type handler struct {
-	src    Source
-	opts   HandlerOptions
-	log    *slog.Logger
-	now    func() time.Time
-	bufs   sync.Pool
+	src  Source
+	opts HandlerOptions
+	log  *slog.Logger
+	now  func() time.Time
+	bufs sync.Pool
+	// names pools the NodeNames slices (*[]string) of requests.
+	names  sync.Pool
 	maxLen int64
 	mux    *http.ServeMux
 	// known is the node names of the reports (see nodeNameSet), for the request reader to
@@ -181,11 +183,34 @@ func (h *handler) decode(r *http.Request, a *args) (*bytes.Buffer, error) {
 		}
 		return nil, &requestError{http.StatusBadRequest, "reading request body: " + err.Error()}
 	}
-	if err := decodeArgsInterned(buf.Bytes(), a, h.knownNodes()); err != nil {
+	var scratch []string
+	if s, ok := h.names.Get().(*[]string); ok {
+		scratch = *s
+	}
+	a.scratch = scratch
+	if err := decodeArgsInto(buf.Bytes(), a, h.knownNodes(), scratch); err != nil {
+		h.releaseNames(a)
 		h.bufs.Put(buf)
 		return nil, &requestError{http.StatusBadRequest, "malformed ExtenderArgs JSON: " + err.Error()}
 	}
 	return buf, nil
+}
+
+// releaseNames gives the request's names slice back to the pool: the NodeNames slice when
+// the reader filled it (it has room for the largest request seen), else the scratch it
+// was offered. Called once the answer is written; the names are cleared so that the pool
+// holds no node names.
+func (h *handler) releaseNames(a *args) {
+	s := a.scratch
+	if a.NodeNames != nil && cap(*a.NodeNames) > cap(s) {
+		s = *a.NodeNames
+	}
+	if cap(s) == 0 {
+		return
+	}
+	clear(s[:cap(s)])
+	s = s[:0]
+	h.names.Put(&s)
 }
 
 func (h *handler) release(buf *bytes.Buffer) {
@@ -239,6 +264,7 @@ func (h *handler) filter(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer h.release(buf)
+	defer h.releaseNames(&a)
 	res, path := h.decideFilter(h.withPodLogger(r.Context(), &a), &a)
 	// The answer is at most the request's size plus the failure messages; it is built in a
 	// pooled buffer like the request's.
@@ -346,6 +372,7 @@ func (h *handler) prioritize(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer h.release(buf)
+	defer h.releaseNames(&a)
 	// HostPriorityList has no error field: a bad request can only be an HTTP error, which
 	// kube-scheduler logs and treats as "no scores from this extender".
 	if a.Pod == nil {

@@ -276,3 +276,34 @@ func TestKnownNamesFollowTheIndex(t *testing.T) {
 	assert.Len(t, a.missedNames, maxMissed, "a request reports a bounded number of unknown names")
 	assert.Equal(t, bogus, *a.NodeNames)
 }
+
+// TestPooledNamesStayWithTheirRequest: concurrent requests of different node lists through
+// one handler (pooled names slices and buffers) each get the answer for their own list.
+func TestPooledNamesStayWithTheirRequest(t *testing.T) {
+	src, _, names := benchState(t, 400)
+	h := NewHandler(src, HandlerOptions{Log: quiet()})
+	done := make(chan error, 8)
+	for g := range 8 {
+		go func() {
+			var w discard
+			for i := range 40 {
+				from := (g*37 + i*11) % 300
+				nn := names[from : from+1+(g*13+i)%100]
+				serveDirect(h, FilterPath, mustJSON(t, extenderv1.ExtenderArgs{Pod: claimPod("p"), NodeNames: &nn}), &w)
+				var res extenderv1.ExtenderFilterResult
+				if err := json.Unmarshal(w.body.Bytes(), &res); err != nil || res.NodeNames == nil {
+					done <- fmt.Errorf("bad answer %q: %v", w.body.String(), err)
+					return
+				}
+				if strings.Join(*res.NodeNames, ",") != strings.Join(nn, ",") {
+					done <- fmt.Errorf("request of %d names got %d back", len(nn), len(*res.NodeNames))
+					return
+				}
+			}
+			done <- nil
+		}()
+	}
+	for range 8 {
+		require.NoError(t, <-done)
+	}
+}

@@ -30,6 +30,8 @@ type args struct {
 	namesPlain bool
 	// missedNames are the plain node names the reader did not find among the known names.
 	missedNames []string
+	// scratch is the pooled slice the handler offered the reader for NodeNames.
+	scratch []string
 }
 
 func (a *args) hasNodes() bool { return len(a.Nodes) > 0 && !bytes.Equal(a.Nodes, []byte("null")) }
