@@ -63,6 +63,12 @@ func TestLeakSnapshot(t *testing.T) {
 	marked := exec.Command("sh", "-c", "sleep 60 # "+marker)
 	require.NoError(t, marked.Start())
 	t.Cleanup(func() { _ = marked.Process.Kill(); _ = marked.Wait() })
+	// sh forks to run sleep, and until the child execs it carries sh's command line, marker
+	// included: wait for the one marked process the snapshot below must find.
+	require.Eventually(t, func() bool {
+		s, err := TakeSnapshot(ctx, LeakProbes{CmdlineMarkers: []string{marker}})
+		return err == nil && len(s.Processes) == 1
+	}, 5*time.Second, 10*time.Millisecond, "sh's child never exec'd sleep")
 	byPid := exec.Command("sleep", "61")
 	require.NoError(t, byPid.Start())
 	t.Cleanup(func() { _ = byPid.Process.Kill(); _ = byPid.Wait() })
