@@ -55,10 +55,11 @@ type handler struct {
 	log  *slog.Logger
 	now  func() time.Time
 	bufs sync.Pool
-	// names pools the NodeNames slices (*[]string) of requests.
-	names  sync.Pool
-	maxLen int64
-	mux    *http.ServeMux
+	// names and passes pool the NodeNames slices (*[]string) and the Decision.Pass
+	// slices (*[]int) of requests.
+	names, passes sync.Pool
+	maxLen        int64
+	mux           *http.ServeMux
 	// known is the node names of the reports (see nodeNameSet), for the request reader to
 	// intern NodeNames with; rebuild guards its rebuilding.
 	known   atomic.Pointer[knownNames]
@@ -198,9 +199,13 @@ func (h *handler) decode(r *http.Request, a *args) (*bytes.Buffer, error) {
 
 // releaseNames gives the request's names slice back to the pool: the NodeNames slice when
 // the reader filled it (it has room for the largest request seen), else the scratch it
-// was offered. Called once the answer is written; the names are cleared so that the pool
-// holds no node names.
+// was offered; and the Decision.Pass slice. Called once the answer is written; the names
+// are cleared so that the pool holds no node names.
 func (h *handler) releaseNames(a *args) {
+	if a.pass != nil {
+		p := a.pass[:0]
+		h.passes.Put(&p)
+	}
 	s := a.scratch
 	if a.NodeNames != nil && cap(*a.NodeNames) > cap(s) {
 		s = *a.NodeNames
@@ -328,7 +333,12 @@ func (h *handler) decideFilter(ctx context.Context, a *args) (*filterResult, str
 	now := h.now()
 	log := serving.LoggerFrom(ctx, h.log)
 	h.src.Read(func(_ placement.Lookup, st placement.State) {
-		d = placement.Filter(now, vols, names, st, h.opts.PortalPolicy)
+		var pass []int
+		if p, ok := h.passes.Get().(*[]int); ok {
+			pass = *p
+		}
+		d = placement.FilterInto(pass, now, vols, names, st, h.opts.PortalPolicy)
+		a.pass = d.Pass
 		// The answer's messages are the same for every node with one cause (so that the
 		// scheduler's event aggregates); the nodes and their report ages go to this log.
 		if log.Enabled(ctx, filterLogLevel(d)) {

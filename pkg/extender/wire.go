@@ -30,8 +30,10 @@ type args struct {
 	namesPlain bool
 	// missedNames are the plain node names the reader did not find among the known names.
 	missedNames []string
-	// scratch is the pooled slice the handler offered the reader for NodeNames.
+	// scratch is the pooled slice the handler offered the reader for NodeNames; pass is
+	// the pooled Decision.Pass of a filter request.
 	scratch []string
+	pass    []int
 }
 
 func (a *args) hasNodes() bool { return len(a.Nodes) > 0 && !bytes.Equal(a.Nodes, []byte("null")) }

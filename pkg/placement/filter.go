@@ -119,7 +119,16 @@ const (
 // backstore summaries the Index computed when the report arrived. The failure messages
 // are built when reports change (Index) or once per request and volume, never per node.
 func Filter(now time.Time, vols []Volume, nodes []string, st State, policy PortalPolicy) Decision {
-	d := Decision{Pass: make([]int, 0, len(nodes))}
+	return FilterInto(nil, now, vols, nodes, st, policy)
+}
+
+// FilterInto is Filter with Decision.Pass built in pass when it has room for every node
+// (a caller that serves many requests reuses one slice instead of allocating one each).
+func FilterInto(pass []int, now time.Time, vols []Volume, nodes []string, st State, policy PortalPolicy) Decision {
+	if cap(pass) < len(nodes) {
+		pass = make([]int, 0, len(nodes))
+	}
+	d := Decision{Pass: pass[:0]}
 	if len(vols) == 0 {
 		for i := range nodes {
 			d.Pass = append(d.Pass, i)
