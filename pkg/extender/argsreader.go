@@ -22,7 +22,7 @@ import (
 // two-core machine; 0.9-1 GB/s for 500 Nodes). Strings, most of the bytes, are skipped
 // eight bytes at a time, and values nobody reads are walked in a loop, not recursively.
 // For names-only bodies it is about three times faster than encoding/json, and with the
-// handler's set of known names (decodeArgsInterned) it allocates nothing per name.
+// handler's set of known names (decodeArgsInto) it allocates nothing per name.
 
 // decodeArgs parses an ExtenderArgs body. It validates the whole document as strictly as
 // json.Valid, decodes Pod with encoding/json, NodeNames to strings and keeps Nodes raw,
@@ -40,18 +40,13 @@ import (
 // One difference remains, by design: of each Nodes item only metadata.name is
 // type-checked. The items are returned to the scheduler byte for byte, and decoding
 // thousands of Nodes only to validate them would cost most of the request.
-func decodeArgs(b []byte, a *args) error { return decodeArgsInterned(b, a, nil) }
+func decodeArgs(b []byte, a *args) error { return decodeArgsInto(b, a, nil, nil) }
 
-// decodeArgsInterned is decodeArgs with the node names the extender knows (each mapped to
+// decodeArgsInto is decodeArgs with the node names the extender knows (each mapped to
 // itself): a name of NodeNames, or of a Nodes item, found there is that string rather than
 // a new one, so a request of known names allocates nothing per name. Unknown names are
-// allocated as usual and listed in a.missedNames.
-func decodeArgsInterned(b []byte, a *args, known map[string]string) error {
-	return decodeArgsInto(b, a, known, nil)
-}
-
-// decodeArgsInto is decodeArgsInterned that puts NodeNames in scratch when it is large
-// enough (the handler's pooled slice, given back once the answer is written).
+// allocated as usual and listed in a.missedNames. NodeNames goes in scratch when it is
+// large enough (the handler's pooled slice, given back once the answer is written).
 func decodeArgsInto(b []byte, a *args, known map[string]string, scratch []string) error {
 	p := &jsonScanner{b: b, known: known, scratch: scratch}
 	p.ws()

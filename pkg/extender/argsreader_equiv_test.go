@@ -252,8 +252,8 @@ func sameInterned(t testing.TB, b []byte, a *args) {
 		}
 	}
 	var ai args
-	if err := decodeArgsInterned(b, &ai, known); err != nil {
-		t.Fatalf("decodeArgs accepts %q, decodeArgsInterned does not: %v", b, err)
+	if err := decodeArgsInto(b, &ai, known, nil); err != nil {
+		t.Fatalf("decodeArgs accepts %q, decodeArgsInto with known names does not: %v", b, err)
 	}
 	var got []string
 	if ai.NodeNames != nil {

@@ -94,7 +94,7 @@ func TestNamesInterned(t *testing.T) {
 
 	with := append([]string{"unknown-node", "worker-00001.dc1.example.com"}, names[:3]...)
 	var a args
-	require.NoError(t, decodeArgsInterned(mustJSON(t, extenderv1.ExtenderArgs{NodeNames: &with}), &a, known))
+	require.NoError(t, decodeArgsInto(mustJSON(t, extenderv1.ExtenderArgs{NodeNames: &with}), &a, known, nil))
 	assert.Equal(t, with, *a.NodeNames)
 	assert.Equal(t, []string{"unknown-node"}, a.missedNames, "only the unknown name is allocated")
 	assert.True(t, a.namesPlain)
@@ -272,7 +272,7 @@ func TestKnownNamesFollowTheIndex(t *testing.T) {
 	}
 	assert.LessOrEqual(t, len(h.knownNodes()), 101+maxExtraNames(101))
 	var a args
-	require.NoError(t, decodeArgsInterned(mustJSON(t, extenderv1.ExtenderArgs{NodeNames: &bogus}), &a, h.knownNodes()))
+	require.NoError(t, decodeArgsInto(mustJSON(t, extenderv1.ExtenderArgs{NodeNames: &bogus}), &a, h.knownNodes(), nil))
 	assert.Len(t, a.missedNames, maxMissed, "a request reports a bounded number of unknown names")
 	assert.Equal(t, bogus, *a.NodeNames)
 }

@@ -269,8 +269,7 @@ func (c *checker) node(node string) (int, string) {
 		if !ok {
 			return rNoReport, msgNoReport
 		}
-		if c.masked && e.masked && e.ttl > 0 && !e.observedAt.IsZero() && c.now.Sub(e.observedAt) <= e.ttl &&
-			e.probed&c.need == c.need {
+		if c.masked && e.masked && freshAt(c.now, e.observedAt, e.ttl) && e.probed&c.need == c.need {
 			reachable := e.allReachable
 			if c.policy == AnyPortal {
 				reachable = e.anyReachable

@@ -314,8 +314,12 @@ func (n *NodeReport) Observe(prev *NodeReport, now time.Time, maxTTL time.Durati
 func (n *NodeReport) Age(now time.Time) time.Duration { return now.Sub(n.ObservedAt) }
 
 // Fresh reports whether the last renewal was seen at most TTL ago (see NodeReport).
-func (n *NodeReport) Fresh(now time.Time) bool {
-	return n.TTL > 0 && !n.ObservedAt.IsZero() && n.Age(now) <= n.TTL
+func (n *NodeReport) Fresh(now time.Time) bool { return freshAt(now, n.ObservedAt, n.TTL) }
+
+// freshAt is the freshness rule on its two inputs (the Index keeps copies of them in its
+// entries, so that judging a node need not read its report).
+func freshAt(now, observedAt time.Time, ttl time.Duration) bool {
+	return ttl > 0 && !observedAt.IsZero() && now.Sub(observedAt) <= ttl
 }
 
 // NodeReportFromLease converts a Lease. ok is false when the Lease is not a report Lease
