@@ -158,11 +158,11 @@ func containerOf(t corev1.PodTemplateSpec, name string) (corev1.Container, error
 	return corev1.Container{}, fmt.Errorf("no container %s", name)
 }
 
-// hostArgs turns a rendered container's args into a host process's: each $(VAR) from env,
+// HostArgs turns a rendered container's args into a host process's: each $(VAR) from env,
 // each path under a container mount point (mounts: mount path → host directory) moved to the
 // host directory, and each --flag in override given its value (added when absent). Only
 // paths and addresses change; every other flag is the chart's.
-func hostArgs(c corev1.Container, env, mounts, override map[string]string) []string {
+func HostArgs(c corev1.Container, env, mounts, override map[string]string) []string {
 	var out []string
 	seen := map[string]bool{}
 	for _, a := range c.Args {

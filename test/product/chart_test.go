@@ -35,7 +35,7 @@ func TestHostArgs(t *testing.T) {
 				"--interval=2s", "--state-dir=/tmp/x/state", "--state-dirx=/host/statex", "--kubeconfig=/tmp/x/kc"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			assert.Equal(t, tc.want, hostArgs(ctr, tc.env, tc.mounts, tc.override))
+			assert.Equal(t, tc.want, HostArgs(ctr, tc.env, tc.mounts, tc.override))
 		})
 	}
 }

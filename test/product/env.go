@@ -474,7 +474,7 @@ func (e *Env) startPrograms(ctx context.Context, ca *testpki.CA, webhookPort int
 	if err != nil {
 		return err
 	}
-	wh, err := e.startProc("webhook", e.binPath("webhook"), hostArgs(whCtr,
+	wh, err := e.startProc("webhook", e.binPath("webhook"), HostArgs(whCtr,
 		map[string]string{"POD_NAMESPACE": Namespace, "POD_NAME": "webhook-host-0"},
 		map[string]string{"/etc/petfabric/tls": whTLS},
 		map[string]string{"--listen": fmt.Sprintf("127.0.0.1:%d", webhookPort), "--health-listen": fmt.Sprintf("127.0.0.1:%d", whHealth),
@@ -501,7 +501,7 @@ func (e *Env) startPrograms(ctx context.Context, ca *testpki.CA, webhookPort int
 	if err != nil {
 		return err
 	}
-	ex, err := e.startProc("extender", e.binPath("extender"), hostArgs(exCtr,
+	ex, err := e.startProc("extender", e.binPath("extender"), HostArgs(exCtr,
 		map[string]string{"POD_NAMESPACE": Namespace},
 		map[string]string{"/etc/petfabric/tls": exTLS},
 		map[string]string{"--health-listen": fmt.Sprintf("127.0.0.1:%d", e.extenderHealth), "--kubeconfig": exKube}), nil)
@@ -539,7 +539,7 @@ func (e *Env) startPrograms(ctx context.Context, ca *testpki.CA, webhookPort int
 		}
 		mounts := map[string]string{"/etc/petfabric-src": filepath.Join(n.Root, "src"), "/host/iscsi": filepath.Join(n.Root, "iscsi"),
 			"/host/state": n.StateDir}
-		if n.agent, err = e.startProc("agent-"+n.Name, e.binPath("flex"), append([]string{"agent"}, hostArgs(agCtr,
+		if n.agent, err = e.startProc("agent-"+n.Name, e.binPath("flex"), append([]string{"agent"}, HostArgs(agCtr,
 			map[string]string{"NODE_NAME": n.Name, "POD_NAMESPACE": Namespace}, mounts,
 			map[string]string{"--metrics-listen": fmt.Sprintf("127.0.0.1:%d", metrics), "--kubeconfig": kube})...), nil); err != nil {
 			return err

@@ -128,37 +128,6 @@ func container(t *testing.T, obj *unstructured.Unstructured, name string, init b
 	return corev1.Container{}, nil
 }
 
-// localArgs turns a rendered container's args into a host process's: every $(VAR) from env,
-// every mount path prefix replaced by the directory mounts maps it to, and each --flag in
-// override replaced (or added) with its value.
-func localArgs(c corev1.Container, env map[string]string, mounts map[string]string, override map[string]string) []string {
-	var out []string
-	seen := map[string]bool{}
-	for _, a := range c.Args {
-		for k, v := range env {
-			a = strings.ReplaceAll(a, "$("+k+")", v)
-		}
-		flag, _, _ := strings.Cut(a, "=")
-		if v, ok := override[flag]; ok {
-			a, seen[flag] = flag+"="+v, true
-		}
-		if _, val, ok := strings.Cut(a, "="); ok {
-			for from, to := range mounts {
-				if strings.HasPrefix(val, from+"/") || val == from {
-					a = flag + "=" + to + strings.TrimPrefix(val, from)
-				}
-			}
-		}
-		out = append(out, a)
-	}
-	for flag, v := range override {
-		if !seen[flag] {
-			out = append(out, flag+"="+v)
-		}
-	}
-	return out
-}
-
 // mountPath is where c mounts volume.
 func mountPath(t *testing.T, c corev1.Container, volume string) string {
 	t.Helper()

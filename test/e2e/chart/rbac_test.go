@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"github.com/petfabric/petfabric/test/fixtures"
+	"github.com/petfabric/petfabric/test/product"
 	"io"
 	"net/http"
 	"os"
@@ -95,7 +96,7 @@ func TestChartRBAC(t *testing.T) {
 	webhookID := serviceAccountIdentity(ctx, t, c, helmchart.Namespace, ctrServiceAccount(t, webhookDeploy), nil)
 	wSecret := secretOfMount(t, wctr, wvols)
 	wDir := projectForTest(ctx, t, c, wSecret)
-	webhook := startProgram(t, c.Dir, "webhook", webhookBin, localArgs(wctr, env,
+	webhook := startProgram(t, c.Dir, "webhook", webhookBin, product.HostArgs(wctr, env,
 		map[string]string{mountPath(t, wctr, secretVolume(t, wvols, wSecret)): wDir},
 		map[string]string{"--listen": webhookAddr, "--health-listen": fmt.Sprintf("127.0.0.1:%d", webhookHealth), "--kubeconfig": webhookID.kubeconfig}), nil)
 	waitHTTP200(t, webhook, fmt.Sprintf("http://127.0.0.1:%d/readyz", webhookHealth), 30*time.Second)
@@ -107,7 +108,7 @@ func TestChartRBAC(t *testing.T) {
 	eSecret := secretOfMount(t, ectr, evols)
 	eDir := projectForTest(ctx, t, c, eSecret)
 	extAddr := fmt.Sprintf("127.0.0.1:%d", extenderPort)
-	extender := startProgram(t, c.Dir, "extender", extenderBin, localArgs(ectr, env,
+	extender := startProgram(t, c.Dir, "extender", extenderBin, product.HostArgs(ectr, env,
 		map[string]string{mountPath(t, ectr, secretVolume(t, evols, eSecret)): eDir},
 		map[string]string{"--listen": extAddr, "--health-listen": fmt.Sprintf("127.0.0.1:%d", extenderHealth), "--kubeconfig": extID.kubeconfig}), nil)
 	waitHTTP200(t, extender, fmt.Sprintf("http://127.0.0.1:%d/readyz", extenderHealth), 30*time.Second)
@@ -131,7 +132,7 @@ func TestChartRBAC(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(initiatorDir, "initiatorname.iscsi"), []byte("InitiatorName="+initiator+"\n"), 0o600))
 	agentMounts[mountPath(t, actr, "iscsi")] = initiatorDir
 	agentMounts[mountPath(t, actr, "state")] = t.TempDir()
-	agent := startProgram(t, c.Dir, "agent", flexBin, append([]string{"agent"}, localArgs(actr, env, agentMounts,
+	agent := startProgram(t, c.Dir, "agent", flexBin, append([]string{"agent"}, product.HostArgs(actr, env, agentMounts,
 		map[string]string{"--kubeconfig": agentID.kubeconfig, "--metrics-listen": fmt.Sprintf("127.0.0.1:%d", agentMetrics),
 			"--interval": "1s", "--probe-timeout": "300ms"})...), nil)
 
@@ -194,7 +195,7 @@ func TestChartRBAC(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(extCADir, "ca.crt"), caPEM, 0o600))
 	schedMounts[mountPath(t, sctr, "extender-ca")] = extCADir
 	schedConfig := schedulerConfig(t, schedMounts, "scheduler-config.yaml", schedID.kubeconfig)
-	scheduler := startProgram(t, c.Dir, "petfabric-scheduler", schedulerBin.KubeScheduler, localArgs(sctr, env, schedMounts, map[string]string{
+	scheduler := startProgram(t, c.Dir, "petfabric-scheduler", schedulerBin.KubeScheduler, product.HostArgs(sctr, env, schedMounts, map[string]string{
 		"--config": schedConfig, "--bind-address": "127.0.0.1", "--secure-port": fmt.Sprint(schedPort),
 		"--authentication-kubeconfig": schedID.kubeconfig, "--authorization-kubeconfig": schedID.kubeconfig,
 	}), nil)

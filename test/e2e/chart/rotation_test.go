@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"github.com/petfabric/petfabric/test/fixtures"
+	"github.com/petfabric/petfabric/test/product"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -108,7 +109,7 @@ func TestChartCertificateRotation(t *testing.T) {
 		assert.NoError(t, <-projDone, "projecting the serving Secret")
 	})
 	require.Eventually(t, func() bool { return projections.Load() > 0 }, 30*time.Second, 50*time.Millisecond, "serving Secret never projected")
-	args := localArgs(ctr, map[string]string{"POD_NAMESPACE": helmchart.Namespace, "POD_NAME": "webhook-0"},
+	args := product.HostArgs(ctr, map[string]string{"POD_NAMESPACE": helmchart.Namespace, "POD_NAME": "webhook-0"},
 		map[string]string{tlsMount: certDir},
 		map[string]string{
 			"--listen": addr, "--health-listen": fmt.Sprintf("127.0.0.1:%d", healthPort),
