@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"github.com/petfabric/petfabric/test/fixtures"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -123,24 +124,10 @@ func waitPodHook(ctx context.Context, t testing.TB, cs kubernetes.Interface, pro
 	require.NoError(t, cs.CoreV1().PersistentVolumes().Delete(ctx, pv.Name, metav1.DeleteOptions{}))
 }
 
-// waitPetsRunning waits until n pods of ns are Running and every claim is Bound, and returns
-// the time since start.
+// waitPetsRunning waits until n pods of ns are Running and returns the time since start.
 func waitPetsRunning(ctx context.Context, t testing.TB, cs kubernetes.Interface, ns string, n int, start time.Time) time.Duration {
 	t.Helper()
-	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 5*time.Minute, true, func(ctx context.Context) (bool, error) {
-		pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return false, nil
-		}
-		running := 0
-		for _, p := range pods.Items {
-			if p.Status.Phase == corev1.PodRunning {
-				running++
-			}
-		}
-		return running == n, nil
-	})
-	require.NoError(t, err, "namespace %s: pets not all Running", ns)
+	fixtures.WaitPodsRunning(ctx, t, cs, ns, n, 5*time.Minute)
 	return time.Since(start)
 }
 

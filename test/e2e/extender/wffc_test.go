@@ -3,6 +3,7 @@ package extendere2e
 import (
 	"context"
 	"fmt"
+	"github.com/petfabric/petfabric/test/fixtures"
 	"regexp"
 	"testing"
 	"time"
@@ -13,7 +14,6 @@ import (
 	storagev1 "k8s.io/api/storage/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/ptr"
 
 	"github.com/petfabric/petfabric/pkg/extender"
@@ -100,19 +100,7 @@ func TestBindingModesPlacePets(t *testing.T) {
 			_, err = e.Client.AppsV1().StatefulSets(ns).Create(ctx, sts, metav1.CreateOptions{})
 			require.NoError(t, err)
 
-			require.NoError(t, wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-				pods, err := e.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
-				if err != nil {
-					return false, nil
-				}
-				running := 0
-				for _, p := range pods.Items {
-					if p.Status.Phase == corev1.PodRunning {
-						running++
-					}
-				}
-				return running == pets, nil
-			}), "pets not all Running")
+			fixtures.WaitPodsRunning(ctx, t, e.Client, ns, pets, 2*time.Minute)
 
 			pods, err := e.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
 			require.NoError(t, err)
