@@ -11,10 +11,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
@@ -88,7 +90,7 @@ func run(args []string, stdout *os.File) int {
 		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
 		code = 1
 	}
-	if ctx.Err() != nil {
+	if ctx.Err() != nil || code == 130 {
 		// Start cleans up after itself when interrupted; Close below does the rest.
 		s.progress("interrupted: cleaning up")
 		code = 130
@@ -105,6 +107,18 @@ func run(args []string, stdout *os.File) int {
 	return code
 }
 
+// killedBySignal reports whether err comes from a command (kubectl, helm) that Ctrl-C or
+// SIGTERM ended: a terminal signals the whole foreground process group, so the command can
+// die of it before this process's own handler has cancelled its context.
+func killedBySignal(err error) bool {
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) {
+		return false
+	}
+	ws, ok := exit.Sys().(syscall.WaitStatus)
+	return ok && ws.Signaled() && (ws.Signal() == syscall.SIGINT || ws.Signal() == syscall.SIGTERM)
+}
+
 func walk(ctx context.Context, s style, env *product.Env, until string) int {
 	w := product.NewWalk(env)
 	setup := time.Since(s.start)
@@ -117,7 +131,7 @@ func walk(ctx context.Context, s style, env *product.Env, until string) int {
 			}
 		}
 		if err != nil {
-			if ctx.Err() != nil {
+			if ctx.Err() != nil || killedBySignal(err) {
 				return 130
 			}
 			fmt.Fprintf(os.Stderr, "demo: step %s: %v\n", step.Name, err)
