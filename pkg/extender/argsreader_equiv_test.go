@@ -245,10 +245,10 @@ func sameInterned(t testing.TB, b []byte, a *args) {
 	} else if a.list != nil {
 		names = a.list.names
 	}
-	known := map[string]string{"not-in-the-request": "not-in-the-request"}
+	known := nameSet{"not-in-the-request": {name: "not-in-the-request"}}
 	for i, n := range names {
 		if i%2 == 0 {
-			known[n] = strings.Clone(n)
+			known[n] = knownName{name: strings.Clone(n)}
 		}
 	}
 	var ai args

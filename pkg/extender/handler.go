@@ -55,8 +55,8 @@ type handler struct {
 	log  *slog.Logger
 	now  func() time.Time
 	bufs sync.Pool
-	// names and passes pool the NodeNames slices (*[]string) and the Decision.Pass
-	// slices (*[]int) of requests.
+	// names and passes pool the NodeNames and NodeRefs (*nameScratch) and the
+	// Decision.Pass slices (*[]int) of requests.
 	names, passes sync.Pool
 	maxLen        int64
 	mux           *http.ServeMux
@@ -66,13 +66,14 @@ type handler struct {
 	rebuild sync.Mutex
 }
 
-// knownNames is an immutable set of node names (each mapped to itself), made from the
+// knownNames is an immutable set of node names (each mapped to the index's string for it
+// and its NodeRef), made from the
 // State at one node generation plus up to maxExtraNames names requests carried that have
 // no report (a node without an agent is named in every request); requests read it
 // without a lock.
 type knownNames struct {
 	generation uint64
-	names      map[string]string
+	names      nameSet
 	extras     int
 }
 
@@ -83,11 +84,11 @@ func maxExtraNames(nodes int) int { return 64 + nodes/8 }
 // nodeNameSet is implemented by States that can list their nodes (placement.Index).
 type nodeNameSet interface {
 	NodeGeneration() uint64
-	EachNode(fn func(node string))
+	EachNode(fn func(node string, ref placement.NodeRef))
 }
 
 // knownNodes returns the current set of known names (nil before the first request).
-func (h *handler) knownNodes() map[string]string {
+func (h *handler) knownNodes() nameSet {
 	if k := h.known.Load(); k != nil {
 		return k.names
 	}
@@ -118,8 +119,8 @@ func (h *handler) learnNodes(a *args, st placement.State) {
 	if old != nil && old.generation == gen {
 		next.names, next.extras = maps.Clone(old.names), old.extras
 	} else {
-		next.names = make(map[string]string, len(h.knownNodes())+len(a.missedNames))
-		ns.EachNode(func(node string) { next.names[node] = node })
+		next.names = make(nameSet, len(h.knownNodes())+len(a.missedNames))
+		ns.EachNode(func(node string, ref placement.NodeRef) { next.names[node] = knownName{node, ref} })
 	}
 	limit := maxExtraNames(len(next.names) - next.extras)
 	for _, name := range a.missedNames {
@@ -127,7 +128,7 @@ func (h *handler) learnNodes(a *args, st placement.State) {
 			break
 		}
 		if _, dup := next.names[name]; !dup {
-			next.names[name] = name
+			next.names[name] = knownName{name: name}
 			next.extras++
 		}
 	}
@@ -184,10 +185,7 @@ func (h *handler) decode(r *http.Request, a *args) (*bytes.Buffer, error) {
 		}
 		return nil, &requestError{http.StatusBadRequest, "reading request body: " + err.Error()}
 	}
-	var scratch []string
-	if s, ok := h.names.Get().(*[]string); ok {
-		scratch = *s
-	}
+	scratch, _ := h.names.Get().(*nameScratch)
 	a.scratch = scratch
 	if err := decodeArgsInto(buf.Bytes(), a, h.knownNodes(), scratch); err != nil {
 		h.releaseNames(a)
@@ -197,25 +195,32 @@ func (h *handler) decode(r *http.Request, a *args) (*bytes.Buffer, error) {
 	return buf, nil
 }
 
-// releaseNames gives the request's names slice back to the pool: the NodeNames slice when
-// the reader filled it (it has room for the largest request seen), else the scratch it
-// was offered; and the Decision.Pass slice. Called once the answer is written; the names
-// are cleared so that the pool holds no node names.
+// releaseNames gives the request's names and NodeRefs back to the pool: the slices the
+// reader filled when they have more room than the scratch it was offered (they have room
+// for the largest request seen), and the Decision.Pass slice. Called once the answer is
+// written; both are cleared so that the pool holds neither node names nor index entries.
 func (h *handler) releaseNames(a *args) {
 	if a.pass != nil {
 		p := a.pass[:0]
 		h.passes.Put(&p)
 	}
 	s := a.scratch
-	if a.NodeNames != nil && cap(*a.NodeNames) > cap(s) {
-		s = *a.NodeNames
+	if s == nil {
+		s = &nameScratch{}
 	}
-	if cap(s) == 0 {
+	if a.NodeNames != nil && cap(*a.NodeNames) > cap(s.names) {
+		s.names = *a.NodeNames
+	}
+	if cap(a.refs) > cap(s.refs) {
+		s.refs = a.refs
+	}
+	if cap(s.names) == 0 && cap(s.refs) == 0 {
 		return
 	}
-	clear(s[:cap(s)])
-	s = s[:0]
-	h.names.Put(&s)
+	clear(s.names[:cap(s.names)])
+	clear(s.refs[:cap(s.refs)])
+	s.names, s.refs = s.names[:0], s.refs[:0]
+	h.names.Put(s)
 }
 
 func (h *handler) release(buf *bytes.Buffer) {
@@ -337,7 +342,11 @@ func (h *handler) decideFilter(ctx context.Context, a *args) (*filterResult, str
 		if p, ok := h.passes.Get().(*[]int); ok {
 			pass = *p
 		}
-		d = placement.FilterInto(pass, now, vols, names, st, h.opts.PortalPolicy)
+		var refs []placement.NodeRef
+		if namesMode {
+			refs = a.refs
+		}
+		d = placement.FilterRefs(pass, now, vols, names, refs, st, h.opts.PortalPolicy)
 		a.pass = d.Pass
 		// The answer's messages are the same for every node with one cause (so that the
 		// scheduler's event aggregates); the nodes and their report ages go to this log.

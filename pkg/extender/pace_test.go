@@ -8,11 +8,14 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
+
+	"github.com/petfabric/petfabric/pkg/placement"
 )
 
 // discard is a ResponseWriter that keeps the status, the headers and the body.
@@ -79,7 +82,7 @@ func TestNoAllocationPerNode(t *testing.T) {
 // TestNamesInterned: after the first request the names of known nodes are the index's own
 // strings (no copy per name); names unknown to the cache are still read, allocated.
 func TestNamesInterned(t *testing.T) {
-	src, _, names := benchState(t, 300)
+	src, pod, names := benchState(t, 300)
 	h := NewHandler(src, HandlerOptions{Log: quiet()}).(*handler)
 	var w discard
 	body := mustJSON(t, extenderv1.ExtenderArgs{Pod: claimPod("p"), NodeNames: &names})
@@ -101,6 +104,16 @@ func TestNamesInterned(t *testing.T) {
 	nr, _ := src.st.NodeReport(names[1])
 	assert.True(t, unsafe.StringData(nr.Node) == unsafe.StringData((*a.NodeNames)[1]), "a known name is the index's string")
 	assert.True(t, unsafe.StringData(with[1]) != unsafe.StringData((*a.NodeNames)[1]))
+	// Each name comes with its node's NodeRef (zero for the unknown one): the filter judges
+	// the same as by name.
+	require.Len(t, a.refs, len(with))
+	assert.Equal(t, placement.NodeRef{}, a.refs[0])
+	assert.NotEqual(t, placement.NodeRef{}, a.refs[1])
+	vols, err := placement.PodVolumes(pod, src.lk)
+	require.NoError(t, err)
+	now := time.Now()
+	assert.Equal(t, placement.Filter(now, vols, with, src.st, placement.AllPortals),
+		placement.FilterRefs(nil, now, vols, with, a.refs, src.st, placement.AllPortals))
 }
 
 // TestNamesEchoedExactly: names that need escaping, names that are not ASCII, names with
@@ -259,7 +272,7 @@ func TestKnownNamesFollowTheIndex(t *testing.T) {
 	got, ok := known["worker-new.dc1.example.com"]
 	require.True(t, ok)
 	held, _ := src.st.NodeReport("worker-new.dc1.example.com")
-	assert.True(t, unsafe.StringData(got) == unsafe.StringData(held.Node), "the index's string")
+	assert.True(t, unsafe.StringData(got.name) == unsafe.StringData(held.Node), "the index's string")
 	assert.Contains(t, w.body.String(), `"worker-new.dc1.example.com"`)
 
 	// Thousands of names no node reports: the set takes in at most 64 + nodes/8.

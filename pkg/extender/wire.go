@@ -8,6 +8,8 @@ import (
 	"strconv"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/petfabric/petfabric/pkg/placement"
 )
 
 // The wire types mirror k8s.io/kube-scheduler/extender/v1 (whose structs carry no JSON tags,
@@ -30,9 +32,12 @@ type args struct {
 	namesPlain bool
 	// missedNames are the plain node names the reader did not find among the known names.
 	missedNames []string
-	// scratch is the pooled slice the handler offered the reader for NodeNames; pass is
+	// refs are the NodeRefs of NodeNames (placement.FilterRefs), when the reader was
+	// given the known names.
+	refs []placement.NodeRef
+	// scratch is the pooled room the handler offered the reader for NodeNames; pass is
 	// the pooled Decision.Pass of a filter request.
-	scratch []string
+	scratch *nameScratch
 	pass    []int
 }
 

@@ -80,6 +80,7 @@ func TestFilterFastPathAgrees(t *testing.T) {
 			fast := Filter(now, vols, nodes, x, policy)
 			slow := Filter(now, vols, nodes, plainState{x}, policy)
 			require.Equal(t, slow, fast, "round %d, policy %d, volumes %+v", round, policy, vols)
+			require.Equal(t, fast, FilterRefs(nil, now, vols, nodes, refsOf(x, nodes), x, policy), "with NodeRefs: round %d", round)
 			passed += len(fast.Pass)
 			heldFail += fast.Reasons[ReasonRWOHeld]
 		}
@@ -133,7 +134,7 @@ func TestIndexNodeGeneration(t *testing.T) {
 	x.SetReport(renewed)
 	assert.Equal(t, g1, x.NodeGeneration(), "a renewal is not a new node")
 	var names []string
-	x.EachNode(func(n string) { names = append(names, n) })
+	x.EachNode(func(n string, _ NodeRef) { names = append(names, n) })
 	assert.Equal(t, []string{"a"}, names)
 	cur, _ := x.NodeReport("a")
 	assert.Same(t, renewed, cur)
@@ -159,4 +160,64 @@ func TestFilterIntoReusesPass(t *testing.T) {
 	assert.True(t, &buf[0] == &got.Pass[0], "the given slice holds Pass")
 	small := FilterInto(make([]int, 0, 1), now, vols, nodes, x, AllPortals)
 	assert.Equal(t, want, small)
+}
+
+// refsOf is what the extender keeps beside the names it interns: each node's NodeRef from
+// EachNode (zero for a name without a report).
+func refsOf(x *Index, nodes []string) []NodeRef {
+	byName := map[string]NodeRef{}
+	x.EachNode(func(n string, ref NodeRef) { byName[n] = ref })
+	refs := make([]NodeRef, len(nodes))
+	for i, n := range nodes {
+		refs[i] = byName[n]
+	}
+	return refs
+}
+
+// TestNodeRefsFollowTheIndex: NodeRefs taken once judge as a lookup by name would after
+// the Index changes under them: a renewal (same entry, new verdict), a deleted report (the
+// ref is ignored: no report), a report deleted and set again (a new entry, found by name),
+// and a NodeRef given for the wrong name is never trusted past its node being deleted.
+func TestNodeRefsFollowTheIndex(t *testing.T) {
+	good := map[string]map[string]PortalReport{bsA: {p1: ok(time.Millisecond)}}
+	bad := map[string]map[string]PortalReport{bsA: {p1: down("connection refused")}}
+	set := func(x *Index, node string, ps map[string]map[string]PortalReport) {
+		nr, found := NodeReportFromLease(leaseFor(t, node, reportOf(ps), time.Second, ttl))
+		require.True(t, found)
+		nr.Observe(nil, now.Add(-time.Second), 0)
+		x.SetReport(nr)
+	}
+	x := NewIndex()
+	for _, n := range []string{"a", "b", "c"} {
+		set(x, n, good)
+	}
+	nodes := []string{"a", "b", "c", "d"}
+	refs := refsOf(x, nodes)
+	vols := []Volume{{VolumeID: "v", Backstore: bsA}}
+	check := func(step string) {
+		t.Helper()
+		for _, policy := range []PortalPolicy{AllPortals, AnyPortal} {
+			require.Equal(t, Filter(now, vols, nodes, x, policy), FilterRefs(nil, now, vols, nodes, refs, x, policy), step)
+		}
+	}
+	check("as taken")
+	set(x, "a", bad) // renewal: a's entry now says unreachable
+	check("after a renewal")
+	assert.Contains(t, FilterRefs(nil, now, vols, nodes, refs, x, AllPortals).Failed, "a")
+	x.DeleteReport("b")
+	check("after a delete")
+	assert.Equal(t, msgNoReport, FilterRefs(nil, now, vols, nodes, refs, x, AllPortals).Failed["b"])
+	set(x, "b", good) // back, as a new entry
+	check("after a delete and a new report")
+	assert.NotContains(t, FilterRefs(nil, now, vols, nodes, refs, x, AllPortals).Failed, "b")
+	set(x, "d", good) // a node that had no ref gains a report
+	check("after a new node")
+	// refs of another Index are not used.
+	other := NewIndex()
+	for _, n := range []string{"a", "b", "c"} {
+		set(other, n, bad)
+	}
+	require.Equal(t, Filter(now, vols, nodes, x, AllPortals), FilterRefs(nil, now, vols, nodes, refsOf(other, nodes), x, AllPortals))
+	// refs of another length are not used at all.
+	require.Equal(t, Filter(now, vols, nodes, x, AllPortals), FilterRefs(nil, now, vols, nodes, refs[:2], x, AllPortals))
 }

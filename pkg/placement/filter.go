@@ -125,6 +125,13 @@ func Filter(now time.Time, vols []Volume, nodes []string, st State, policy Porta
 // FilterInto is Filter with Decision.Pass built in pass when it has room for every node
 // (a caller that serves many requests reuses one slice instead of allocating one each).
 func FilterInto(pass []int, now time.Time, vols []Volume, nodes []string, st State, policy PortalPolicy) Decision {
+	return FilterRefs(pass, now, vols, nodes, nil, st, policy)
+}
+
+// FilterRefs is FilterInto with, when st is an *Index, refs[i] the NodeRef of nodes[i]
+// (from Index.EachNode; a zero NodeRef for a name the caller has none for): such a node
+// is judged from its entry without a lookup by name. refs is nil or as long as nodes.
+func FilterRefs(pass []int, now time.Time, vols []Volume, nodes []string, refs []NodeRef, st State, policy PortalPolicy) Decision {
 	if cap(pass) < len(nodes) {
 		pass = make([]int, 0, len(nodes))
 	}
@@ -162,8 +169,15 @@ func FilterInto(pass []int, now time.Time, vols []Volume, nodes []string, st Sta
 		msg  string
 	}
 	var failures []failure // collected first, so that the map is made once at its size
+	if c.index == nil || len(refs) != len(nodes) {
+		refs = nil
+	}
 	for i, node := range nodes {
-		reason, msg := c.node(node)
+		var ref NodeRef
+		if refs != nil {
+			ref = refs[i]
+		}
+		reason, msg := c.node(node, ref)
 		counts[reason]++
 		if reason == rPass {
 			d.Pass = append(d.Pass, i)
@@ -262,12 +276,16 @@ type checker struct {
 	anyHeld bool
 }
 
-func (c *checker) node(node string) (int, string) {
+// node judges one node; ref, when it has an entry, is node's (see FilterRefs).
+func (c *checker) node(node string, ref NodeRef) (int, string) {
 	var nr *NodeReport
 	if c.index != nil {
-		e, ok := c.index.reports[node]
-		if !ok {
-			return rNoReport, msgNoReport
+		e := ref.entry(c.index)
+		if e == nil {
+			var ok bool
+			if e, ok = c.index.reports[node]; !ok {
+				return rNoReport, msgNoReport
+			}
 		}
 		if c.masked && e.masked && freshAt(c.now, e.observedAt, e.ttl) && e.probed&c.need == c.need {
 			reachable := e.allReachable

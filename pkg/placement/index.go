@@ -19,8 +19,9 @@ type Index struct {
 	// reports holds each node's report with what Filter checks on every node (freshness,
 	// and per backstore whether it is probed and reachable) copied into the map entry:
 	// judging a node that passes then reads the entry alone, not the report and its
-	// summaries (three cache misses a node on thousands of nodes).
-	reports map[string]indexedReport
+	// summaries (three cache misses a node on thousands of nodes). An entry keeps its
+	// address while the node keeps a report (a NodeRef points at it).
+	reports map[string]*indexedReport
 	// generation changes whenever a node gains or loses its report (not on renewals).
 	generation uint64
 	// holders maps volumeID → nodes whose report lists it (sorted, no duplicates).
@@ -42,6 +43,8 @@ type stsKey struct{ namespace, name string }
 // readable; otherwise Filter goes by the report itself.
 type indexedReport struct {
 	nr                                 *NodeReport
+	gone                               bool   // the report was deleted (see NodeRef)
+	owner                              *Index // the Index the entry is in (see NodeRef)
 	observedAt                         time.Time
 	ttl                                time.Duration
 	probed, allReachable, anyReachable uint64
@@ -56,7 +59,7 @@ type pvPet struct {
 // NewIndex returns an empty Index.
 func NewIndex() *Index {
 	return &Index{
-		reports:    map[string]indexedReport{},
+		reports:    map[string]*indexedReport{},
 		holders:    map[string][]string{},
 		petVolumes: map[stsKey][]PetVolume{},
 		pvPets:     map[string]pvPet{},
@@ -77,8 +80,11 @@ func (x *Index) SetReport(nr *NodeReport) {
 		x.deleteReport(nr.Node)
 	} else {
 		x.generation++
+		old = new(indexedReport)
 	}
-	e := indexedReport{nr: nr, observedAt: nr.ObservedAt, ttl: nr.TTL}
+	// The entry is filled in place: a NodeRef taken before a renewal stays valid.
+	e := old
+	*e = indexedReport{nr: nr, observedAt: nr.ObservedAt, ttl: nr.TTL, owner: x}
 	nr.staleMsg, nr.staleTTL, nr.errMsg = staleMessage(nr.TTL), nr.TTL, ""
 	if nr.Err != nil {
 		nr.errMsg = nr.errMessage()
@@ -144,6 +150,7 @@ func (x *Index) deleteReport(node string) {
 		return
 	}
 	old := e.nr
+	e.gone = true
 	delete(x.reports, node)
 	if old.Report == nil {
 		return
@@ -198,8 +205,10 @@ func (x *Index) DeletePV(name string) {
 
 // NodeReport implements State.
 func (x *Index) NodeReport(node string) (*NodeReport, bool) {
-	e, ok := x.reports[node]
-	return e.nr, ok
+	if e, ok := x.reports[node]; ok {
+		return e.nr, true
+	}
+	return nil, false
 }
 
 // NodeGeneration changes whenever a node gains or loses its report, never on a renewal:
@@ -208,11 +217,28 @@ func (x *Index) NodeReport(node string) (*NodeReport, bool) {
 func (x *Index) NodeGeneration() uint64 { return x.generation }
 
 // EachNode calls fn with the name of every node that has a report, as the Index holds
-// it (the same string on every call until the node loses its report).
-func (x *Index) EachNode(fn func(node string)) {
-	for node := range x.reports {
-		fn(node)
+// it (the same string on every call until the node loses its report), and a NodeRef to
+// its entry.
+func (x *Index) EachNode(fn func(node string, ref NodeRef)) {
+	for node, e := range x.reports {
+		fn(node, NodeRef{e})
 	}
+}
+
+// NodeRef is a handle on a node's entry in an Index (from EachNode). A caller that keeps
+// the node names of the Index to intern request names keeps their NodeRefs beside them,
+// and FilterRefs then judges those nodes without looking their names up again. A NodeRef
+// stays valid across renewals; once the node's report is deleted it is ignored (the node
+// is looked up by name), as is a NodeRef of another Index. Like the Index, it may only be used by a reader holding the
+// lock the Index's owner guards it with.
+type NodeRef struct{ e *indexedReport }
+
+// entry is the indexed report of x ref stands for, or nil when there is none any more.
+func (r NodeRef) entry(x *Index) *indexedReport {
+	if r.e == nil || r.e.gone || r.e.owner != x {
+		return nil
+	}
+	return r.e
 }
 
 // Holders implements State.
