@@ -192,6 +192,9 @@ func (h *handler) decode(r *http.Request, a *args) (*bytes.Buffer, error) {
 		h.bufs.Put(buf)
 		return nil, &requestError{http.StatusBadRequest, "malformed ExtenderArgs JSON: " + err.Error()}
 	}
+	if a.list != nil && a.list.chunks > 1 && h.opts.Metrics != nil {
+		h.opts.Metrics.chunked.Inc()
+	}
 	return buf, nil
 }
 

@@ -106,6 +106,7 @@ func (p *jsonScanner) itemsInChunks(l *rawNodeList, chunks, minBytes int) bool {
 		}
 	}
 	p.i = found[last].end
+	l.chunks = last + 1
 	return true
 }
 

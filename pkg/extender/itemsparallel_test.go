@@ -1,12 +1,15 @@
 package extender
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	extenderv1 "k8s.io/kube-scheduler/extender/v1"
 )
 
 // decodedChunked is what a decode returns, for comparing a chunked scan with the one-pass
@@ -130,6 +133,7 @@ func TestItemsInChunksTakesItsPath(t *testing.T) {
 	assert.Equal(t, "node-0", l.names[0])
 	assert.Equal(t, "node-29", l.names[29])
 	assert.Equal(t, `]},"NodeNames":null}`, string(b[p.i-1:]), "p.i is past the array")
+	assert.Equal(t, 3, l.chunks)
 
 	inner := itemsDoc(30, func(i int) string {
 		return fmt.Sprintf(`{"metadata":{"name":"node-%d"},"x":[{"metadata":1},{"metadata":2},{"metadata":3},{"metadata":4}]}`, i)
@@ -156,4 +160,25 @@ func FuzzItemsInChunks(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		sameChunked(t, b, nameSet{"n1": {name: "n1"}, "node-2": {name: "node-2"}})
 	})
+}
+
+// TestSchedulerBodyIsChunked: a body as kube-scheduler encodes it (encoding/json of
+// ExtenderArgs with v1.Node items, as HTTPExtender.send does) of more than
+// parallelItemsMinBytes is scanned in chunks on a machine with more than one CPU, and the
+// answer is the one-pass scan's.
+func TestSchedulerBodyIsChunked(t *testing.T) {
+	_, pod, names := benchState(t, 600)
+	nodes := &corev1.NodeList{}
+	for _, n := range names {
+		var node corev1.Node
+		require.NoError(t, json.Unmarshal(kwokNode(n), &node))
+		nodes.Items = append(nodes.Items, node)
+	}
+	body := mustJSON(t, extenderv1.ExtenderArgs{Pod: pod, Nodes: nodes})
+	require.Greater(t, len(body), parallelItemsMinBytes)
+	var a args
+	require.NoError(t, decodeArgsChunked(body, &a, nil, nil, 2, parallelItemsMinBytes))
+	assert.Equal(t, 2, a.list.chunks, "cut at the boundary encoding/json writes between two Nodes")
+	assert.Equal(t, names, a.list.names)
+	sameChunked(t, body, nil)
 }

@@ -16,7 +16,9 @@ type Metrics struct {
 	duration  *prometheus.HistogramVec
 	requests  *prometheus.CounterVec
 	decisions *prometheus.CounterVec
-	requeue   requeueMetrics
+	// chunked counts full-Node requests whose items were scanned in chunks at once.
+	chunked prometheus.Counter
+	requeue requeueMetrics
 }
 
 // NewMetrics creates and registers the extender's own metrics.
@@ -37,8 +39,12 @@ func NewMetrics() *Metrics {
 			Name: "petfabric_extender_filter_decisions_total",
 			Help: "Per-node filter decisions for pods with Datera volumes, by reason (pass, no_report, stale_report, ...); fast_path counts requests for pods without Datera volumes.",
 		}, []string{"reason"}),
+		chunked: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "petfabric_extender_chunked_scans_total",
+			Help: "Full-Node requests (nodeCacheCapable: false) whose Nodes.items array was large enough to be scanned in chunks on several CPUs at once.",
+		}),
 	}
-	m.Registry.MustRegister(m.duration, m.requests, m.decisions)
+	m.Registry.MustRegister(m.duration, m.requests, m.decisions, m.chunked)
 	m.requeue = newRequeueMetrics(m.Registry)
 	// Pre-create the label values people alert on, so they read 0 rather than absent.
 	for _, r := range []placement.Reason{placement.ReasonPass, placement.ReasonNoReport, placement.ReasonBadReport,

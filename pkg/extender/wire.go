@@ -53,6 +53,8 @@ type rawNodeList struct {
 	// merged: the document repeats a key of the list or has a null item, so its meaning
 	// follows encoding/json's merge rules (decodeArgsMerged).
 	merged bool
+	// chunks is how many chunks the items were scanned in (itemsInChunks), 0 for one pass.
+	chunks int
 }
 
 // filterResult is extenderv1.ExtenderFilterResult with raw Nodes. It is written by hand

@@ -55,6 +55,7 @@ type env struct {
 	client    kubernetes.Interface
 	ctx       context.Context
 	backstore string // backstoreServer of the PVs volume() creates
+	health    string // the extender's health port (readyz, metrics)
 }
 
 // start binds the extender's port first (the scheduler configuration must name it), starts
@@ -69,6 +70,17 @@ func start(t *testing.T, nodeCacheCapable bool, nodes ...string) *env {
 type extenderRunner func(t *testing.T, c *cluster.Cluster, api, health net.Listener, certFile, keyFile, caFile string)
 
 func startWith(t *testing.T, run extenderRunner, nodeCacheCapable bool, nodes ...string) *env {
+	t.Helper()
+	specs := make([]cluster.NodeSpec, len(nodes))
+	for i, n := range nodes {
+		specs[i] = cluster.NodeSpec{Name: n}
+	}
+	return startNodes(t, run, nodeCacheCapable, nil, specs)
+}
+
+// startNodes is startWith for nodes given whole, with the scheduler's
+// percentageOfNodesToScore when percentage is not nil.
+func startNodes(t *testing.T, run extenderRunner, nodeCacheCapable bool, percentage *int32, specs []cluster.NodeSpec) *env {
 	t.Helper()
 	cluster.RequireBinaries(t)
 	ca, err := testpki.NewCA("petfabric-extender-e2e-ca")
@@ -88,13 +100,15 @@ func startWith(t *testing.T, run extenderRunner, nodeCacheCapable bool, nodes ..
 	health, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 
-	specs := make([]cluster.NodeSpec, len(nodes))
-	for i, n := range nodes {
-		specs[i] = cluster.NodeSpec{Name: n}
+	var kcmFlags []string
+	if len(specs) > 50 {
+		// Lifting the not-ready taint is one write per node, at the controller-manager's
+		// default 20 requests a second.
+		kcmFlags = []string{"--kube-api-qps=300", "--kube-api-burst=600"}
 	}
 	c := cluster.Start(t, cluster.Options{
-		Nodes: specs,
-		Scheduler: &schedconfigv1.KubeSchedulerConfiguration{Extenders: []schedconfigv1.Extender{{
+		Nodes: specs, ExtraControllerManagerFlags: kcmFlags,
+		Scheduler: &schedconfigv1.KubeSchedulerConfiguration{PercentageOfNodesToScore: percentage, Extenders: []schedconfigv1.Extender{{
 			URLPrefix:        "https://" + api.Addr().String(),
 			FilterVerb:       "filter",
 			PrioritizeVerb:   "prioritize",
@@ -110,7 +124,7 @@ func startWith(t *testing.T, run extenderRunner, nodeCacheCapable bool, nodes ..
 	})
 
 	run(t, c, api, health, certFile, keyFile, caFile)
-	e := &env{c: c, client: c.Client, ctx: context.Background(), backstore: backstore}
+	e := &env{c: c, client: c.Client, ctx: context.Background(), backstore: backstore, health: health.Addr().String()}
 	require.NoError(t, wait.PollUntilContextTimeout(e.ctx, 50*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
 		resp, err := httpGet("http://" + health.Addr().String() + "/readyz")
 		return err == nil && resp == "ok\n", nil
@@ -386,6 +400,20 @@ func TestExtenderPlacesPets(t *testing.T) {
 			e.waitScheduled(t, "plain")
 		})
 	}
+}
+
+// metric returns the value of an unlabelled metric the extender serves on its health port.
+func (e *env) metric(t *testing.T, name string) string {
+	t.Helper()
+	body, err := httpGet("http://" + e.health + "/metrics")
+	require.NoError(t, err)
+	for _, line := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			return v
+		}
+	}
+	t.Fatalf("no metric %s on the extender's health port", name)
+	return ""
 }
 
 var httpClient = http.Client{Timeout: 2 * time.Second}
