@@ -9,7 +9,6 @@ import (
 	"math/bits"
 	"unicode/utf8"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/petfabric/petfabric/pkg/placement"
@@ -42,8 +41,10 @@ import (
 // document to decodeArgsMerged, which lets encoding/json apply its own rules.
 //
 // One difference remains, by design: of each Nodes item only metadata.name is
-// type-checked. The items are returned to the scheduler byte for byte, and decoding
-// thousands of Nodes only to validate them would cost most of the request.
+// type-checked, and of the Pod only the fields the extender reads (slimPod: name,
+// namespace, volumes). The items are returned to the scheduler byte for byte, and decoding
+// thousands of Nodes, or a Pod's containers, only to validate them would cost most of the
+// request; the rest is still validated as JSON.
 func decodeArgs(b []byte, a *args) error { return decodeArgsInto(b, a, nil, nil) }
 
 // decodeArgsInto is decodeArgs with the node names the extender knows (each mapped to
@@ -121,8 +122,8 @@ func decodeArgsChunked(b []byte, a *args, known nameSet, scratch *nameScratch, c
 		return decodeArgsMerged(b, a)
 	}
 	if pod != nil && !isNull(pod) {
-		a.Pod = new(corev1.Pod)
-		if err := json.Unmarshal(pod, a.Pod); err != nil {
+		var err error
+		if a.Pod, err = decodePod(pod); err != nil {
 			return fmt.Errorf("field Pod: %w", err)
 		}
 	}
@@ -160,10 +161,11 @@ func (l *rawNodeList) check() error {
 	return nil
 }
 
-// mergedArgs is ExtenderArgs as decodeArgsMerged has encoding/json decode it: Pod and
-// NodeNames as the scheduler's types, the NodeList's metadata and items as mergedObjects.
+// mergedArgs is ExtenderArgs as decodeArgsMerged has encoding/json decode it: the Pod's
+// fields the extender reads (slimPod), NodeNames as the scheduler's type, the NodeList's
+// metadata and items as mergedObjects.
 type mergedArgs struct {
-	Pod       *corev1.Pod
+	Pod       *slimPod
 	Nodes     *mergedNodeList
 	NodeNames *[]string
 }
@@ -233,7 +235,10 @@ func decodeArgsMerged(b []byte, a *args) error {
 	if err := json.Unmarshal(b, &m); err != nil {
 		return fmt.Errorf("ExtenderArgs: %w", err)
 	}
-	*a = args{Pod: m.Pod, NodeNames: m.NodeNames}
+	*a = args{NodeNames: m.NodeNames}
+	if m.Pod != nil {
+		a.Pod = m.Pod.pod()
+	}
 	if m.Nodes != nil {
 		l := &rawNodeList{Kind: m.Nodes.Kind, APIVersion: m.Nodes.APIVersion}
 		if m.Nodes.Metadata.set {

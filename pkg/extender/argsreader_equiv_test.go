@@ -19,13 +19,14 @@ import (
 //
 //   - strict: encoding/json into the upstream extenderv1.ExtenderArgs;
 //   - loose: the same, except that of each Nodes item only metadata.name is decoded (with
-//     the same merge rules, since ObjectMeta is a struct and name a string). decodeArgs
-//     type-checks nothing else inside an item, by design (argsreader.go).
+//     the same merge rules, since ObjectMeta is a struct and name a string), and of the
+//     Pod only slimPod's fields (podreader.go). decodeArgs type-checks nothing else inside
+//     an item or the Pod, by design (argsreader.go).
 //
 // Both add what decodeArgs requires beyond encoding/json: every Nodes item has a name.
 
 type looseArgs struct {
-	Pod       *corev1.Pod
+	Pod       *slimPod
 	Nodes     *looseNodeList
 	NodeNames *[]string
 }
@@ -128,6 +129,12 @@ func sameAsEncodingJSON(t testing.TB, b []byte) {
 	if err != nil {
 		t.Fatalf("encoding/json decodes %q but decodeArgs's result does not: %v", b, err)
 	}
+	if strict.Pod != nil {
+		// What the extender reads of the Pod (and all it decodes).
+		slim := &corev1.Pod{}
+		slim.Name, slim.Namespace, slim.Spec.Volumes = strict.Pod.Name, strict.Pod.Namespace, strict.Pod.Spec.Volumes
+		strict.Pod = slim
+	}
 	if !apiequality.Semantic.DeepEqual(got, strict) {
 		g, _ := json.Marshal(got)
 		w, _ := json.Marshal(strict)
@@ -180,6 +187,27 @@ var equivSeeds = []string{
 	`{"NodeNames":5,"NodeNames":["a"]}`,
 	// Item content beyond metadata.name is not type-checked (by design).
 	`{"Pod":` + podWithClaim + `,"Nodes":{"items":[{"metadata":{"name":"a"},"spec":5}]}}`,
+	// Of the Pod only name, namespace and volumes are decoded (podreader.go): a type error
+	// elsewhere in it is not an error, one in those fields is, and repeated or null keys on
+	// the way to them mean what encoding/json makes of them.
+	`{"Pod":{"metadata":{"name":"p","labels":5},"spec":{"containers":5,"volumes":[]}},"NodeNames":["a"]}`,
+	`{"Pod":{"metadata":5},"NodeNames":["a"]}`,
+	`{"Pod":{"metadata":{"name":5}},"NodeNames":["a"]}`,
+	`{"Pod":{"metadata":{"namespace":["x"]}},"NodeNames":["a"]}`,
+	`{"Pod":{"spec":[]},"NodeNames":["a"]}`,
+	`{"Pod":{"spec":{"volumes":5}},"NodeNames":["a"]}`,
+	`{"Pod":{"spec":{"volumes":[{"name":5}]}},"NodeNames":["a"]}`,
+	`{"Pod":{"spec":{"volumes":[{"name":"v","persistentVolumeClaim":"x"}]}},"NodeNames":["a"]}`,
+	`{"Pod":{"metadata":null,"spec":null},"NodeNames":["a"]}`,
+	`{"Pod":{"metadata":{"name":null,"namespace":"ns"},"spec":{"volumes":null}},"NodeNames":["a"]}`,
+	`{"Pod":{"metadata":{"name":"a"},"metadata":{"namespace":"b"}},"NodeNames":["a"]}`,
+	`{"Pod":{"metadata":{"name":"a","Name":"b","NAMESPACE":"c"}},"NodeNames":["a"]}`,
+	`{"Pod":{"spec":{"volumes":[{"name":"a","persistentVolumeClaim":{"claimName":"c1"}},{"name":"b"}]},"SPEC":{"volumes":[{"flexVolume":{"driver":"datera/iscsi"}}]}},"NodeNames":["a"]}`,
+	`{"Pod":{"spec":{"volumes":[{"name":"a"}],"Volumes":[null,{"name":"b"}]}},"NodeNames":["a"]}`,
+	`{"Pod":{"metadata":{"n\u0061me":"esc\u00e9","namespace":"x"},"ſpec":{"volumes":[{"name":"v"}]}},"NodeNames":["a"]}`,
+	`{"Pod":[],"NodeNames":["a"]}`,
+	`{"Pod":"x","NodeNames":["a"]}`,
+	`{"Pod":{"metadata":{"name":"a"}},"Pod":{"spec":{"volumes":[{"name":"v","persistentVolumeClaim":{"claimName":"c"}}]}},"NodeNames":["a"]}`,
 	// Case folding, escapes, invalid UTF-8.
 	`{"Node\u004eames":["a"],"pOD":{}}`,
 	`{"NodeNames":["a\u0062","\ud800"]}`,
