@@ -117,7 +117,7 @@ func decodePod(b []byte) (*corev1.Pod, error) {
 	}
 	if volumes != nil {
 		if err := json.Unmarshal(volumes, &out.Spec.Volumes); err != nil {
-			return nil, fmt.Errorf("Pod field spec.volumes: %w", err)
+			return nil, fmt.Errorf("pod field spec.volumes: %w", err)
 		}
 	}
 	return out, nil
