@@ -61,16 +61,22 @@ func decodePod(b []byte) (*corev1.Pod, error) {
 		}
 		return typeError(field, "string")
 	}
+	// object consumes a null at p.i, or reports that an object starts there (else an error).
+	object := func(field string) (bool, error) {
+		switch p.b[p.i] {
+		case 'n':
+			return false, p.literal("null")
+		case '{':
+			return true, nil
+		}
+		return false, typeError(field, "object")
+	}
 	err := p.members(func(key []byte) error {
 		switch {
 		case keyIs(key, "metadata"):
 			metas++
-			switch p.b[p.i] {
-			case 'n':
-				return p.literal("null")
-			case '{':
-			default:
-				return typeError("metadata", "object")
+			if ok, err := object("metadata"); !ok {
+				return err
 			}
 			return p.members(func(k []byte) error {
 				switch {
@@ -85,12 +91,8 @@ func decodePod(b []byte) (*corev1.Pod, error) {
 			})
 		case keyIs(key, "spec"):
 			specs++
-			switch p.b[p.i] {
-			case 'n':
-				return p.literal("null")
-			case '{':
-			default:
-				return typeError("spec", "object")
+			if ok, err := object("spec"); !ok {
+				return err
 			}
 			return p.members(func(k []byte) error {
 				if !keyIs(k, "volumes") {
