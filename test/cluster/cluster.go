@@ -132,7 +132,33 @@ func Start(t testing.TB, opts Options) *Cluster {
 }
 
 // New starts a control plane. The caller must call Stop. On error nothing is left running.
-func New(ctx context.Context, opts Options) (_ *Cluster, err error) {
+//
+// Ports are chosen free and then handed to the components, so another process (a test
+// package running beside this one) can take one in between; a component that then fails
+// to bind makes New start over, with new ports and a new directory, up to
+// portCollisionAttempts times.
+func New(ctx context.Context, opts Options) (*Cluster, error) {
+	base := opts.Dir
+	var err error
+	for attempt := 1; attempt <= portCollisionAttempts; attempt++ {
+		if attempt > 1 && base != "" {
+			opts.Dir = filepath.Join(base, fmt.Sprintf("attempt-%d", attempt))
+		}
+		var c *Cluster
+		if c, err = newOnce(ctx, opts); err == nil || !errors.Is(err, errPortTaken) {
+			return c, err
+		}
+		if opts.Logf != nil {
+			opts.Logf("cluster: %v; starting over with other ports", err)
+		}
+	}
+	return nil, err
+}
+
+// portCollisionAttempts bounds New's start-overs after a port was taken.
+const portCollisionAttempts = 3
+
+func newOnce(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	began := time.Now()
 	logf := opts.Logf
 	if logf == nil {
@@ -183,7 +209,7 @@ func New(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		defer cancel()
 	}
 
-	ports, err := pickPorts(opts.APIServerPort)
+	ports, err := choosePorts(opts.APIServerPort)
 	if err != nil {
 		return nil, err
 	}
@@ -530,6 +556,9 @@ func merge(base, extra map[string]string) map[string]string {
 type ports struct {
 	etcdClient, etcdPeer, apiserver, kcm, scheduler, kwok int
 }
+
+// choosePorts is pickPorts; a test replaces it to hand out a port that is taken.
+var choosePorts = pickPorts
 
 // pickPorts reserves free ports. A fixed apiserver port that is taken is an error naming it.
 func pickPorts(apiserver int) (ports, error) {

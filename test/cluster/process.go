@@ -96,8 +96,16 @@ func (p *process) failure(reason string) error {
 			state = "exited: " + err.Error()
 		}
 	}
-	return fmt.Errorf("%s %s (%s); log %s, last lines:\n%s", p.name, reason, state, p.logPath, tailFile(p.logPath, 25))
+	tail := tailFile(p.logPath, 25)
+	if strings.Contains(tail, "bind: address already in use") {
+		return fmt.Errorf("%w: %s %s (%s); log %s, last lines:\n%s", errPortTaken, p.name, reason, state, p.logPath, tail)
+	}
+	return fmt.Errorf("%s %s (%s); log %s, last lines:\n%s", p.name, reason, state, p.logPath, tail)
 }
+
+// errPortTaken marks a start-up failure because a port chosen free was taken before the
+// component bound it (see New).
+var errPortTaken = errors.New("a port chosen for the control plane was taken by another process")
 
 // tailFile returns the last n lines of a file, indented, or a note why it cannot.
 func tailFile(path string, n int) string {
