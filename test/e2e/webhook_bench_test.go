@@ -18,6 +18,7 @@ import (
 
 	"github.com/petfabric/petfabric/pkg/mutate"
 	"github.com/petfabric/petfabric/test/cluster"
+	"github.com/petfabric/petfabric/test/fixtures"
 )
 
 // BenchmarkStatefulSetCreate measures `create statefulset` latency through the real apiserver
@@ -146,17 +147,8 @@ func timeToBound(ctx context.Context, b *testing.B, cs kubernetes.Interface, ns,
 				t.bound = time.Since(start)
 			}
 		}
-		pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return false, nil
-		}
-		running := 0
-		for _, p := range pods.Items {
-			if p.Status.Phase == corev1.PodRunning {
-				running++
-			}
-		}
-		return t.bound > 0 && running == pets, nil
+		running, err := fixtures.PodsRunning(ctx, cs, ns)
+		return err == nil && t.bound > 0 && running == pets, nil
 	})
 	require.NoError(b, err, "namespace %s: pets not bound and running", ns)
 	t.running = time.Since(start)
