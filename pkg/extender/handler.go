@@ -67,10 +67,9 @@ type handler struct {
 }
 
 // knownNames is an immutable set of node names (each mapped to the index's string for it
-// and its NodeRef), made from the
-// State at one node generation plus up to maxExtraNames names requests carried that have
-// no report (a node without an agent is named in every request); requests read it
-// without a lock.
+// and its NodeRef), made from the State at one node generation plus up to maxExtraNames
+// names requests carried that have no report (a node without an agent is named in every
+// request); requests read it without a lock.
 type knownNames struct {
 	generation uint64
 	names      nameSet
@@ -345,11 +344,8 @@ func (h *handler) decideFilter(ctx context.Context, a *args) (*filterResult, str
 		if p, ok := h.passes.Get().(*[]int); ok {
 			pass = *p
 		}
-		var refs []placement.NodeRef
-		if namesMode {
-			refs = a.refs
-		}
-		d = placement.FilterRefs(pass, now, vols, names, refs, st, h.opts.PortalPolicy)
+		// a.refs are NodeNames' (the reader leaves them nil for Nodes items).
+		d = placement.FilterRefs(pass, now, vols, names, a.refs, st, h.opts.PortalPolicy)
 		a.pass = d.Pass
 		// The answer's messages are the same for every node with one cause (so that the
 		// scheduler's event aggregates); the nodes and their report ages go to this log.

@@ -146,19 +146,19 @@ func TestIndexNodeGeneration(t *testing.T) {
 	assert.NotEqual(t, g1, x.NodeGeneration())
 }
 
-// TestFilterIntoReusesPass: FilterInto decides as Filter does, in the slice it is given
+// TestFilterRefsReusesPass: FilterRefs decides as Filter does, in the slice it is given
 // when that has room, and in a new one when not.
-func TestFilterIntoReusesPass(t *testing.T) {
+func TestFilterRefsReusesPass(t *testing.T) {
 	good := map[string]map[string]PortalReport{bsA: {p1: ok(time.Millisecond)}}
 	x := indexOf(t, leaseFor(t, "a", reportOf(good), time.Second, ttl), leaseFor(t, "c", reportOf(good), time.Second, ttl))
 	vols := []Volume{{VolumeID: "v", Backstore: bsA}}
 	nodes := []string{"a", "b", "c"}
 	want := Filter(now, vols, nodes, x, AllPortals)
 	buf := make([]int, 7, 10)
-	got := FilterInto(buf, now, vols, nodes, x, AllPortals)
+	got := FilterRefs(buf, now, vols, nodes, nil, x, AllPortals)
 	assert.Equal(t, want, got)
 	assert.True(t, &buf[0] == &got.Pass[0], "the given slice holds Pass")
-	small := FilterInto(make([]int, 0, 1), now, vols, nodes, x, AllPortals)
+	small := FilterRefs(make([]int, 0, 1), now, vols, nodes, nil, x, AllPortals)
 	assert.Equal(t, want, small)
 }
 

@@ -119,18 +119,14 @@ const (
 // backstore summaries the Index computed when the report arrived. The failure messages
 // are built when reports change (Index) or once per request and volume, never per node.
 func Filter(now time.Time, vols []Volume, nodes []string, st State, policy PortalPolicy) Decision {
-	return FilterInto(nil, now, vols, nodes, st, policy)
+	return FilterRefs(nil, now, vols, nodes, nil, st, policy)
 }
 
-// FilterInto is Filter with Decision.Pass built in pass when it has room for every node
-// (a caller that serves many requests reuses one slice instead of allocating one each).
-func FilterInto(pass []int, now time.Time, vols []Volume, nodes []string, st State, policy PortalPolicy) Decision {
-	return FilterRefs(pass, now, vols, nodes, nil, st, policy)
-}
-
-// FilterRefs is FilterInto with, when st is an *Index, refs[i] the NodeRef of nodes[i]
-// (from Index.EachNode; a zero NodeRef for a name the caller has none for): such a node
-// is judged from its entry without a lookup by name. refs is nil or as long as nodes.
+// FilterRefs is Filter for a caller that serves many requests: Decision.Pass is built in
+// pass when it has room for every node (one slice reused instead of one allocated per
+// request), and when st is an *Index, refs[i] is the NodeRef of nodes[i] (from
+// Index.EachNode; a zero NodeRef for a name the caller has none for), so such a node is
+// judged from its entry without a lookup by name. refs is nil or as long as nodes.
 func FilterRefs(pass []int, now time.Time, vols []Volume, nodes []string, refs []NodeRef, st State, policy PortalPolicy) Decision {
 	if cap(pass) < len(nodes) {
 		pass = make([]int, 0, len(nodes))

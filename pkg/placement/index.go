@@ -229,8 +229,8 @@ func (x *Index) EachNode(fn func(node string, ref NodeRef)) {
 // the node names of the Index to intern request names keeps their NodeRefs beside them,
 // and FilterRefs then judges those nodes without looking their names up again. A NodeRef
 // stays valid across renewals; once the node's report is deleted it is ignored (the node
-// is looked up by name), as is a NodeRef of another Index. Like the Index, it may only be used by a reader holding the
-// lock the Index's owner guards it with.
+// is looked up by name), as is a NodeRef of another Index. Like the Index, it may only be
+// used by a reader holding the lock the Index's owner guards it with.
 type NodeRef struct{ e *indexedReport }
 
 // entry is the indexed report of x ref stands for, or nil when there is none any more.
