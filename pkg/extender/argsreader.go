@@ -28,10 +28,10 @@ import (
 // handler's set of known names (decodeArgsInto) it allocates nothing per name.
 
 // decodeArgs parses an ExtenderArgs body. It validates the whole document as strictly as
-// json.Valid, decodes Pod with encoding/json, NodeNames to strings and keeps Nodes raw,
-// and it must mean exactly what encoding/json (what kube-scheduler and any proxy use)
-// makes of the same bytes: argsreader_equiv_test.go fuzzes the decoded values of the two
-// against each other.
+// json.Valid, decodes what the extender reads of the Pod (decodePod), NodeNames to strings
+// and keeps Nodes raw, and it must mean exactly what encoding/json (what kube-scheduler
+// and any proxy use) makes of the same bytes: argsreader_equiv_test.go fuzzes the decoded
+// values of the two against each other.
 //
 // encoding/json matches the keys Pod, Nodes and NodeNames case-insensitively, and merges
 // rather than replaces: a second "Pod" decodes into the first Pod, a second "items" array
@@ -47,11 +47,12 @@ import (
 // request; the rest is still validated as JSON.
 func decodeArgs(b []byte, a *args) error { return decodeArgsInto(b, a, nil, nil) }
 
-// decodeArgsInto is decodeArgs with the node names the extender knows (each mapped to
-// itself): a name of NodeNames, or of a Nodes item, found there is that string rather than
-// a new one, so a request of known names allocates nothing per name. Unknown names are
-// allocated as usual and listed in a.missedNames. NodeNames goes in scratch when it is
-// large enough (the handler's pooled slice, given back once the answer is written).
+// decodeArgsInto is decodeArgs with the node names the extender knows (nameSet): a name
+// of NodeNames, or of a Nodes item, found there is the index's string rather than a new
+// one, so a request of known names allocates nothing per name, and each of NodeNames
+// comes with its NodeRef (a.refs). Unknown names are allocated as usual and listed in
+// a.missedNames. NodeNames and its refs go in scratch when it is large enough (the
+// handler's pooled slices, given back once the answer is written).
 func decodeArgsInto(b []byte, a *args, known nameSet, scratch *nameScratch) error {
 	return decodeArgsChunked(b, a, known, scratch, itemChunks(), parallelItemsMinBytes)
 }
@@ -201,16 +202,7 @@ func (m *mergedObject) UnmarshalJSON(b []byte) error {
 		}
 		return nil
 	}
-	kind := "number"
-	switch b[0] {
-	case '[':
-		kind = "array"
-	case '"':
-		kind = "string"
-	case 't', 'f':
-		kind = "bool"
-	}
-	return fmt.Errorf("json: cannot unmarshal %s into an object", kind)
+	return fmt.Errorf("json: cannot unmarshal %s into an object", jsonKind(b[0]))
 }
 
 // Bytes is the one object whose members are all the members seen, in order.
@@ -665,7 +657,7 @@ func (p *jsonScanner) nodeList() (*rawNodeList, error) {
 			default:
 				return p.errorf("field Nodes.items must be an array")
 			}
-			if p.itemsInChunks(l, p.chunks, p.chunkMinBytes) {
+			if p.itemsInChunks(l) {
 				return nil
 			}
 			return p.elements(func() error {

@@ -49,15 +49,16 @@ type itemChunk struct {
 	err    error
 }
 
-// itemsInChunks scans the items array at p.i ('[') in up to chunks pieces at once when
-// the rest of the body is at least minBytes, filling l.Items and l.names and moving p.i
-// past the array as the one-pass scan (p.elements over p.nodeItem) would. It reports
+// itemsInChunks scans the items array at p.i ('[') in up to p.chunks pieces at once when
+// the rest of the body is at least p.chunkMinBytes, filling l.Items and l.names and moving
+// p.i past the array as the one-pass scan (p.elements over p.nodeItem) would. It reports
 // false, with p and l untouched, when it did not: too little to cut, one chunk, no
 // boundary found, or an error to be reported by the one-pass scan.
-func (p *jsonScanner) itemsInChunks(l *rawNodeList, chunks, minBytes int) bool {
+func (p *jsonScanner) itemsInChunks(l *rawNodeList) bool {
+	chunks := p.chunks
 	start := p.i
 	span := len(p.b) - start
-	if chunks < 2 || span < minBytes || p.depth+1 > maxDepth {
+	if chunks < 2 || span < p.chunkMinBytes || p.depth+1 > maxDepth {
 		return false
 	}
 	first := skipWS(p.b, start+1)

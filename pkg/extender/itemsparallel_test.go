@@ -122,9 +122,9 @@ func TestItemsInChunksAgree(t *testing.T) {
 func TestItemsInChunksTakesItsPath(t *testing.T) {
 	scan := func(b []byte) (*jsonScanner, *rawNodeList, bool) {
 		at := strings.Index(string(b), `"items":[`) + len(`"items":`)
-		p := &jsonScanner{b: b, i: at, depth: 2}
+		p := &jsonScanner{b: b, i: at, depth: 2, chunks: 3}
 		l := &rawNodeList{}
-		return p, l, p.itemsInChunks(l, 3, 0)
+		return p, l, p.itemsInChunks(l)
 	}
 	b := itemsDoc(30, plainItem)
 	p, l, ok := scan(b)
