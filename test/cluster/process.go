@@ -97,10 +97,11 @@ func (p *process) failure(reason string) error {
 		}
 	}
 	tail := tailFile(p.logPath, 25)
+	err := fmt.Errorf("%s %s (%s); log %s, last lines:\n%s", p.name, reason, state, p.logPath, tail)
 	if strings.Contains(tail, "bind: address already in use") {
-		return fmt.Errorf("%w: %s %s (%s); log %s, last lines:\n%s", errPortTaken, p.name, reason, state, p.logPath, tail)
+		return fmt.Errorf("%w: %w", errPortTaken, err)
 	}
-	return fmt.Errorf("%s %s (%s); log %s, last lines:\n%s", p.name, reason, state, p.logPath, tail)
+	return err
 }
 
 // errPortTaken marks a start-up failure because a port chosen free was taken before the

@@ -36,6 +36,7 @@ import (
 	"github.com/petfabric/petfabric/internal/testpki"
 	"github.com/petfabric/petfabric/pkg/placement"
 	"github.com/petfabric/petfabric/test/cluster"
+	"github.com/petfabric/petfabric/test/fixtures"
 
 	"github.com/petfabric/petfabric/pkg/pvoptions"
 )
@@ -402,18 +403,11 @@ func TestExtenderPlacesPets(t *testing.T) {
 	}
 }
 
-// metric returns the value of an unlabelled metric the extender serves on its health port.
-func (e *env) metric(t *testing.T, name string) string {
+// metric returns the value of one sample (name with its labels, as exposed) the extender
+// serves on its health port.
+func (e *env) metric(t *testing.T, sample string) float64 {
 	t.Helper()
-	body, err := httpGet("http://" + e.health + "/metrics")
-	require.NoError(t, err)
-	for _, line := range strings.Split(body, "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			return v
-		}
-	}
-	t.Fatalf("no metric %s on the extender's health port", name)
-	return ""
+	return fixtures.MetricSample(t, "http://"+e.health+"/metrics", sample)
 }
 
 var httpClient = http.Client{Timeout: 2 * time.Second}

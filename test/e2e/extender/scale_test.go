@@ -2,13 +2,11 @@ package extendere2e
 
 import (
 	"fmt"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
 	"k8s.io/utils/ptr"
 
 	"github.com/petfabric/petfabric/test/cluster"
@@ -45,8 +43,5 @@ func TestFullNodesAtScale(t *testing.T) {
 	e.pod(t, "web-1", "data-web-1")
 	assert.True(t, good[e.waitScheduled(t, "web-1")])
 
-	chunked := e.metric(t, "petfabric_extender_chunked_scans_total")
-	n, err := strconv.ParseFloat(chunked, 64)
-	require.NoError(t, err)
-	assert.GreaterOrEqual(t, n, 2.0, "the scheduler's bodies were scanned in chunks")
+	assert.GreaterOrEqual(t, e.metric(t, "petfabric_extender_chunked_scans_total"), 2.0, "the scheduler's bodies were scanned in chunks")
 }

@@ -9,8 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -24,6 +22,7 @@ import (
 	"github.com/petfabric/petfabric/internal/testpki"
 	"github.com/petfabric/petfabric/pkg/placement"
 	"github.com/petfabric/petfabric/test/cluster"
+	"github.com/petfabric/petfabric/test/fixtures"
 )
 
 // schedulerExtender is the built cmd/extender in kube-scheduler's path, as test/e2e/extender
@@ -146,18 +145,5 @@ func (e *env) reportNodes(t testing.TB, backstore string) {
 // /metrics.
 func (x *schedulerExtender) metric(t testing.TB, sample string) float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + x.healthAddr + "/metrics") //nolint:noctx // test probe
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, sample+" "); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			require.NoError(t, err)
-			return f
-		}
-	}
-	t.Fatalf("extender metric %s not found", sample)
-	return 0
+	return fixtures.MetricSample(t, "http://"+x.healthAddr+"/metrics", sample)
 }
